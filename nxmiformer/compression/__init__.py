@@ -1,0 +1,39 @@
+"""Pure compression math and model surgery: N:M masks, integer fake-quantization with STE,
+specs and plans, ratio accounting, ADMM state, and applying a plan to a Hugging Face encoder.
+
+Knows nothing of training loops, data or Ray.
+"""
+
+from .accounting import CONVENTIONS, compression_ratio, module_bits, ratio_table
+from .admm import ADMM
+from .layer import CompressedLinear, compress_, compressed_modules, current_plan, harden_, project, to_dense_
+from .masks import nm_mask
+from .modules import COMPONENTS, CompressibleModule, compressible_modules
+from .quant import fake_quantize, fake_quantize_activations, quantize_to_int, weight_scales
+from .spec import DENSE, CompressionPlan, LayerSpec
+
+__all__ = [
+    "ADMM",
+    "COMPONENTS",
+    "CONVENTIONS",
+    "CompressedLinear",
+    "CompressibleModule",
+    "CompressionPlan",
+    "DENSE",
+    "LayerSpec",
+    "compress_",
+    "compressed_modules",
+    "compressible_modules",
+    "compression_ratio",
+    "current_plan",
+    "fake_quantize",
+    "fake_quantize_activations",
+    "harden_",
+    "module_bits",
+    "nm_mask",
+    "project",
+    "quantize_to_int",
+    "ratio_table",
+    "to_dense_",
+    "weight_scales",
+]

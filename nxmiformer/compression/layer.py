@@ -1,0 +1,147 @@
+"""Model surgery: wrap planned ``nn.Linear`` layers so their forward uses the N:M-masked,
+fake-quantized weight; harden them onto the constraint set; turn them back into plain linears."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .masks import nm_mask
+from .modules import compressible_modules
+from .quant import fake_quantize, fake_quantize_activations, fp16_round_ste
+from .spec import CompressionPlan, LayerSpec
+
+
+def project(weight: torch.Tensor, spec: LayerSpec, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Euclidean-style projection used by ADMM's Z-step and by hardening: keep the N:M largest
+    magnitudes (or the given ``mask``), then put the kept values on the spec's grid."""
+    w = weight.detach()
+    if spec.is_sparse:
+        w = w * (nm_mask(w, spec.n, spec.m) if mask is None else mask)
+    return _quantize(w, spec)
+
+
+def _quantize(w: torch.Tensor, spec: LayerSpec) -> torch.Tensor:
+    if spec.is_integer:
+        return fake_quantize(w, spec.bits, group_size=spec.group_size)
+    if spec.bits == 16:
+        return fp16_round_ste(w)
+    return w
+
+
+class CompressedLinear(nn.Linear):
+    """An ``nn.Linear`` whose forward uses ``quantize(W * mask)``.
+
+    Before hardening the N:M mask follows the weights (recomputed each forward) and the gradient
+    passes straight through both the mask and the rounding to the dense weight, so ADMM's penalty
+    and the task loss can move pruned weights back in. After :func:`harden_` the mask is frozen:
+    pruned weights get no gradient and the effective weight stays exactly N:M.
+
+    It subclasses ``nn.Linear`` and keeps the original ``weight``/``bias`` parameters, so state-dict
+    keys, optimizers that already hold the parameters, and ``isinstance`` checks are unaffected.
+    """
+
+    def __init__(self, linear: nn.Linear, spec: LayerSpec):
+        nn.Module.__init__(self)
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.spec = spec
+        self.hardened = False
+        self.register_buffer("mask", None, persistent=False)
+
+    def extra_repr(self) -> str:
+        state = "hardened" if self.hardened else "soft"
+        return f"{super().extra_repr()}, spec={self.spec}, {state}"
+
+    def effective_weight(self) -> torch.Tensor:
+        w = self.weight
+        spec = self.spec
+        if spec.is_sparse:
+            if self.hardened:
+                w = w * self.mask
+            else:
+                mask = nm_mask(w, spec.n, spec.m)
+                w = w + (w.detach() * mask - w.detach())  # straight-through mask
+        return _quantize(w, spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.act_bits is not None:
+            x = fake_quantize_activations(x, self.spec.act_bits)
+        return F.linear(x, self.effective_weight(), self.bias)
+
+    @torch.no_grad()
+    def harden(self, mask: torch.Tensor | None = None) -> None:
+        """Freeze the mask (from the current weights, or the given one) and write the projected
+        weights into ``weight``: exactly N:M sparse and exactly on the integer grid."""
+        spec = self.spec
+        if spec.is_sparse:
+            self.mask = nm_mask(self.weight, spec.n, spec.m) if mask is None else mask.to(torch.bool)
+        else:
+            self.mask = None
+        self.weight.copy_(project(self.weight, spec, self.mask))
+        self.hardened = True
+
+    def to_linear(self) -> nn.Linear:
+        """A plain ``nn.Linear`` holding the effective weight."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.effective_weight())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def compress_(model: nn.Module, plan: CompressionPlan) -> nn.Module:
+    """Wrap every module the plan names (and whose spec changes anything) in place; return model.
+
+    Re-applying replaces the specs of already-wrapped modules.
+    """
+    plan.validate(model)
+    for cm in compressible_modules(model):
+        spec = plan.spec_for(cm.name)
+        module = cm.module
+        if isinstance(module, CompressedLinear):
+            if spec.is_identity:
+                _set_submodule(model, cm.name, module.to_linear())
+            else:
+                module.spec, module.hardened, module.mask = spec, False, None
+        elif not spec.is_identity:
+            _set_submodule(model, cm.name, CompressedLinear(module, spec))
+    return model
+
+
+def compressed_modules(model: nn.Module) -> dict[str, CompressedLinear]:
+    """Name -> wrapper for every :class:`CompressedLinear` in ``model``."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, CompressedLinear)}
+
+
+@torch.no_grad()
+def harden_(model: nn.Module, masks: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Project every wrapped module's weights onto its constraint set and freeze its mask."""
+    masks = masks or {}
+    for name, module in compressed_modules(model).items():
+        module.harden(masks.get(name))
+    return model
+
+
+def to_dense_(model: nn.Module) -> nn.Module:
+    """Replace wrappers by plain ``nn.Linear`` layers holding their effective weights, so that
+    ``save_pretrained`` writes an ordinary checkpoint."""
+    for name, module in compressed_modules(model).items():
+        _set_submodule(model, name, module.to_linear())
+    return model
+
+
+def current_plan(model: nn.Module) -> CompressionPlan:
+    """The plan that the model's wrappers carry."""
+    return CompressionPlan({name: m.spec for name, m in compressed_modules(model).items()})

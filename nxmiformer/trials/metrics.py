@@ -1,0 +1,147 @@
+"""GLUE metrics, computed with scikit-learn and SciPy.
+
+| task                        | keys returned                            | ``primary``  |
+|-----------------------------|------------------------------------------|--------------|
+| cola                        | ``mcc``                                  | ``mcc``      |
+| mrpc, qqp                   | ``accuracy``, ``f1``, ``combined``       | ``combined`` |
+| stsb                        | ``pearson``, ``spearmanr``, ``combined`` | ``combined`` |
+| sst2, mnli, qnli, rte, wnli | ``accuracy``                             | ``accuracy`` |
+
+``combined`` is the GLUE leaderboard's task score: the mean of F1 and accuracy (mrpc, qqp), or of
+Pearson and Spearman correlation (stsb). ``f1`` is binary F1 of the positive class (label 1).
+For mnli the caller computes metrics once per validation split (matched, mismatched).
+All metrics are "higher is better".
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from nxmiformer.errors import NxmiError
+from nxmiformer.trials.data import TaskInfo, get_task
+
+__all__ = ["compute_metrics", "primary_metric"]
+
+
+def primary_metric(task: str | TaskInfo) -> str:
+    """The name of the metric that ranks models on ``task`` (also returned as ``"primary"``)."""
+    return get_task(task).primary_metric
+
+
+def _to_numpy(values: object, what: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        # NumPy has no bfloat16; widen low-precision floats before converting.
+        values = values.detach().cpu()
+        values = (values.double() if values.is_floating_point() else values).numpy()
+    array = np.asarray(values)
+    if array.size == 0:
+        raise NxmiError(f"{what} is empty; metrics need at least one example")
+    return array
+
+
+def _as_class_predictions(predictions: np.ndarray, info: TaskInfo) -> np.ndarray:
+    if predictions.ndim == 2:
+        if predictions.shape[1] != info.num_labels:
+            raise NxmiError(
+                f"task {info.name!r} has {info.num_labels} classes but the logits have shape "
+                f"{tuple(predictions.shape)}; expected [N, {info.num_labels}] logits or [N] labels"
+            )
+        return predictions.argmax(axis=1)
+    if predictions.ndim == 1:
+        return _as_class_labels(predictions, info, "predictions")
+    raise NxmiError(
+        f"predictions for task {info.name!r} must have shape [N, {info.num_labels}] (logits) or "
+        f"[N] (class ids), got {tuple(predictions.shape)}"
+    )
+
+
+def _as_class_labels(values: np.ndarray, info: TaskInfo, what: str) -> np.ndarray:
+    if values.ndim != 1:
+        raise NxmiError(f"{what} must have shape [N], got {tuple(values.shape)}")
+    if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)):
+        raise NxmiError(f"{what} for task {info.name!r} must be integer class ids")
+    ids = values.astype(np.int64)
+    bad = ids[(ids < 0) | (ids >= info.num_labels)]
+    if bad.size:
+        raise NxmiError(
+            f"{what} for task {info.name!r} hold class id(s) {sorted(set(bad.tolist()))[:5]} "
+            f"outside 0..{info.num_labels - 1}"
+        )
+    return ids
+
+
+def _as_scores(values: np.ndarray, what: str) -> np.ndarray:
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1:
+        raise NxmiError(
+            f"{what} for task 'stsb' must have shape [N] or [N, 1], got {tuple(values.shape)}"
+        )
+    return values.astype(np.float64)
+
+
+def _correlation(fn, x: np.ndarray, y: np.ndarray) -> float:
+    # Correlation with a constant input is undefined (SciPy returns NaN and warns); a model that
+    # predicts a constant has no skill, so score it 0.0 and keep NaN out of results tables.
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    value = float(fn(x, y)[0])
+    return value if math.isfinite(value) else 0.0
+
+
+def compute_metrics(task: str | TaskInfo, predictions: object, labels: object) -> dict[str, float]:
+    """Compute the GLUE metrics of ``task`` (see the module table) plus ``"primary"``.
+
+    Args:
+        task: A GLUE config name or :class:`~nxmiformer.trials.data.TaskInfo`.
+        predictions: Classification: logits ``[N, num_labels]`` (argmax is taken) or class ids
+            ``[N]``. stsb: scores ``[N]`` or ``[N, 1]``. NumPy arrays, lists or torch tensors.
+        labels: ``[N]`` gold class ids (floats for stsb). For mnli pass one validation split.
+
+    Returns:
+        Plain Python floats keyed by metric name, and ``"primary"`` (a copy of the task's
+        primary metric).
+
+    Degenerate inputs never produce NaN: MCC is 0.0 when predictions or labels are constant,
+    Pearson/Spearman are 0.0 when either side is constant, and F1 is 0.0 when no positive is
+    predicted or present.
+
+    Raises:
+        NxmiError: shapes or lengths do not match, logits have the wrong class count, class ids
+            are out of range, or an input is empty.
+    """
+    info = get_task(task)
+    predictions = _to_numpy(predictions, "predictions")
+    labels = _to_numpy(labels, "labels")
+
+    if info.is_regression:
+        preds, gold = _as_scores(predictions, "predictions"), _as_scores(labels, "labels")
+    else:
+        preds = _as_class_predictions(predictions, info)
+        gold = _as_class_labels(labels, info, "labels")
+    if preds.shape[0] != gold.shape[0]:
+        raise NxmiError(
+            f"predictions hold {preds.shape[0]} examples but labels hold {gold.shape[0]}"
+        )
+
+    metrics: dict[str, float]
+    if info.primary_metric == "mcc":
+        mcc = float(matthews_corrcoef(gold, preds))
+        metrics = {"mcc": mcc if math.isfinite(mcc) else 0.0}
+    elif "f1" in info.metric_names:
+        accuracy = float(accuracy_score(gold, preds))
+        f1 = float(f1_score(gold, preds, pos_label=1, average="binary", zero_division=0.0))
+        metrics = {"accuracy": accuracy, "f1": f1, "combined": (accuracy + f1) / 2}
+    elif info.is_regression:
+        pearson = _correlation(pearsonr, preds, gold)
+        spearman = _correlation(spearmanr, preds, gold)
+        metrics = {"pearson": pearson, "spearmanr": spearman, "combined": (pearson + spearman) / 2}
+    else:
+        metrics = {"accuracy": float(accuracy_score(gold, preds))}
+    metrics["primary"] = metrics[info.primary_metric]
+    return metrics
