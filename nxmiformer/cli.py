@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="'default' (embedded MiniLM), a directory, or a hub name")
     p.add_argument("--plan", required=True, help="a spec such as 2:4:int8 (uniform plan) or a plan.json file")
     p.add_argument("--out", help="save the hardened model (save_pretrained) and plan.json here")
-    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     p.set_defaults(func=cmd_compress)
     return parser
 
