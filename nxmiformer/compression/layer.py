@@ -73,15 +73,19 @@ class CompressedLinear(nn.Linear):
         return F.linear(x, self.effective_weight(), self.bias)
 
     @torch.no_grad()
-    def harden(self, mask: torch.Tensor | None = None) -> None:
+    def harden(self, mask: torch.Tensor | None = None, project_weights: bool = True) -> None:
         """Freeze the mask (from the current weights, or the given one) and write the projected
-        weights into ``weight``: exactly N:M sparse and exactly on the integer grid."""
+        weights into ``weight``: exactly N:M sparse and exactly on the integer grid.
+
+        ``project_weights=False`` only freezes the mask (to restore a checkpoint whose weights
+        are loaded afterwards)."""
         spec = self.spec
         if spec.is_sparse:
             self.mask = nm_mask(self.weight, spec.n, spec.m) if mask is None else mask.to(torch.bool)
         else:
             self.mask = None
-        self.weight.copy_(project(self.weight, spec, self.mask))
+        if project_weights:
+            self.weight.copy_(project(self.weight, spec, self.mask))
         self.hardened = True
 
     def to_linear(self) -> nn.Linear:
@@ -126,11 +130,14 @@ def compressed_modules(model: nn.Module) -> dict[str, CompressedLinear]:
 
 
 @torch.no_grad()
-def harden_(model: nn.Module, masks: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """Project every wrapped module's weights onto its constraint set and freeze its mask."""
+def harden_(
+    model: nn.Module, masks: dict[str, torch.Tensor] | None = None, project_weights: bool = True
+) -> nn.Module:
+    """Project every wrapped module's weights onto its constraint set and freeze its mask
+    (``masks`` gives frozen masks by module name instead of computing them)."""
     masks = masks or {}
     for name, module in compressed_modules(model).items():
-        module.harden(masks.get(name))
+        module.harden(masks.get(name), project_weights=project_weights)
     return model
 
 

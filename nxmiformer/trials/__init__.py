@@ -1,4 +1,5 @@
-"""Trials: GLUE data and metrics, and (later) the short ADMM+QAT fine-tune and its Ray trainable."""
+"""Trials: GLUE data and metrics, the dense warm start, and the short ADMM+QAT fine-tune that
+turns a compression plan into a trained, measured model."""
 
 from nxmiformer.trials.data import (
     GLUE_DIR_ENV,
@@ -14,8 +15,22 @@ from nxmiformer.trials.data import (
     tokenize_dataset,
 )
 from nxmiformer.trials.metrics import compute_metrics, primary_metric
+from nxmiformer.trials.config import DataConfig, DenseConfig, TrialConfig, default_cache_dir
+from nxmiformer.trials.dense import DenseResult, finetune_dense
+from nxmiformer.trials.loop import evaluate
+from nxmiformer.trials.trial import NonFiniteLoss, TrialResult, run_trial
 
 __all__ = [
+    "DataConfig",
+    "DenseConfig",
+    "DenseResult",
+    "NonFiniteLoss",
+    "TrialConfig",
+    "TrialResult",
+    "default_cache_dir",
+    "evaluate",
+    "finetune_dense",
+    "run_trial",
     "GLUE_DIR_ENV",
     "HUB_DATASET",
     "TASKS",

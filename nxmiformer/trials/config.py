@@ -1,0 +1,141 @@
+"""Configuration of dense warm starts and compression trials."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import NxmiError
+from .data import get_task
+
+CACHE_ENV = "NXMI_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """``$NXMI_CACHE_DIR``, else ``~/.cache/nxmiformer``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "nxmiformer")
+
+
+def _positive_int(name: str, value, allow_none: bool = False, allow_zero: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        what = "a non-negative" if allow_zero else "a positive"
+        raise NxmiError(f"{name} must be {what} integer{' or None' if allow_none else ''}, got {value!r}")
+
+
+def _positive_float(name: str, value, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise NxmiError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data a run sees. Shared by the dense warm start and the trials."""
+
+    task: str = "sst2"
+    data_dir: str | None = field(default=None, metadata={"help": "GLUE parquet directory (else $NXMI_GLUE_DIR, else the hub)"})
+    max_length: int = field(default=128, metadata={"help": "truncation length in tokens"})
+    train_size: int | None = field(default=None, metadata={"help": "training rows to draw (None: all)"})
+    eval_size: int | None = field(default=None, metadata={"help": "rows of each validation split (None: all)"})
+    seed: int = 0
+
+    def __post_init__(self):
+        get_task(self.task)
+        _positive_int("max_length", self.max_length)
+        _positive_int("train_size", self.train_size, allow_none=True)
+        _positive_int("eval_size", self.eval_size, allow_none=True)
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", str(self.data_dir))
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """Hyper-parameters of the dense task fine-tune that every trial starts from."""
+
+    model: str = "default"
+    epochs: float = 1.0
+    steps: int | None = field(default=None, metadata={"help": "overrides epochs when given"})
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+
+    def __post_init__(self):
+        _positive_float("epochs", self.epochs)
+        _positive_int("steps", self.steps, allow_none=True, allow_zero=True)
+        _positive_int("batch_size", self.batch_size)
+        _positive_float("lr", self.lr)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One compression fine-tune: ADMM phase, hard projection, masked QAT phase.
+
+    ``steps`` optimizer steps in all; the first ``round(admm_fraction * steps)`` run ADMM with
+    STE fake-quantization, then the weights are hardened (masks frozen) and the rest run masked
+    QAT. ``steps=0`` is one-shot projection; ``admm_fraction=0`` is masked QAT without ADMM.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    dense: DenseConfig = field(default_factory=DenseConfig)
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    admm_fraction: float = 0.5
+    admm_interval: int = 20
+    rho: float = 1e-3
+    rho_growth: float = 1.3
+    rho_max: float = 1.0
+    kd_alpha: float = field(default=0.5, metadata={"help": "weight of the distillation loss from the dense model (0: off)"})
+    kd_temperature: float = 2.0
+    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: at phase ends only)"})
+    threads: int | None = field(default=None, metadata={"help": "torch threads (None: leave as is)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where dense warm starts are cached"})
+
+    def __post_init__(self):
+        if isinstance(self.data, dict):
+            object.__setattr__(self, "data", DataConfig(**self.data))
+        if isinstance(self.dense, dict):
+            object.__setattr__(self, "dense", DenseConfig(**self.dense))
+        _positive_int("steps", self.steps, allow_zero=True)
+        _positive_int("batch_size", self.batch_size)
+        _positive_float("lr", self.lr)
+        _positive_float("weight_decay", self.weight_decay, allow_zero=True)
+        if not (isinstance(self.admm_fraction, (int, float)) and 0 <= self.admm_fraction <= 1):
+            raise NxmiError(f"admm_fraction must be in [0, 1], got {self.admm_fraction!r}")
+        _positive_int("admm_interval", self.admm_interval)
+        _positive_float("rho", self.rho)
+        if not self.rho_growth >= 1:
+            raise NxmiError(f"rho_growth must be >= 1, got {self.rho_growth!r}")
+        if not self.rho_max >= self.rho:
+            raise NxmiError(f"rho_max must be >= rho ({self.rho}), got {self.rho_max!r}")
+        if not (isinstance(self.kd_alpha, (int, float)) and 0 <= self.kd_alpha <= 1):
+            raise NxmiError(f"kd_alpha must be in [0, 1], got {self.kd_alpha!r}")
+        _positive_float("kd_temperature", self.kd_temperature)
+        _positive_int("eval_every", self.eval_every, allow_zero=True)
+        _positive_int("threads", self.threads, allow_none=True)
+
+    @property
+    def admm_steps(self) -> int:
+        return int(round(self.admm_fraction * self.steps))
+
+    def replace(self, **changes) -> "TrialConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrialConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise NxmiError(f"unknown trial config key(s) {unknown}; allowed: {', '.join(sorted(known))}")
+        return cls(**data)

@@ -1,0 +1,114 @@
+"""The dense warm start: a task fine-tune of the uncompressed model, cached on disk.
+
+Every compression trial starts from it and its metric is the baseline of "retention". The cache
+key is made of the model's weight fingerprint, the data config and the hyper-parameters, so a
+second call with the same inputs returns the checkpoint at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models import load_model, load_tokenizer, model_fingerprint, resolve_model_path
+from .config import DataConfig, DenseConfig, default_cache_dir
+from .data import get_task, prepare_task_data
+from .loop import BatchStream, evaluate, model_inputs, set_seed, task_loss
+
+DENSE_CODE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DenseResult:
+    """A cached dense checkpoint (``save_pretrained`` directory with its tokenizer)."""
+
+    path: Path
+    metrics: dict
+    primary: float
+    key: str
+    cached: bool
+    wall_time: float
+
+
+def dense_cache_key(fingerprint: str, data: DataConfig, dense: DenseConfig) -> str:
+    payload = {
+        "model": fingerprint,
+        "data": dataclasses.asdict(data) | {"data_dir": str(Path(data.data_dir).resolve()) if data.data_dir else None},
+        "dense": {k: v for k, v in dataclasses.asdict(dense).items() if k != "model"},
+        "version": DENSE_CODE_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def finetune_dense(
+    data: DataConfig,
+    dense: DenseConfig | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> DenseResult:
+    """Fine-tune ``dense.model`` on ``data.task`` (or return the cached result)."""
+    dense = dense or DenseConfig()
+    info = get_task(data.task)
+    cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+    model_path = resolve_model_path(dense.model)
+    model = load_model(model_path, num_labels=info.num_labels, ignore_mismatched_sizes=True)
+    key = dense_cache_key(model_fingerprint(model), data, dense)
+    target = cache_root / "dense" / f"{data.task}-{key}"
+    if (target / "dense.json").is_file():
+        meta = json.loads((target / "dense.json").read_text())
+        return DenseResult(target, meta["metrics"], meta["metrics"]["primary"], key, True, 0.0)
+
+    start = time.perf_counter()
+    set_seed(data.seed)
+    tokenizer = load_tokenizer(model_path)
+    glue = prepare_task_data(info, tokenizer, data_dir=data.data_dir, max_length=data.max_length,
+                             train_size=data.train_size, eval_size=data.eval_size, seed=data.seed)
+    stream = BatchStream(glue.train, tokenizer, dense.batch_size, data.seed)
+    steps = dense.steps if dense.steps is not None else max(1, math.ceil(dense.epochs * stream.per_epoch))
+    if steps > 0:
+        from transformers import get_linear_schedule_with_warmup
+
+        optimizer = torch.optim.AdamW(model.parameters(), lr=dense.lr, weight_decay=dense.weight_decay)
+        schedule = get_linear_schedule_with_warmup(optimizer, int(dense.warmup_ratio * steps), steps)
+        model.train()
+        bar = tqdm(total=steps, desc=f"dense fine-tune {data.task}", disable=not progress, leave=False)
+        for step, batch in zip(range(steps), stream.from_step(0)):
+            loss = task_loss(model(**model_inputs(batch)).logits, batch["labels"], info.is_regression)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.close()
+    metrics = evaluate(model, glue, tokenizer)
+    wall = time.perf_counter() - start
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        meta = {"metrics": metrics, "steps": steps, "wall_time": wall, "key": key, "source_model": dense.model,
+                "data": dataclasses.asdict(data), "dense": dataclasses.asdict(dense)}
+        (tmp / "dense.json").write_text(json.dumps(meta, indent=2))
+        if target.exists() and not (target / "dense.json").is_file():
+            shutil.rmtree(target, ignore_errors=True)  # debris of a killed run
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished the same warm start first: use theirs
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return DenseResult(target, metrics, metrics["primary"], key, False, wall)

@@ -1,0 +1,90 @@
+"""Pieces shared by the dense fine-tune and the compression trials: seeding, a resumable batch
+stream, evaluation, and losses."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import GlueData, make_dataloader
+from .metrics import compute_metrics
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class BatchStream:
+    """Endless shuffled batches over a training set; epoch ``e`` uses seed ``seed + e``, so the
+    stream can be restarted at any step and yields the same batches."""
+
+    def __init__(self, dataset, tokenizer, batch_size: int, seed: int):
+        self.dataset, self.tokenizer, self.batch_size, self.seed = dataset, tokenizer, batch_size, seed
+        self.per_epoch = max(1, -(-len(dataset) // batch_size))
+
+    def from_step(self, step: int) -> Iterator[dict]:
+        epoch, offset = divmod(step, self.per_epoch)
+        while True:
+            loader = make_dataloader(self.dataset, self.tokenizer, self.batch_size, shuffle=True, seed=self.seed + epoch)
+            for i, batch in enumerate(loader):
+                if i >= offset:
+                    yield batch
+            epoch, offset = epoch + 1, 0
+
+
+def model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset, tokenizer, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels over a tokenised dataset, in eval mode."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for batch in make_dataloader(dataset, tokenizer, batch_size):
+        logits.append(model(**model_inputs(batch)).logits.float())
+        labels.append(batch["labels"])
+    model.train(was_training)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate(model: nn.Module, data: GlueData, tokenizer, batch_size: int = 64) -> dict[str, float]:
+    """GLUE metrics of ``model`` on every validation split of ``data``.
+
+    The first split's metrics are returned under their plain names (``accuracy``, ``primary``...);
+    further splits (mnli's mismatched set) under ``<split>/<metric>``. Also returns ``eval_loss``
+    of the first split.
+    """
+    out: dict[str, float] = {}
+    for i, (split, dataset) in enumerate(data.eval.items()):
+        logits, labels = predict(model, dataset, tokenizer, batch_size)
+        metrics = compute_metrics(data.task, logits, labels)
+        if i == 0:
+            out.update(metrics)
+            out["eval_loss"] = float(task_loss(torch.from_numpy(logits), torch.from_numpy(labels), data.task.is_regression))
+        else:
+            out.update({f"{split}/{k}": v for k, v in metrics.items()})
+    return out
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    if regression:
+        return F.mse_loss(logits.squeeze(-1), labels.float())
+    return F.cross_entropy(logits, labels.long())
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, regression: bool) -> torch.Tensor:
+    """Logit distillation: temperature-scaled KL for classification, MSE for regression."""
+    if regression:
+        return F.mse_loss(student, teacher)
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
+                    reduction="batchmean") * t * t

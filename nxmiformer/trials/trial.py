@@ -1,0 +1,215 @@
+"""One compression trial: ADMM + STE-QAT phase, hard projection, masked QAT phase.
+
+:func:`run_trial` is a plain function: the Ray Tune trainable (``trials.tune``), the search and
+``nxmi train`` all call it. It can report every evaluation, hand out its full state for a
+checkpoint, and resume from such a state.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..compression import (
+    ADMM, CompressionPlan, compress_, compressed_modules, compression_ratio, harden_,
+)
+from ..errors import NxmiError
+from ..models import load_model, load_tokenizer
+from .config import TrialConfig
+from .data import get_task, prepare_task_data
+from .dense import DenseResult, finetune_dense
+from .loop import BatchStream, distillation_loss, evaluate, model_inputs, set_seed, task_loss
+
+Report = Callable[[dict, Callable[[], dict]], None]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrialResult:
+    """What a trial measured. ``metrics`` are always those of the hardened model."""
+
+    plan: CompressionPlan
+    metrics: dict[str, float]
+    primary: float
+    dense_primary: float
+    retention: float
+    ratio_paper: float
+    ratio_storage: float
+    steps: int
+    admm_residual: float | None
+    wall_time: float
+    history: list[dict] = field(default_factory=list)
+    model: Any = None
+
+    def summary(self) -> dict:
+        return {
+            "primary": self.primary, "dense_primary": self.dense_primary, "retention": self.retention,
+            "ratio_paper": self.ratio_paper, "ratio_storage": self.ratio_storage, "steps": self.steps,
+            "admm_residual": self.admm_residual, "wall_time": self.wall_time, "metrics": self.metrics,
+        }
+
+
+def retention(primary: float, dense_primary: float) -> float:
+    return primary / dense_primary if dense_primary else float("nan")
+
+
+def run_trial(
+    plan: CompressionPlan | str,
+    config: TrialConfig,
+    report: Report | None = None,
+    resume: dict | None = None,
+    dense: DenseResult | None = None,
+    progress: bool = False,
+    keep_model: bool = False,
+) -> TrialResult:
+    """Compress the dense warm start of ``config`` with ``plan`` by ADMM + QAT; measure it.
+
+    Args:
+        plan: a :class:`CompressionPlan` or a spec string (uniform plan).
+        config: the trial's configuration (data, warm start, schedule).
+        report: called after every evaluation with a metrics dict (``step``, ``phase``, the task's
+            metrics, ``primary``, ``retention``, ``loss``, ``ratio_paper``, ``ratio_storage``,
+            ``admm_residual``) and a zero-argument function returning the full trial state, which
+            a caller may save as a checkpoint and pass back as ``resume``.
+        resume: a state from ``report``'s second argument: continue from there.
+        dense: the warm start; computed (or read from its cache) when not given.
+        progress: show a progress bar.
+        keep_model: keep the hardened model in the result.
+    """
+    start = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    info = get_task(config.data.task)
+    if dense is None:
+        dense = finetune_dense(config.data, config.dense, config.cache_dir, progress=progress)
+    set_seed(config.data.seed)
+    tokenizer = load_tokenizer(str(dense.path))
+    model = load_model(str(dense.path))
+    if isinstance(plan, str):
+        plan = CompressionPlan.uniform(model, plan)
+    plan.validate(model)
+    ratios = {c: compression_ratio(model, plan, c) for c in ("paper", "storage")}
+    teacher = None
+    if config.kd_alpha > 0 and config.steps > 0:
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+
+    data = prepare_task_data(info, tokenizer, data_dir=config.data.data_dir, max_length=config.data.max_length,
+                             train_size=config.data.train_size, eval_size=config.data.eval_size,
+                             seed=config.data.seed, include_train=config.steps > 0)
+    compress_(model, plan)
+    admm_steps = config.admm_steps
+    admm = ADMM(model, plan, rho=config.rho, rho_growth=config.rho_growth, rho_max=config.rho_max,
+                interval=config.admm_interval) if admm_steps > 0 else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: max(0.0, 1.0 - s / max(1, config.steps)))
+
+    step, history, hardened = 0, [], admm_steps == 0
+    if resume is not None:
+        step, history, hardened = resume["step"], list(resume["history"]), resume["hardened"]
+        if hardened:
+            harden_(model, resume["masks"], project_weights=False)
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        if admm is not None and resume.get("admm"):
+            admm.load_state_dict(resume["admm"])
+        torch.set_rng_state(resume["rng"])
+    elif hardened:
+        harden_(model)  # one-shot projection of the dense weights; masks frozen from the start
+
+    def state() -> dict:
+        return {
+            "step": step, "history": history, "hardened": hardened,
+            "model": {k: v.clone() for k, v in model.state_dict().items()},
+            "masks": {n: m.mask for n, m in compressed_modules(model).items() if m.mask is not None},
+            "optimizer": copy.deepcopy(optimizer.state_dict()), "schedule": schedule.state_dict(),
+            "admm": admm.state_dict() if admm is not None else None, "rng": torch.get_rng_state(),
+            "residual_at_projection": residual_at_projection,
+        }
+
+    last_loss = float("nan")
+    residual_at_projection = resume.get("residual_at_projection") if resume else None
+
+    def admm_residual():
+        # once hardened, W is in the constraint set; what tells how well ADMM converged is the
+        # residual just before the hard projection
+        if admm is None:
+            return None
+        return residual_at_projection if hardened else admm.residual()
+
+    def measure(phase: str) -> dict:
+        metrics = evaluate(model, data, tokenizer)
+        row = {
+            "step": step, "phase": phase, **metrics,
+            "retention": retention(metrics["primary"], dense.primary), "loss": last_loss,
+            "ratio_paper": ratios["paper"], "ratio_storage": ratios["storage"],
+            "admm_residual": admm_residual(),
+        }
+        history.append(row)
+        if report is not None:
+            report(row, state)
+        return row
+
+    stream = BatchStream(data.train, tokenizer, config.batch_size, config.data.seed) if config.steps > 0 else None
+    batches = stream.from_step(step) if stream is not None else iter(())
+    bar = tqdm(total=config.steps, initial=step, desc=f"trial {plan.summary()}"[:60], disable=not progress, leave=False)
+    model.train()
+    while step < config.steps:
+        if not hardened and step >= admm_steps:
+            residual_at_projection = admm.residual()
+            harden_(model)  # hard projection: masks frozen, weights exactly N:M and on the grid
+            hardened = True
+            measure("projected")
+            model.train()
+        batch = next(batches)
+        logits = model(**model_inputs(batch)).logits
+        loss = task_loss(logits, batch["labels"], info.is_regression)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(**model_inputs(batch)).logits
+            kd = distillation_loss(logits, teacher_logits, config.kd_temperature, info.is_regression)
+            loss = (1 - config.kd_alpha) * loss + config.kd_alpha * kd
+        last_loss = float(loss.detach())
+        if not hardened:
+            loss = loss + admm.penalty()
+        if not math.isfinite(float(loss.detach())):
+            raise NonFiniteLoss(f"non-finite loss {float(loss.detach())} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        step += 1
+        if not hardened:
+            admm.step(step)
+        bar.update()
+        bar.set_postfix(loss=f"{last_loss:.3f}", phase="qat" if hardened else "admm")
+        if config.eval_every and step % config.eval_every == 0 and step < config.steps:
+            measure("qat" if hardened else "admm")
+            model.train()
+    bar.close()
+    if not hardened:
+        residual_at_projection = admm.residual() if admm is not None else None
+        harden_(model)
+        hardened = True
+    final = measure("final")
+    wall = time.perf_counter() - start
+    keys = [k for k in final if k not in ("step", "phase", "retention", "loss", "ratio_paper", "ratio_storage", "admm_residual")]
+    return TrialResult(
+        plan=plan, metrics={k: final[k] for k in keys}, primary=final["primary"], dense_primary=dense.primary,
+        retention=final["retention"], ratio_paper=ratios["paper"], ratio_storage=ratios["storage"],
+        steps=step, admm_residual=final["admm_residual"], wall_time=wall, history=history,
+        model=model if keep_model else None,
+    )
