@@ -102,8 +102,141 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def _data_config(args):
+    from .trials import DataConfig
+
+    return DataConfig(task=args.task, data_dir=args.data_dir, max_length=args.max_length,
+                      train_size=args.train_size, eval_size=args.eval_size, seed=args.seed)
+
+
+def _steps_from(args, data, batch_size: int) -> int:
+    """--steps wins; else --epochs over the training rows."""
+    if args.steps is not None:
+        return args.steps
+    import math
+
+    from .trials.data import load_glue
+
+    rows = args.train_size
+    if rows is None:
+        rows = len(load_glue(data.task, data_dir=data.data_dir, splits=["train"])["train"])
+    return max(1, math.ceil(args.epochs * rows / batch_size))
+
+
+def _print_metrics(title: str, metrics: dict) -> None:
+    shown = "  ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    print(f"{title}  {shown}")
+
+
+def cmd_finetune(args) -> int:
+    _quiet_transformers()
+    from .trials import DenseConfig, finetune_dense
+
+    data = _data_config(args)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise NxmiError(f"output directory {out} already exists and is not empty; choose another --out")
+    dense = DenseConfig(model=args.model, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+    result = finetune_dense(data, dense, args.cache_dir, progress=True)
+    with atomic_output_dir(out) as tmp:
+        shutil.copytree(result.path, tmp, dirs_exist_ok=True)
+    _print_metrics(f"dense {args.task} ({'cached' if result.cached else f'{result.wall_time:.0f}s'}):", result.metrics)
+    print(f"saved to {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    _quiet_transformers()
+    import json
+    import time
+
+    from .compression import to_dense_
+    from .models import load_model
+    from .trials import DenseConfig, DenseResult, TrialConfig, finetune_dense, get_task, run_trial
+
+    start = time.perf_counter()
+    data = _data_config(args)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise NxmiError(f"output directory {out} already exists and is not empty; choose another --out")
+    dense_cfg = DenseConfig(model=args.model, epochs=args.dense_epochs)
+    # validate the plan against the architecture before any training
+    probe = load_model(args.dense or args.model, num_labels=get_task(args.task).num_labels, ignore_mismatched_sizes=True)
+    plan = parse_plan_arg(args.plan, probe)
+    del probe
+    steps = _steps_from(args, data, args.batch_size)
+    config = TrialConfig(data=data, dense=dense_cfg, steps=steps, batch_size=args.batch_size, lr=args.lr,
+                         admm_fraction=args.admm_fraction, kd_alpha=args.kd_alpha, eval_every=args.eval_every,
+                         cache_dir=args.cache_dir, threads=args.threads)
+    dense = DenseResult.load(args.dense) if args.dense else finetune_dense(data, dense_cfg, args.cache_dir, progress=True)
+    _print_metrics("dense baseline:", dense.metrics)
+    result = run_trial(plan, config, dense=dense, progress=True, keep_model=True,
+                       report=lambda row, _: print(f"step {row['step']:>6} {row['phase']:<9} primary {row['primary']:.4f} "
+                                                   f"retention {row['retention']:.2%}", flush=True))
+    summary = {
+        "task": args.task, "plan": plan.summary(), "steps": result.steps,
+        "dense": dense.metrics, "compressed": result.metrics, "retention": result.retention,
+        "ratio_paper": result.ratio_paper, "ratio_storage": result.ratio_storage,
+        "admm_residual": result.admm_residual, "wall_time": time.perf_counter() - start,
+        "trial_config": config.to_dict(), "history": result.history,
+    }
+    with atomic_output_dir(out) as tmp:
+        model = to_dense_(result.model)
+        model.save_pretrained(tmp)
+        from .models import load_tokenizer
+
+        load_tokenizer(str(dense.path)).save_pretrained(tmp)
+        plan.save(tmp / "plan.json")
+        (tmp / "metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    _print_metrics("compressed:", result.metrics)
+    print(f"retention {result.retention:.2%}  ratio paper {result.ratio_paper:.4%}  storage {result.ratio_storage:.4%}")
+    print(f"saved hardened model, plan.json and metrics.json to {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    _quiet_transformers()
+    import json
+
+    from .models import load_model, load_tokenizer
+    from .trials import evaluate, get_task, prepare_task_data
+
+    info = get_task(args.task)
+    model = load_model(args.model)
+    if getattr(model.config, "num_labels", None) != info.num_labels:
+        raise NxmiError(f"model {args.model} has {model.config.num_labels} labels; task {args.task} needs {info.num_labels}")
+    tokenizer = load_tokenizer(args.model)
+    data = prepare_task_data(info, tokenizer, data_dir=args.data_dir, max_length=args.max_length,
+                             eval_size=args.eval_size, seed=args.seed, include_train=False)
+    metrics = evaluate(model, data, tokenizer, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps({"task": args.task, "model": args.model, **metrics}))
+    else:
+        _print_metrics(f"{args.task}:", metrics)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # parser
+
+
+def _add_data_args(p, train: bool = True) -> None:
+    p.add_argument("--task", required=True, help="GLUE task: cola sst2 mrpc qqp stsb mnli qnli rte wnli")
+    p.add_argument("--data-dir", help="directory of <task>/<split>.parquet (default: $NXMI_GLUE_DIR, else the hub)")
+    p.add_argument("--max-length", type=int, default=128, help="truncation length in tokens")
+    p.add_argument("--train-size", type=int, help="training rows to draw (default: all)")
+    p.add_argument("--eval-size", type=int, help="rows of each validation split (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
+
+def _add_training_args(p, lr: float) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--steps", type=int, help="optimizer steps")
+    group.add_argument("--epochs", type=float, default=1.0, help="epochs over the training rows (default 1)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--cache-dir", help="where dense warm starts are cached (default: $NXMI_CACHE_DIR or ~/.cache/nxmiformer)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +251,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="save the hardened model (save_pretrained) and plan.json here")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("finetune", help="dense task fine-tune (the warm start of every trial), cached")
+    p.add_argument("--model", default="default", help="'default' (embedded MiniLM), a directory, or a hub name")
+    _add_data_args(p)
+    _add_training_args(p, lr=1e-4)
+    p.add_argument("--out", required=True, help="save the fine-tuned model here")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("train", help="full ADMM+QAT training of a plan from the dense warm start")
+    p.add_argument("--plan", required=True, help="a plan.json (e.g. from nxmi export) or a spec such as 2:4:int8")
+    p.add_argument("--model", default="default", help="base model of the dense warm start")
+    p.add_argument("--dense", help="an existing warm start directory (from nxmi finetune) instead of computing one")
+    p.add_argument("--dense-epochs", type=float, default=1.0, help="epochs of the dense warm start")
+    _add_data_args(p)
+    _add_training_args(p, lr=1e-4)
+    p.add_argument("--admm-fraction", type=float, default=0.5, help="share of the steps spent in the ADMM phase")
+    p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of distillation from the dense model (0: off)")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: phase ends only)")
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--out", required=True, help="save the hardened model, plan.json and metrics.json here")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="GLUE metrics of a saved model")
+    p.add_argument("--model", required=True, help="a save_pretrained directory")
+    _add_data_args(p)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import NxmiError
 from ..models import load_model, load_tokenizer, model_fingerprint, resolve_model_path
 from .config import DataConfig, DenseConfig, default_cache_dir
 from .data import get_task, prepare_task_data
@@ -38,6 +39,16 @@ class DenseResult:
     key: str
     cached: bool
     wall_time: float
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DenseResult":
+        """Read a finished warm start from its directory."""
+        path = Path(path)
+        meta_file = path / "dense.json"
+        if not meta_file.is_file():
+            raise NxmiError(f"no dense warm start at {path} (dense.json missing)")
+        meta = json.loads(meta_file.read_text())
+        return cls(path, meta["metrics"], meta["metrics"]["primary"], meta.get("key", ""), True, 0.0)
 
 
 def dense_cache_key(fingerprint: str, data: DataConfig, dense: DenseConfig) -> str:
@@ -65,8 +76,7 @@ def finetune_dense(
     key = dense_cache_key(model_fingerprint(model), data, dense)
     target = cache_root / "dense" / f"{data.task}-{key}"
     if (target / "dense.json").is_file():
-        meta = json.loads((target / "dense.json").read_text())
-        return DenseResult(target, meta["metrics"], meta["metrics"]["primary"], key, True, 0.0)
+        return DenseResult.load(target)
 
     start = time.perf_counter()
     set_seed(data.seed)

@@ -131,9 +131,9 @@ def run_trial(
 
     def state() -> dict:
         return {
-            "step": step, "history": history, "hardened": hardened,
+            "step": step, "history": copy.deepcopy(history), "hardened": hardened,
             "model": {k: v.clone() for k, v in model.state_dict().items()},
-            "masks": {n: m.mask for n, m in compressed_modules(model).items() if m.mask is not None},
+            "masks": {n: m.mask.clone() for n, m in compressed_modules(model).items() if m.mask is not None},
             "optimizer": copy.deepcopy(optimizer.state_dict()), "schedule": schedule.state_dict(),
             "admm": admm.state_dict() if admm is not None else None, "rng": torch.get_rng_state(),
             "residual_at_projection": residual_at_projection,

@@ -1,0 +1,139 @@
+"""End-to-end trials on a tiny random BERT and synthetic GLUE tables (seconds each)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nxmiformer.compression import CompressionPlan, compressed_modules, quantize_to_int
+from nxmiformer.trials import DataConfig, DenseConfig, NonFiniteLoss, TrialConfig, finetune_dense, run_trial
+from tests.conftest import tiny_bert
+from tests.trials.conftest import SPECIAL_TOKENS, WORDS
+
+REPORT_KEYS = {"step", "phase", "primary", "retention", "loss", "ratio_paper", "ratio_storage", "admm_residual"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_bert(vocab_size=len(SPECIAL_TOKENS) + len(WORDS)).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def make_config(tiny_model_dir, synthetic_glue_dir, tmp_path):
+    def make(task="sst2", **changes):
+        data = DataConfig(task=task, data_dir=str(synthetic_glue_dir), max_length=16, seed=0)
+        dense = DenseConfig(model=str(tiny_model_dir), steps=4, batch_size=8)
+        base = dict(data=data, dense=dense, steps=8, batch_size=8, lr=1e-3, admm_interval=2, eval_every=3,
+                    cache_dir=str(tmp_path / "cache"), threads=1)
+        return TrialConfig(**(base | changes))
+
+    return make
+
+
+def test_dense_warm_start_is_cached(make_config):
+    config = make_config()
+    first = finetune_dense(config.data, config.dense, config.cache_dir, progress=False)
+    assert not first.cached and (first.path / "dense.json").is_file()
+    again = finetune_dense(config.data, config.dense, config.cache_dir, progress=False)
+    assert again.cached and again.path == first.path and again.metrics == first.metrics
+    # a different hyper-parameter is a different warm start
+    other = finetune_dense(config.data, DenseConfig(model=config.dense.model, steps=5, batch_size=8), config.cache_dir, progress=False)
+    assert not other.cached and other.path != first.path
+
+
+def test_trial_reports_phases_and_ends_hardened(make_config):
+    config = make_config()
+    rows = []
+    result = run_trial("2:4:int8", config, report=lambda row, state: rows.append(row), keep_model=True)
+    assert [r["phase"] for r in rows] == ["admm", "projected", "qat", "final"]
+    assert [r["step"] for r in rows] == [3, 4, 6, 8]
+    for row in rows:
+        assert REPORT_KEYS <= set(row) and "accuracy" in row
+    assert rows[0]["admm_residual"] > 0
+    assert result.ratio_paper == 0.875 and result.steps == 8
+    assert result.retention == pytest.approx(result.primary / result.dense_primary)
+    assert result.metrics["primary"] == rows[-1]["primary"]
+    # measured on the hardened model: exactly 2:4 and on the INT8 grid
+    for module in compressed_modules(result.model).values():
+        w = module.effective_weight().detach()
+        assert torch.all((w != 0).reshape(w.shape[0], -1, 4).sum(-1) <= 2)
+        q, scale = quantize_to_int(w, 8)
+        torch.testing.assert_close(q.float() * scale[:, None], w, rtol=0, atol=1e-6)
+
+
+def test_same_seed_same_result(make_config):
+    config = make_config(kd_alpha=0.5)
+    a = run_trial("4:8:int4", config, keep_model=True)
+    b = run_trial("4:8:int4", config, keep_model=True)
+    assert a.history == b.history
+    for (name, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        assert torch.equal(pa, pb), name
+
+
+@pytest.mark.parametrize("resume_at_phase", ["admm", "projected", "qat"])
+def test_resume_from_state_equals_uninterrupted(make_config, resume_at_phase):
+    config = make_config()
+    states = {}
+    full = run_trial("2:4:int8", config, keep_model=True,
+                     report=lambda row, state: states.setdefault(row["phase"], state()))
+    resumed = run_trial("2:4:int8", config, keep_model=True, resume=states[resume_at_phase])
+    assert resumed.history == full.history
+    for (name, pa), (_, pb) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    "changes,phases",
+    [(dict(steps=0), ["final"]),  # one-shot projection
+     (dict(admm_fraction=0.0), ["qat", "qat", "final"]),  # masked QAT without ADMM
+     (dict(admm_fraction=1.0, eval_every=0), ["final"])],  # ADMM all the way, projected at the end
+)
+def test_method_variants(make_config, changes, phases):
+    rows = []
+    result = run_trial("2:4:int4", make_config(**changes), report=lambda row, state: rows.append(row))
+    assert [r["phase"] for r in rows] == phases
+    assert result.ratio_paper == 0.9375
+
+
+@pytest.mark.parametrize("task,keys", [("stsb", {"pearson", "spearmanr"}), ("mnli", {"accuracy", "validation_mismatched/accuracy"}), ("cola", {"mcc"})])
+def test_other_tasks(make_config, task, keys):
+    result = run_trial("2:4:int8", make_config(task=task, steps=4))
+    assert keys <= set(result.metrics)
+
+
+def test_heterogeneous_plan(make_config, tiny_model_dir):
+    model = tiny_bert(vocab_size=len(SPECIAL_TOKENS) + len(WORDS))
+    plan = CompressionPlan.by_component(model, {"query": "2:4:int4", "ffn_in": "4:8:int8", "ffn_out": "dense:int8"})
+    result = run_trial(plan, make_config(steps=4))
+    assert 0 < result.ratio_paper < 0.875
+
+
+def test_nan_loss_is_reported(make_config, monkeypatch):
+    import nxmiformer.trials.trial as trial_module
+
+    monkeypatch.setattr(trial_module, "task_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(NonFiniteLoss, match="non-finite loss"):
+        run_trial("2:4:int8", make_config(kd_alpha=0.0))
+
+
+@pytest.mark.parametrize(
+    "changes,word",
+    [(dict(steps=-1), "steps"), (dict(admm_fraction=1.5), "admm_fraction"), (dict(kd_alpha=2.0), "kd_alpha"),
+     (dict(rho=0.0), "rho"), (dict(batch_size=0), "batch_size")],
+)
+def test_bad_trial_config(make_config, changes, word):
+    with pytest.raises(ValueError, match=word):
+        make_config(**changes)
+
+
+def test_config_round_trips_as_dict(make_config):
+    config = make_config()
+    again = TrialConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    with pytest.raises(ValueError, match="unknown trial config key"):
+        TrialConfig.from_dict(config.to_dict() | {"stepz": 3})
