@@ -23,7 +23,7 @@ from nxmiformer.trials import (
     tokenize_dataset,
 )
 
-from .conftest import HUB_SCHEMA, SPLIT_ROWS
+from tests.conftest import HUB_SCHEMA, SPLIT_ROWS
 
 REAL_GLUE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "glue"
 ALL_TASKS = tuple(HUB_SCHEMA)

@@ -8,7 +8,7 @@ from nxmiformer.compression import CompressionPlan
 from nxmiformer.trials import DataConfig, DenseConfig, TrialConfig, finetune_dense
 from nxmiformer.trials.trainable import trial_trainable
 from tests.conftest import tiny_bert
-from tests.trials.conftest import SPECIAL_TOKENS, WORDS
+from tests.conftest import SPECIAL_TOKENS, WORDS
 
 ray = pytest.importorskip("ray")
 from ray import tune  # noqa: E402

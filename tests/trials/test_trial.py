@@ -10,7 +10,7 @@ import torch
 from nxmiformer.compression import CompressionPlan, compressed_modules, quantize_to_int
 from nxmiformer.trials import DataConfig, DenseConfig, NonFiniteLoss, TrialConfig, finetune_dense, run_trial
 from tests.conftest import tiny_bert
-from tests.trials.conftest import SPECIAL_TOKENS, WORDS
+from tests.conftest import SPECIAL_TOKENS, WORDS
 
 REPORT_KEYS = {"step", "phase", "primary", "retention", "loss", "ratio_paper", "ratio_storage", "admm_residual"}
 
