@@ -74,3 +74,14 @@ def test_every_m_from_2_to_32():
             kept_min = torch.where(mask, w.abs(), torch.inf).reshape(2, -1, m).amin(-1)
             dropped_max = torch.where(~mask, w.abs(), -torch.inf).reshape(2, -1, m).amax(-1)
             assert torch.all(kept_min >= dropped_max)
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8), (1, 2), (3, 8)])
+def test_special_values_rank_like_a_stable_sort(n, m):
+    # the fast path (m <= 8) compares float bits; it must order 0/-0, inf and NaN like the sort
+    w = torch.tensor([[0.0, -0.0, 1.0, -1.0, float("inf"), 2.0, float("nan"), -float("inf")] * 2])
+    reference = torch.zeros_like(w, dtype=torch.bool)
+    groups = w.abs().reshape(1, -1, m)
+    order = torch.argsort(groups, dim=-1, descending=True, stable=True)
+    reference.reshape(1, -1, m).scatter_(-1, order[..., :n], True)
+    assert torch.equal(nm_mask(w, n, m), reference)
