@@ -103,7 +103,8 @@ def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFas
     """A word-level BERT tokenizer over ``WORDS``: one token per word, no download."""
     vocab = tmp_path_factory.mktemp("tokenizer") / "vocab.txt"
     vocab.write_text("\n".join(SPECIAL_TOKENS + WORDS) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    # transformers 5 names the argument `vocab`, 4.x `vocab_file`; each ignores the other
+    return BertTokenizerFast(vocab=str(vocab), vocab_file=str(vocab), do_lower_case=True)
 
 
 def _sentence(rng: random.Random) -> str:

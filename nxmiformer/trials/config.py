@@ -44,9 +44,11 @@ class DataConfig:
     train_size: int | None = field(default=None, metadata={"help": "training rows to draw (None: all)"})
     eval_size: int | None = field(default=None, metadata={"help": "rows of each validation split (None: all)"})
     seed: int = 0
+    holdout_size: int = field(default=0, metadata={"help": "training rows set aside (e.g. the search's calibration rows)"})
 
     def __post_init__(self):
         get_task(self.task)
+        _positive_int("holdout_size", self.holdout_size, allow_zero=True)
         _positive_int("max_length", self.max_length)
         _positive_int("train_size", self.train_size, allow_none=True)
         _positive_int("eval_size", self.eval_size, allow_none=True)

@@ -299,6 +299,7 @@ class GlueData:
     task: TaskInfo
     train: datasets.Dataset | None
     eval: Mapping[str, datasets.Dataset]
+    holdout: datasets.Dataset | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eval", MappingProxyType(dict(self.eval)))
@@ -314,6 +315,7 @@ def prepare_task_data(
     eval_size: int | None = None,
     seed: int = 0,
     include_train: bool = True,
+    holdout_size: int = 0,
 ) -> GlueData:
     """Load, subsample and tokenise a GLUE task's train and validation split(s).
 
@@ -327,21 +329,39 @@ def prepare_task_data(
         seed: Seed for the subsets.
         include_train: ``False`` loads only the validation split(s); ``train`` is then ``None``
             (e.g. for sensitivity profiling, which only evaluates).
+        holdout_size: rows of the training split set aside (drawn first with ``seed``) as
+            ``holdout``, e.g. the search's calibration rows; ``train`` is then drawn from the
+            remaining rows, so the two never overlap. ``0`` changes nothing.
 
     Subsampling happens before tokenisation, so a small subset of a large split is cheap.
     """
     info = get_task(task)
-    splits = (("train",) if include_train else ()) + info.validation_splits
+    if isinstance(holdout_size, bool) or not isinstance(holdout_size, int) or holdout_size < 0:
+        raise NxmiError(f"holdout_size must be a non-negative int, got {holdout_size!r}")
+    need_train = include_train or holdout_size > 0
+    splits = (("train",) if need_train else ()) + info.validation_splits
     raw = load_glue(info, data_dir=data_dir, splits=splits)
-    sizes = {split: eval_size for split in info.validation_splits} | {"train": train_size}
     tokenized = {
-        split: tokenize_dataset(
-            subsample(raw[split], sizes[split], seed), tokenizer, info, max_length
-        )
-        for split in splits
+        split: tokenize_dataset(subsample(raw[split], eval_size, seed), tokenizer, info, max_length)
+        for split in info.validation_splits
     }
+    train = holdout = None
+    if need_train:
+        full = raw["train"]
+        if holdout_size:
+            if holdout_size >= len(full):
+                raise NxmiError(f"holdout_size {holdout_size} leaves no training rows: the split has {len(full)}")
+            shuffled = full.shuffle(seed=seed)
+            holdout = tokenize_dataset(shuffled.select(range(holdout_size)).flatten_indices(), tokenizer, info, max_length)
+            rest = len(full) - holdout_size
+            n = rest if train_size is None else min(train_size, rest)
+            full = shuffled.select(range(holdout_size, holdout_size + n)).flatten_indices()
+            train_size = None
+        if include_train:
+            train = tokenize_dataset(subsample(full, train_size, seed), tokenizer, info, max_length)
     return GlueData(
         task=info,
-        train=tokenized.get("train"),
+        train=train,
         eval={split: tokenized[split] for split in info.validation_splits},
+        holdout=holdout,
     )

@@ -82,7 +82,8 @@ def finetune_dense(
     set_seed(data.seed)
     tokenizer = load_tokenizer(model_path)
     glue = prepare_task_data(info, tokenizer, data_dir=data.data_dir, max_length=data.max_length,
-                             train_size=data.train_size, eval_size=data.eval_size, seed=data.seed)
+                             train_size=data.train_size, eval_size=data.eval_size, seed=data.seed,
+                             holdout_size=data.holdout_size)
     stream = BatchStream(glue.train, tokenizer, dense.batch_size, data.seed)
     steps = dense.steps if dense.steps is not None else max(1, math.ceil(dense.epochs * stream.per_epoch))
     if steps > 0:

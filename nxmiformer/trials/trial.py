@@ -106,7 +106,8 @@ def run_trial(
 
     data = prepare_task_data(info, tokenizer, data_dir=config.data.data_dir, max_length=config.data.max_length,
                              train_size=config.data.train_size, eval_size=config.data.eval_size,
-                             seed=config.data.seed, include_train=config.steps > 0)
+                             seed=config.data.seed, include_train=config.steps > 0,
+                             holdout_size=config.data.holdout_size)
     compress_(model, plan)
     admm_steps = config.admm_steps
     admm = ADMM(model, plan, rho=config.rho, rho_growth=config.rho_growth, rho_max=config.rho_max,

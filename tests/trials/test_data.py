@@ -411,3 +411,28 @@ def test_real_glue_with_the_embedded_minilm_tokenizer():
     assert batch["input_ids"].shape[1] <= 64
     assert batch["labels"].dtype == torch.int64
     assert data.eval["validation"].num_rows == 8
+
+
+def test_holdout_rows_are_disjoint_from_training_rows(tmp_path, tiny_tokenizer):
+    from tests.conftest import WORDS
+
+    task_dir = tmp_path / "sst2"
+    task_dir.mkdir()
+    sentences = [f"{WORDS[i % 10]} {WORDS[10 + i // 10]}" for i in range(60)]  # 60 distinct sentences
+    pd.DataFrame({"sentence": sentences, "label": [i % 2 for i in range(60)], "idx": range(60)}).to_parquet(task_dir / "train.parquet")
+    pd.DataFrame({"sentence": sentences[:5], "label": [0, 1, 0, 1, 0], "idx": range(5)}).to_parquet(task_dir / "validation.parquet")
+
+    def rows(ds):
+        return {tuple(r) for r in ds["input_ids"]}
+
+    plain = prepare_task_data("sst2", tiny_tokenizer, data_dir=tmp_path, train_size=20, seed=3)
+    assert plain.holdout is None
+    held = prepare_task_data("sst2", tiny_tokenizer, data_dir=tmp_path, train_size=20, seed=3, holdout_size=15)
+    assert len(held.holdout) == 15 and len(held.train) == 20
+    assert not rows(held.holdout) & rows(held.train)
+    everything = prepare_task_data("sst2", tiny_tokenizer, data_dir=tmp_path, seed=3, holdout_size=15)
+    assert len(everything.train) == 45 and not rows(everything.holdout) & rows(everything.train)
+    calib_only = prepare_task_data("sst2", tiny_tokenizer, data_dir=tmp_path, seed=3, holdout_size=15, include_train=False)
+    assert calib_only.train is None and rows(calib_only.holdout) == rows(held.holdout)
+    with pytest.raises(ValueError, match="holdout_size 60"):
+        prepare_task_data("sst2", tiny_tokenizer, data_dir=tmp_path, holdout_size=60)
