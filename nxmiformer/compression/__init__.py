@@ -8,7 +8,7 @@ from .accounting import CONVENTIONS, compression_ratio, module_bits, ratio_table
 from .admm import ADMM
 from .layer import CompressedLinear, compress_, compressed_modules, current_plan, harden_, project, to_dense_
 from .masks import nm_mask
-from .modules import COMPONENTS, CompressibleModule, compressible_modules
+from .modules import COMPONENTS, CompressibleModule, compressible_modules, encoder_blocks
 from .quant import fake_quantize, fake_quantize_activations, quantize_to_int, weight_scales
 from .spec import DENSE, CompressionPlan, LayerSpec
 
@@ -26,6 +26,7 @@ __all__ = [
     "compressible_modules",
     "compression_ratio",
     "current_plan",
+    "encoder_blocks",
     "fake_quantize",
     "fake_quantize_activations",
     "harden_",

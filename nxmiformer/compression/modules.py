@@ -51,6 +51,11 @@ def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear)
 
 
+def encoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The name and the ``nn.ModuleList`` of the encoder's blocks (see the module docstring)."""
+    return _find_blocks(model)
+
+
 def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     best: tuple[str, nn.ModuleList] | None = None
     for name, module in model.named_modules():

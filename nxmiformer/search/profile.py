@@ -1,0 +1,297 @@
+"""Sensitivity profiling: how much each module hurts when it alone is compressed one-shot.
+
+For every compressible module and every option of a menu, the module's weight is projected
+(N:M mask, then the integer grid) and the calibration loss and primary metric are measured with
+every other module dense. The calibration rows come from the training split (held out from the
+rows the trials train on). The dense forward is computed once per worker: block outputs are
+cached, and a module of block ``i`` is measured by replaying the cached outputs of blocks
+``0..i-1`` and running only blocks ``i..L-1`` and the head.
+
+Profiles are cached in Parquet under ``<cache_dir>/profiles/``, keyed by a fingerprint of the
+model's weight files, the task, the calibration data (file contents and sampling), the option and
+this module's version. A corrupt cache file is reported with a warning and recomputed; writes are
+atomic (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..compression import LayerSpec, compressible_modules, encoder_blocks, project
+from ..errors import NxmiError
+from ..trials.config import DataConfig, default_cache_dir
+from ..trials.data import get_task
+
+PROFILE_VERSION = 1
+DEFAULT_MENU = ("dense", "dense:int8", "dense:int4", "2:4:fp16", "2:4:int8", "2:4:int4",
+                "4:8:int8", "4:8:int4", "1:4:int8", "2:8:int8", "1:4:int4")
+COLUMNS = ["module", "layer", "component", "out_features", "in_features", "option",
+           "loss", "metric", "delta_loss", "delta_metric", "score"]
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    """A sensitivity table (one row per module x option) and how it was obtained."""
+
+    table: pd.DataFrame
+    path: Path
+    computed: int
+    cached: int
+    wall_time: float
+
+
+def parse_menu(options: Sequence[str] | str) -> tuple[str, ...]:
+    """Canonical option strings; an unknown option is an error naming it."""
+    if isinstance(options, str):
+        options = [o for o in options.split(",") if o.strip()]
+    menu = tuple(dict.fromkeys(str(LayerSpec.parse(o)) for o in options))
+    if not menu:
+        raise NxmiError("the option menu is empty; give at least one option such as 2:4:int8")
+    return menu
+
+
+def _hash_files(paths: Sequence[Path], digest) -> None:
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+
+
+def profile_key(model_dir: Path, data: DataConfig, calib_size: int, batch_size: int) -> str:
+    """Fingerprint of weights, task, calibration data and code version (not of the options:
+    each option is a row, so a new option extends the same file)."""
+    digest = hashlib.sha256()
+    weight_files = [p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json"]
+    if not weight_files:
+        raise NxmiError(f"no weight files in {model_dir}")
+    _hash_files(weight_files, digest)
+    if data.data_dir:
+        train_file = Path(data.data_dir) / data.task / "train.parquet"
+        if not train_file.is_file():
+            raise NxmiError(f"missing split file {train_file}")
+        _hash_files([train_file], digest)
+    sampling = {"task": data.task, "max_length": data.max_length, "seed": data.seed, "calib_size": calib_size,
+                "batch_size": batch_size, "version": PROFILE_VERSION}
+    digest.update(json.dumps(sampling, sort_keys=True).encode())
+    return digest.hexdigest()[:20]
+
+
+def _read_cache(path: Path) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    try:
+        table = pd.read_parquet(path)
+        missing = set(COLUMNS) - set(table.columns)
+        if missing:
+            raise ValueError(f"missing columns {sorted(missing)}")
+        return table[COLUMNS]
+    except Exception as exc:  # any unreadable file is recomputed, never trusted
+        warnings.warn(f"profile cache {path} is unreadable ({type(exc).__name__}: {exc}); recomputing it", stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _write_atomic(table: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+class _Replay(nn.Module):
+    """Stands in for an encoder block: returns the block's cached dense output for the batch
+    currently being evaluated."""
+
+    def __init__(self, outputs: list, cursor: dict):
+        super().__init__()
+        self.outputs, self.cursor = outputs, cursor
+
+    def forward(self, *args, **kwargs):
+        return self.outputs[self.cursor["batch"]]
+
+
+def profile_modules(model_dir: str, data: dict, calib_size: int, batch_size: int,
+                    modules: Sequence[str], options: Sequence[str], threads: int | None = None,
+                    progress: bool = False) -> list[dict]:
+    """Measure ``modules`` x ``options`` one-shot on the calibration rows (one worker's share)."""
+    from ..models import load_model, load_tokenizer
+    from ..trials.data import make_dataloader, prepare_task_data
+    from ..trials.loop import model_inputs, task_loss
+    from ..trials.metrics import compute_metrics
+
+    if threads:
+        torch.set_num_threads(threads)
+    data_cfg = DataConfig(**data)
+    info = get_task(data_cfg.task)
+    model = load_model(model_dir).eval()
+    tokenizer = load_tokenizer(model_dir)
+    calib = prepare_task_data(info, tokenizer, data_dir=data_cfg.data_dir, max_length=data_cfg.max_length,
+                              seed=data_cfg.seed, include_train=False, holdout_size=calib_size).holdout
+    batches = list(make_dataloader(calib, tokenizer, batch_size))
+    labels = torch.cat([b["labels"] for b in batches])
+    _, blocks = encoder_blocks(model)
+    cached: list[list] = [[] for _ in blocks]
+    hooks = [block.register_forward_hook(lambda mod, args, out, i=i: cached[i].append(out)) for i, block in enumerate(blocks)]
+
+    def run() -> tuple[float, float]:
+        logits = []
+        with torch.no_grad():
+            for cursor["batch"], batch in enumerate(batches):
+                logits.append(model(**model_inputs(batch)).logits.float())
+        logits = torch.cat(logits)
+        loss = float(task_loss(logits, labels, info.is_regression))
+        return loss, compute_metrics(info, logits.numpy(), labels.numpy())["primary"]
+
+    cursor = {"batch": 0}
+    base_loss, base_metric = run()  # the one dense forward: fills the block-output cache
+    for hook in hooks:
+        hook.remove()
+
+    by_name = {cm.name: cm for cm in compressible_modules(model)}
+    rows = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(modules) * len(options), desc="profiling", disable=not progress, leave=False)
+    for layer in sorted({by_name[name].layer for name in modules}):
+        originals = [blocks[i] for i in range(layer)]
+        for i in range(layer):
+            blocks[i] = _Replay(cached[i], cursor)
+        try:
+            for name in (n for n in modules if by_name[n].layer == layer):
+                cm = by_name[name]
+                weight = cm.module.weight
+                original = weight.detach().clone()
+                for option in options:
+                    spec = LayerSpec.parse(option)
+                    if spec.is_identity:
+                        loss, metric = base_loss, base_metric
+                    else:
+                        with torch.no_grad():
+                            weight.copy_(project(original, spec))
+                        loss, metric = run()
+                        with torch.no_grad():
+                            weight.copy_(original)
+                    rows.append({"module": name, "layer": cm.layer, "component": cm.component,
+                                 "out_features": cm.out_features, "in_features": cm.in_features, "option": option,
+                                 "loss": loss, "metric": metric, "delta_loss": loss - base_loss,
+                                 "delta_metric": metric - base_metric, "score": loss - base_loss})
+                    bar.update()
+        finally:
+            for i, block in enumerate(originals):
+                blocks[i] = block
+    bar.close()
+    return rows
+
+
+def _split_work(modules: list, workers: int) -> list[list[str]]:
+    """Share modules among workers so that each runs about as many blocks (a module of block i
+    costs L - i blocks per forward)."""
+    layers = max(cm.layer for cm in modules) + 1
+    shares: list[list[str]] = [[] for _ in range(workers)]
+    load = [0] * workers
+    for cm in sorted(modules, key=lambda cm: cm.layer):
+        k = load.index(min(load))
+        shares[k].append(cm.name)
+        load[k] += layers - cm.layer
+    return [s for s in shares if s]
+
+
+def profile_sensitivity(
+    model_dir: str | Path,
+    data: DataConfig,
+    options: Sequence[str] = DEFAULT_MENU,
+    calib_size: int = 256,
+    batch_size: int = 64,
+    cache_dir: str | Path | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> ProfileResult:
+    """The sensitivity table of ``model_dir`` (a fine-tuned checkpoint) on ``data.task``.
+
+    Args:
+        options: the option menu (spec strings).
+        calib_size: calibration rows, drawn from the training split with ``data.seed``; trials
+            must use ``DataConfig(holdout_size=calib_size)`` so they never train on them.
+        workers: Ray tasks to spread the work over (needs ``ray.init`` first); 0 runs in-process.
+
+    Returns the table with columns ``module, layer, component, out_features, in_features,
+    option, loss, metric, delta_loss, delta_metric, score`` (score = delta_loss).
+    """
+    start = time.perf_counter()
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise NxmiError(f"model directory not found or incomplete: {model_dir}")
+    if isinstance(calib_size, bool) or not isinstance(calib_size, int) or calib_size < 1:
+        raise NxmiError(f"calib_size must be a positive integer, got {calib_size!r}")
+    menu = parse_menu(options)
+    key = profile_key(model_dir, data, calib_size, batch_size)
+    path = Path(cache_dir or default_cache_dir()) / "profiles" / f"{data.task}-{key}.parquet"
+    table = _read_cache(path)
+
+    modules = compressible_modules(_skeleton(model_dir))
+    for option in menu:  # every option must fit every module before any work starts
+        spec = LayerSpec.parse(option)
+        bad = [cm.name for cm in modules if cm.in_features % spec.m]
+        if bad:
+            raise NxmiError(f"option {option} does not fit {bad[0]}: input width {modules[0].in_features} is not a multiple of m={spec.m}")
+    have = set() if table is None else set(zip(table["module"], table["option"]))
+    missing_options = [o for o in menu if any((cm.name, o) not in have for cm in modules)]
+    computed = 0
+    if missing_options:
+        data_dict = asdict(data)
+        if workers and workers > 1:
+            import ray
+
+            task = ray.remote(num_cpus=1)(profile_modules)
+            shares = _split_work(modules, workers)
+            refs = [task.remote(str(model_dir), data_dict, calib_size, batch_size, share, missing_options, 1) for share in shares]
+            rows = _gather(refs, progress)
+        else:
+            rows = profile_modules(str(model_dir), data_dict, calib_size, batch_size, [cm.name for cm in modules],
+                                   missing_options, progress=progress)
+        new = pd.DataFrame(rows, columns=COLUMNS)
+        computed = len(new)
+        table = new if table is None else pd.concat([table[~table["option"].isin(missing_options)], new], ignore_index=True)
+        _write_atomic(table, path)
+    selected = table[table["option"].isin(menu)].reset_index(drop=True)
+    return ProfileResult(selected, path, computed, len(selected) - computed, time.perf_counter() - start)
+
+
+def _skeleton(model_dir: Path) -> nn.Module:
+    """The architecture without weights (meta device): enough to list the modules, instantly."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(config)
+
+
+def _gather(refs, progress: bool) -> list[dict]:
+    import ray
+    from tqdm.auto import tqdm
+
+    rows, pending = [], list(refs)
+    with tqdm(total=len(refs), desc="profiling", disable=not progress, leave=False) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            rows.extend(ray.get(done[0]))
+            bar.update()
+    return rows
+
+
+def sensitivity_pivot(table: pd.DataFrame, value: str = "delta_loss") -> pd.DataFrame:
+    """Module x option view of the table, for printing."""
+    pivot = table.pivot_table(index=["layer", "component"], columns="option", values=value, sort=False)
+    return pivot

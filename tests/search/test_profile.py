@@ -1,0 +1,139 @@
+"""Sensitivity profiling and its Parquet cache, on a tiny model and synthetic SST-2 rows."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pandas as pd
+import pytest
+import torch
+
+from nxmiformer.compression import LayerSpec, compressible_modules, project
+from nxmiformer.models import load_model, load_tokenizer
+from nxmiformer.search.profile import DEFAULT_MENU, profile_sensitivity
+from nxmiformer.trials import DataConfig, prepare_task_data
+from nxmiformer.trials.loop import model_inputs, task_loss
+from nxmiformer.trials.data import make_dataloader
+from tests.conftest import SPECIAL_TOKENS, WORDS, tiny_bert, write_synthetic_task
+
+MENU = ("dense", "dense:int4", "2:4:int8", "2:4:int2", "1:4:int8")
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_tokenizer):
+    model_dir = tmp_path / "model"
+    tiny_bert(vocab_size=len(SPECIAL_TOKENS) + len(WORDS), num_hidden_layers=3).save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    glue = tmp_path / "glue"
+    write_synthetic_task(glue, "sst2")
+    data = DataConfig(task="sst2", data_dir=str(glue), max_length=16)
+    return model_dir, data, tmp_path / "cache"
+
+
+def full_forward_loss(model_dir, data, calib_size, module, option):
+    """Independent reference: a fresh model, the module projected, an ordinary full forward."""
+    model = load_model(str(model_dir)).eval()
+    tokenizer = load_tokenizer(str(model_dir))
+    calib = prepare_task_data("sst2", tokenizer, data_dir=data.data_dir, max_length=data.max_length, seed=data.seed,
+                              include_train=False, holdout_size=calib_size).holdout
+    weight = model.get_submodule(module).weight
+    with torch.no_grad():
+        weight.copy_(project(weight, LayerSpec.parse(option)))
+        batches = list(make_dataloader(calib, tokenizer, 8))
+        logits = torch.cat([model(**model_inputs(b)).logits for b in batches])
+    return float(task_loss(logits, torch.cat([b["labels"] for b in batches]), False))
+
+
+def test_cold_profile_matches_full_forward_reference(setup):
+    model_dir, data, cache = setup
+    result = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    table = result.table
+    assert result.computed == 18 * len(MENU) and result.cached == 0
+    assert len(table) == 18 * len(MENU)
+    assert (table.loc[table["option"] == "dense", "delta_loss"] == 0).all()
+    # block-output replay gives the same numbers as a plain forward, for modules of every block
+    for module, option in [(compressible_modules(tiny_bert(num_hidden_layers=3))[i].name, o)
+                           for i, o in [(0, "2:4:int2"), (8, "1:4:int8"), (17, "dense:int4"), (13, "2:4:int8")]]:
+        row = table[(table["module"] == module) & (table["option"] == option)].iloc[0]
+        assert row["loss"] == pytest.approx(full_forward_loss(model_dir, data, 16, module, option), abs=1e-5)
+    # a harsher option hurts at least somewhere
+    assert table.loc[table["option"] == "2:4:int2", "delta_loss"].abs().sum() > 0
+
+
+def test_warm_profile_reads_cache_and_new_options_extend_it(setup):
+    model_dir, data, cache = setup
+    cold = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    warm = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    assert warm.computed == 0 and warm.cached == len(cold.table)
+    pd.testing.assert_frame_equal(warm.table, cold.table)
+    more = profile_sensitivity(model_dir, data, MENU + ("4:8:int4",), calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    assert more.computed == 18 and more.cached == len(cold.table)
+    subset = profile_sensitivity(model_dir, data, ("2:4:int8",), calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    assert subset.computed == 0 and set(subset.table["option"]) == {"2:4:int8"}
+
+
+@pytest.mark.parametrize("change", ["weights", "data", "calibration size"])
+def test_cache_invalidation(setup, change):
+    model_dir, data, cache = setup
+    profile_sensitivity(model_dir, data, ("2:4:int8",), calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    calib = 16
+    if change == "weights":
+        model = load_model(str(model_dir))
+        with torch.no_grad():
+            compressible_modules(model)[0].module.weight.mul_(1.01)
+        model.save_pretrained(model_dir)
+    elif change == "data":
+        path = f"{data.data_dir}/sst2/train.parquet"
+        frame = pd.read_parquet(path)
+        frame.loc[0, "sentence"] = "the cat sat on the mat"
+        frame.to_parquet(path, index=False)
+    else:
+        calib = 12
+    again = profile_sensitivity(model_dir, data, ("2:4:int8",), calib_size=calib, batch_size=8, cache_dir=cache, progress=False)
+    assert again.computed == 18
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong columns"])
+def test_corrupt_cache_is_reported_and_recomputed(setup, damage):
+    model_dir, data, cache = setup
+    first = profile_sensitivity(model_dir, data, ("2:4:int8",), calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    if damage == "garbage":
+        first.path.write_bytes(b"not parquet at all")
+    elif damage == "truncated":
+        first.path.write_bytes(first.path.read_bytes()[:200])
+    else:
+        first.table.drop(columns=["score"]).to_parquet(first.path)
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = profile_sensitivity(model_dir, data, ("2:4:int8",), calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    assert again.computed == 18
+    pd.testing.assert_frame_equal(again.table, first.table)
+    assert not list(first.path.parent.glob(".*.tmp"))
+
+
+def test_profiling_on_ray_tasks_matches_in_process(setup):
+    ray = pytest.importorskip("ray")
+    model_dir, data, cache = setup
+    local = profile_sensitivity(model_dir, data, ("2:4:int8", "dense:int4"), calib_size=16, batch_size=8,
+                                cache_dir=cache / "a", progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        remote = profile_sensitivity(model_dir, data, ("2:4:int8", "dense:int4"), calib_size=16, batch_size=8,
+                                     cache_dir=cache / "b", workers=2, progress=False)
+    finally:
+        ray.shutdown()
+    key = ["module", "option"]
+    a = local.table.sort_values(key).reset_index(drop=True)
+    b = remote.table.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("options,word", [(("2:4:int9",), "bits=9"), (("1:3:int8",), "m=3"), ((), "empty"), (("x",), "'x'")])
+def test_bad_options(setup, options, word):
+    model_dir, data, cache = setup
+    with pytest.raises(ValueError, match=word):
+        profile_sensitivity(model_dir, data, options, calib_size=16, cache_dir=cache, progress=False)
+
+
+def test_default_menu_is_the_documented_one():
+    assert len(DEFAULT_MENU) == 11 and DEFAULT_MENU[0] == "dense"
