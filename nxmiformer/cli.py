@@ -216,6 +216,79 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    _quiet_transformers()
+    from .search.profile import profile_sensitivity, sensitivity_pivot
+    from .trials import DataConfig, DenseConfig, finetune_dense
+
+    data = DataConfig(task=args.task, data_dir=args.data_dir, max_length=args.max_length, train_size=args.train_size,
+                      eval_size=args.eval_size, seed=args.seed, holdout_size=args.calib_size)
+    if args.dense:
+        from .trials import DenseResult
+
+        model_dir = DenseResult.load(args.dense).path
+    else:
+        model_dir = finetune_dense(data, DenseConfig(model=args.model, epochs=args.dense_epochs), args.cache_dir, progress=True).path
+    workers = 0
+    if args.workers > 1:
+        import ray
+
+        ray.init(address=args.address or None, num_cpus=None if args.address else args.workers,
+                 include_dashboard=False, log_to_driver=False)
+        workers = args.workers
+    result = profile_sensitivity(model_dir, data, args.options, args.calib_size, cache_dir=args.cache_dir,
+                                 workers=workers, progress=True)
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:+.4f}".format):
+        print(sensitivity_pivot(result.table).to_string())
+    print(f"\n{result.computed} computed, {result.cached} from cache, {result.wall_time:.1f}s; cache: {result.path}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    _quiet_transformers()
+    from .search.runner import SearchConfig, run_search
+
+    fields = dict(out=args.out, task=args.task, target_ratio=args.target_ratio, convention=args.convention,
+                  model=args.model, data_dir=args.data_dir, max_length=args.max_length, train_size=args.train_size,
+                  eval_size=args.eval_size, seed=args.seed, trials=args.trials, steps=args.steps,
+                  batch_size=args.batch_size, lr=args.lr, concurrency=args.concurrency,
+                  cpus_per_trial=args.cpus_per_trial, calib_size=args.calib_size, dense_epochs=args.dense_epochs,
+                  asha=not args.no_asha, cache_dir=args.cache_dir, address=args.address)
+    if args.options:
+        fields["options"] = args.options
+    if args.preset == "quick":
+        given = {token.split("=")[0] for token in args.argv if token.startswith("--")}
+        for key, value in QUICK_PRESET.items():
+            if f"--{key.replace('_', '-')}" not in given:  # flags given explicitly win over the preset
+                fields[key] = value
+    config = SearchConfig(**{k: v for k, v in fields.items() if v is not None})
+    result = run_search(config, resume=args.resume, progress=True)
+    table = result.results
+    import pandas as pd
+
+    show = table[["trial_id", "status", "kind", "ratio_paper", "ratio_storage", "primary", "retention", "plan_summary"]]
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print("\n" + show.sort_values("primary", ascending=False).to_string(index=False))
+    print(f"\nresults: {result.out / 'results.parquet'}  ({len(table)} trials, {result.wall_time:.0f}s)")
+    if result.best is None:
+        print(f"no completed trial meets the target ratio {config.target_ratio} ({config.convention})")
+        return 1
+    b = result.best
+    print(f"best plan meeting {config.target_ratio:.2%} ({config.convention}): trial {b['trial_id']} [{b['kind']}] "
+          f"{config.task} primary {b['primary']:.4f} = {b['retention']:.2%} of dense; "
+          f"ratio paper {b['ratio_paper']:.4%}, storage {b['ratio_storage']:.4%}")
+    print(f"plan: {b['plan_summary']}")
+    return 0
+
+
+SEARCH_DEFAULTS = {"trials": 8, "steps": 200, "train_size": 4000, "eval_size": 500, "calib_size": 256}
+# about 10 minutes on 2 CPU cores with the MiniLM default (dense warm start included)
+QUICK_PRESET = {"trials": 4, "steps": 60, "train_size": 2000, "eval_size": 300, "calib_size": 128, "max_length": 64,
+                "dense_epochs": 1.0}
+
+
 # ---------------------------------------------------------------------------------------------
 # parser
 
@@ -273,6 +346,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="save the hardened model, plan.json and metrics.json here")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("profile", help="per-module sensitivity of every option (cached in Parquet)")
+    p.add_argument("--model", default="default", help="base model of the dense warm start")
+    p.add_argument("--dense", help="an existing warm start directory (from nxmi finetune)")
+    p.add_argument("--dense-epochs", type=float, default=1.0)
+    _add_data_args(p)
+    p.add_argument("--options", help="comma-separated option menu (default: the 11-option menu)")
+    p.add_argument("--calib-size", type=int, default=256, help="calibration rows held out of the training split")
+    p.add_argument("--workers", type=int, default=1, help="Ray tasks in parallel (1: in-process)")
+    p.add_argument("--address", help="Ray cluster address (default: embedded)")
+    p.add_argument("--cache-dir", help="cache of warm starts and profiles")
+    p.set_defaults(func=cmd_profile, max_length=64)
+
+    p = sub.add_parser("search", help="search heterogeneous per-layer plans under a compression-ratio constraint")
+    p.add_argument("--target-ratio", type=float, required=True, help="minimum encoder compression ratio, in (0, 1)")
+    p.add_argument("--convention", default="paper", help="ratio convention: paper or storage")
+    p.add_argument("--model", default="default", help="'default' (embedded MiniLM), a directory, or a hub name")
+    _add_data_args(p)
+    p.add_argument("--trials", type=int, default=SEARCH_DEFAULTS["trials"], help="candidate plans to train")
+    p.add_argument("--steps", type=int, default=SEARCH_DEFAULTS["steps"], help="steps per short trial")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--concurrency", type=int, help="concurrent trials (default: CPUs / --cpus-per-trial)")
+    p.add_argument("--cpus-per-trial", type=int, default=1)
+    p.add_argument("--options", help="comma-separated option menu")
+    p.add_argument("--calib-size", type=int, default=SEARCH_DEFAULTS["calib_size"])
+    p.add_argument("--dense-epochs", type=float, default=1.0)
+    p.add_argument("--no-asha", action="store_true", help="run every trial to the end (no early stopping)")
+    p.add_argument("--preset", choices=["quick"], help="quick: a ~10 minute search on 2 cores")
+    p.add_argument("--cache-dir", help="cache of warm starts and profiles (share it on a cluster)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    p.add_argument("--out", required=True, help="storage path of the search")
+    p.set_defaults(func=cmd_search, max_length=64, train_size=SEARCH_DEFAULTS["train_size"],
+                   eval_size=SEARCH_DEFAULTS["eval_size"])
+
     p = sub.add_parser("evaluate", help="GLUE metrics of a saved model")
     p.add_argument("--model", required=True, help="a save_pretrained directory")
     _add_data_args(p)
@@ -284,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except NxmiError as exc:

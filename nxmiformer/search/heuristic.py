@@ -37,7 +37,14 @@ from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 
-from nxmiformer.compression import COMPONENTS, CONVENTIONS, CompressionPlan, LayerSpec, compressible_modules, module_bits
+from nxmiformer.compression import (
+    COMPONENTS,
+    CONVENTIONS,
+    CompressionPlan,
+    LayerSpec,
+    compressible_modules,
+    module_bits,
+)
 from nxmiformer.errors import NxmiError
 
 __all__ = [
@@ -216,7 +223,9 @@ def solve_mckp(
     forbidden = [np.asarray(p, dtype=int) for p in forbidden]
     for p in forbidden:
         if p.shape != (n_rows,) or (p < 0).any() or (p >= n_opts).any():
-            raise NxmiError(f"a forbidden choice must hold {n_rows} option indices in 0..{n_opts - 1}, got {p.tolist()}")
+            raise NxmiError(
+                f"a forbidden choice must hold {n_rows} option indices in 0..{n_opts - 1}, got {p.tolist()}"
+            )
 
     allowed = np.isfinite(costs) & np.isfinite(scores)
     tol = REL_TOL * abs(budget)

@@ -40,6 +40,15 @@ def _cpus_of_this_trial() -> int | None:
     return max(1, int(math.floor(cpus))) if cpus else None
 
 
+def _node_id() -> str:
+    import ray
+
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:
+        return ""
+
+
 def _clean(row: dict) -> dict:
     """Tune metrics must be plain numbers or strings; None becomes NaN."""
     out = {}
@@ -73,7 +82,8 @@ def trial_trainable(config: dict) -> None:
 
     def report(row: dict, state) -> None:
         nonlocal reports
-        metrics = _clean(row) | {"resumed_from_step": resumed_from, "threads": torch.get_num_threads()}
+        metrics = _clean(row) | {"resumed_from_step": resumed_from, "threads": torch.get_num_threads(),
+                                 "node_id": _node_id()}
         if row["phase"] == "final":
             tune.report(metrics)
         else:

@@ -1,0 +1,378 @@
+"""The search: warm start -> profile (cached) -> candidates -> parallel short trials on Ray Tune
+-> results table in Parquet -> the best plan that meets the constraint.
+
+Everything lives under one storage path (``SearchConfig.out``): the Tune experiment (so an
+interrupted search resumes with ``resume=True`` and loses no finished trial), ``search.json``
+(the configuration), ``candidates.parquet`` and ``results.parquet``. Ray starts embedded unless
+``address`` (or ``RAY_ADDRESS``) names a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..compression import CONVENTIONS, CompressionPlan, LayerSpec
+from ..errors import NxmiError
+from ..trials.config import DataConfig, DenseConfig, TrialConfig, default_cache_dir
+from ..trials.data import get_task
+from .profile import DEFAULT_MENU, parse_menu
+
+EXPERIMENT = "trials"
+RESULT_COLUMNS = [
+    "trial_id", "status", "error", "kind", "heuristic_score", "plan_json", "plan_summary", "ratio_paper",
+    "ratio_storage", "meets_target", "primary", "retention", "dense_primary", "metrics_json", "steps",
+    "wall_time", "node_id",
+]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A search for plans with encoder compression >= ``target_ratio`` (under ``convention``)."""
+
+    out: str
+    task: str = "sst2"
+    target_ratio: float = 0.875
+    convention: str = "paper"
+    model: str = "default"
+    data_dir: str | None = None
+    max_length: int = 64
+    train_size: int | None = 4000
+    eval_size: int | None = 500
+    seed: int = 0
+    trials: int = field(default=8, metadata={"help": "candidate plans to train as short trials"})
+    steps: int = field(default=200, metadata={"help": "optimizer steps per short trial"})
+    batch_size: int = 32
+    lr: float = 1e-4
+    kd_alpha: float = 0.5
+    concurrency: int | None = field(default=None, metadata={"help": "concurrent trials (default: CPUs / cpus_per_trial)"})
+    cpus_per_trial: int = 1
+    options: tuple[str, ...] = DEFAULT_MENU
+    calib_size: int = 256
+    dense_epochs: float = 1.0
+    asha: bool = True
+    cache_dir: str | None = None
+    address: str | None = None
+    inject_failure: dict | None = field(default=None, metadata={"help": "testing: make the first trial fail and stop the search"})
+
+    def __post_init__(self):
+        get_task(self.task)
+        if not (isinstance(self.target_ratio, (int, float)) and 0 < self.target_ratio < 1):
+            raise NxmiError(f"target ratio must be in (0, 1), got {self.target_ratio!r}")
+        if self.convention not in CONVENTIONS:
+            raise NxmiError(f"unknown ratio convention {self.convention!r}; allowed: {', '.join(CONVENTIONS)}")
+        for name in ("trials", "cpus_per_trial", "batch_size", "calib_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise NxmiError(f"{name} must be a positive integer, got {value!r}")
+        if self.concurrency is not None and (isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1):
+            raise NxmiError(f"concurrency must be a positive integer, got {self.concurrency!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise NxmiError(f"steps must be a non-negative integer, got {self.steps!r}")
+        object.__setattr__(self, "options", parse_menu(self.options))
+        self.data_config()  # validates the data fields
+        self.trial_config()
+
+    def data_config(self) -> DataConfig:
+        return DataConfig(task=self.task, data_dir=self.data_dir, max_length=self.max_length, train_size=self.train_size,
+                          eval_size=self.eval_size, seed=self.seed, holdout_size=self.calib_size)
+
+    def dense_config(self) -> DenseConfig:
+        return DenseConfig(model=self.model, epochs=self.dense_epochs)
+
+    def trial_config(self) -> TrialConfig:
+        return TrialConfig(data=self.data_config(), dense=self.dense_config(), steps=self.steps,
+                           batch_size=self.batch_size, lr=self.lr, kd_alpha=self.kd_alpha,
+                           eval_every=max(1, self.steps // 4) if self.steps >= 4 else 0,
+                           cache_dir=str(self.cache_root()))
+
+    def cache_root(self) -> Path:
+        return Path(self.cache_dir).resolve() if self.cache_dir else default_cache_dir()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"options": list(self.options)}
+
+
+@dataclass
+class SearchResult:
+    results: pd.DataFrame
+    best: pd.Series | None
+    out: Path
+    wall_time: float
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, flush=True)
+
+
+def _connect_ray(config: SearchConfig):
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def select_candidates(candidates: list, budget: int) -> list:
+    """Up to ``budget`` candidates: the heterogeneous ones (optimal first) get half the budget,
+    the best per-component grid and uniform plans share the rest, so the baselines a user will
+    compare against are always trained alongside."""
+    pools = {
+        "het": [c for c in candidates if c.kind in ("optimal", "diverse")],
+        "grid": [c for c in candidates if c.kind == "grid"],
+        "uniform": [c for c in candidates if c.kind == "uniform"],
+    }
+    order = ["het", "grid", "uniform", "het"]
+    chosen: list = []
+    while len(chosen) < budget and any(pools.values()):
+        for pool in order:
+            if pools[pool] and len(chosen) < budget:
+                chosen.append(pools[pool].pop(0))
+    return chosen
+
+
+def _tune_callback(total: int, progress: bool):
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def __init__(self):
+            self.done = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            r = trial.last_result or {}
+            _say(progress, f"  [{self.done}/{total}] {trial.trial_id} {r.get('phase', '?'):<9} "
+                           f"primary {r.get('primary', float('nan')):.4f} retention {r.get('retention', float('nan')):.2%} "
+                           f"ratio {r.get('ratio_paper', float('nan')):.4f}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1
+            _say(progress, f"  [{self.done}/{total}] {trial.trial_id} failed")
+
+    return Progress()
+
+
+def _make_tuner(config: SearchConfig, param_space: dict | None, storage: Path, n_trials: int, progress: bool, restore: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from ..trials.trainable import trial_trainable
+
+    trainable = tune.with_resources(trial_trainable, {"cpu": config.cpus_per_trial})
+    if restore:
+        return tune.Tuner.restore(str(storage / EXPERIMENT), trainable=trainable, resume_errored=False)
+    scheduler = None
+    if config.asha and config.steps >= 4:
+        scheduler = ASHAScheduler(time_attr="step", metric="primary", mode="max", max_t=config.steps,
+                                  grace_period=max(1, config.steps // 2), reduction_factor=2)
+    concurrency = config.concurrency
+    if concurrency is None:
+        import ray
+
+        concurrency = max(1, int(ray.cluster_resources().get("CPU", 1) // config.cpus_per_trial))
+    fail_fast = bool(config.inject_failure)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, scheduler=scheduler),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT, storage_path=str(storage), verbose=0,
+            callbacks=[_tune_callback(n_trials, progress)],
+            failure_config=tune.FailureConfig(max_failures=0 if fail_fast else 1, fail_fast=fail_fast),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def run_search(config: SearchConfig, resume: bool = False, progress: bool = True) -> SearchResult:
+    """Run (or with ``resume=True`` continue) a search; see the module docstring."""
+    start = time.perf_counter()
+    out = Path(config.out).resolve()
+    state_file = out / "search.json"
+    if resume:
+        if not state_file.is_file():
+            raise NxmiError(f"nothing to resume in {out}: no search.json (start a search with this --out first)")
+        stored = json.loads(state_file.read_text())
+        config = SearchConfig(**(stored | {"address": config.address, "inject_failure": None}))
+    else:
+        check_feasible(config)
+        if out.exists() and any(out.iterdir()):
+            raise NxmiError(f"output directory {out} already exists and is not empty; use --resume to continue it or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+    started_ray = _connect_ray(config)
+    try:
+        from ray import tune
+
+        from ..trials.dense import finetune_dense
+        from .heuristic import generate_candidates, modules_frame
+        from .profile import _skeleton, profile_sensitivity
+
+        import ray
+
+        data = config.data_config()
+        _say(progress, f"[1/4] dense warm start: {config.model} on {config.task}")
+        dense = finetune_dense(data, config.dense_config(), config.cache_root(), progress=progress)
+        _say(progress, f"      dense {dense.metrics.get('primary'):.4f} ({'cached' if dense.cached else f'{dense.wall_time:.0f}s'}) at {dense.path}")
+
+        _say(progress, f"[2/4] sensitivity profile: {len(config.options)} options, {config.calib_size} calibration rows")
+        workers = int(ray.cluster_resources().get("CPU", 1))
+        profile = profile_sensitivity(dense.path, data, config.options, config.calib_size, cache_dir=config.cache_root(),
+                                      workers=workers, progress=progress)
+        _say(progress, f"      {profile.computed} computed, {profile.cached} from cache ({profile.wall_time:.1f}s)")
+
+        modules = modules_frame(_skeleton(dense.path))
+        candidates_file = out / "candidates.parquet"
+        if resume and candidates_file.is_file():
+            cand_frame = pd.read_parquet(candidates_file)
+        else:
+            candidates = generate_candidates(profile.table, modules, config.target_ratio, config.convention,
+                                             n_best=max(2, config.trials))
+            chosen = select_candidates(candidates, config.trials)
+            cand_frame = pd.DataFrame([{
+                "kind": c.kind, "score": c.score, "ratio_paper": c.ratio_paper, "ratio_storage": c.ratio_storage,
+                "plan_json": c.plan.to_json(indent=None), "plan_summary": c.plan.summary()} for c in chosen])
+            cand_frame.to_parquet(candidates_file, index=False)
+        _say(progress, f"[3/4] {len(cand_frame)} candidates for target {config.target_ratio} ({config.convention}): "
+                       + ", ".join(f"{k} x{v}" for k, v in cand_frame["kind"].value_counts().items()))
+
+        plans = []
+        for i, row in cand_frame.iterrows():
+            plan = CompressionPlan.from_json(row["plan_json"])
+            plan.meta.update({"kind": row["kind"], "heuristic_score": float(row["score"])})
+            plans.append(plan.to_dict())
+        param_space = {"plan": tune.grid_search(plans), "trial": config.trial_config().to_dict(),
+                       "dense_path": str(dense.path)}
+        if config.inject_failure:
+            param_space["inject_failure"] = config.inject_failure
+        restore = resume and tune.Tuner.can_restore(str(out / EXPERIMENT))
+        _say(progress, f"[4/4] {'resuming' if restore else 'running'} {len(plans)} short trials "
+                       f"({config.steps} steps each) on Ray Tune")
+        tuner = _make_tuner(config, param_space, out, len(plans), progress, restore)
+        try:
+            grid = tuner.fit()
+        except Exception as exc:  # fail-fast or a driver-side failure: the experiment state is on disk
+            raise NxmiError(f"search interrupted ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                            f"run it again with --resume --out {config.out} to continue") from exc
+        results = results_table(grid, config, dense.primary)
+        _write_parquet(results, out / "results.parquet")
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+    best = best_trial(results, config.target_ratio, config.convention)
+    return SearchResult(results, best, out, time.perf_counter() - start)
+
+
+def check_feasible(config: SearchConfig) -> float:
+    """Raise unless the menu can reach the target on this architecture; return the highest ratio."""
+    from ..compression import compressible_modules
+    from ..compression.accounting import DENSE_BITS, module_bits
+    from ..models import resolve_model_path
+    from .profile import _skeleton
+
+    modules = compressible_modules(_skeleton(Path(resolve_model_path(config.model))))
+    specs = [LayerSpec.parse(o) for o in config.options]
+    for spec in specs:
+        bad = [cm for cm in modules if cm.in_features % spec.m]
+        if bad:
+            raise NxmiError(f"option {spec} does not fit {bad[0].name}: input width {bad[0].in_features} is not a multiple of m={spec.m}")
+    dense = sum(cm.numel * DENSE_BITS for cm in modules)
+    cheapest = sum(min(module_bits(s, cm.out_features, cm.in_features, config.convention) for s in specs) for cm in modules)
+    best = 1 - cheapest / dense
+    if best < config.target_ratio - 1e-9:
+        raise NxmiError(f"target ratio {config.target_ratio} ({config.convention}) is infeasible with this menu: "
+                        f"the highest reachable is {best:.4f} (every module at its cheapest option)")
+    return best
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _num(value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+    return value
+
+
+def results_table(grid, config: SearchConfig, dense_primary: float) -> pd.DataFrame:
+    """One row per trial of a Tune ``ResultGrid``: status (completed / stopped / error), plan,
+    ratios, metrics, retention, steps, wall time."""
+    from ..compression.accounting import module_bits
+
+    rows = []
+    for result in grid:
+        plan_dict = (result.config or {}).get("plan", {})
+        plan = CompressionPlan.from_dict(plan_dict) if plan_dict else CompressionPlan()
+        metrics = result.metrics or {}
+        status = "error" if result.error else ("completed" if metrics.get("phase") == "final" else "stopped")
+        task_metrics = {k: v for k, v in metrics.items()
+                        if k in ("accuracy", "f1", "mcc", "pearson", "spearmanr", "combined", "eval_loss")
+                        or k.startswith("validation_")}
+        ratio_paper = metrics.get("ratio_paper")
+        ratio_storage = metrics.get("ratio_storage")
+        if ratio_paper is None:  # a trial that failed before reporting: compute from the plan
+            ratio_paper, ratio_storage = _plan_ratios(plan, config)
+        ratio = ratio_paper if config.convention == "paper" else ratio_storage
+        rows.append({
+            "trial_id": metrics.get("trial_id") or Path(result.path).name,
+            "status": status,
+            "error": (str(result.error).strip().splitlines() or [""])[-1] if result.error else "",
+            "kind": plan.meta.get("kind", ""),
+            "heuristic_score": _num(plan.meta.get("heuristic_score")),
+            "plan_json": json.dumps(plan_dict),
+            "plan_summary": plan.summary(),
+            "ratio_paper": _num(ratio_paper),
+            "ratio_storage": _num(ratio_storage),
+            "meets_target": bool(_num(ratio) >= config.target_ratio - 1e-9),
+            "primary": _num(metrics.get("primary")),
+            "retention": _num(metrics.get("retention")),
+            "dense_primary": dense_primary,
+            "metrics_json": json.dumps(task_metrics),
+            "steps": int(metrics.get("step", 0) or 0),
+            "wall_time": _num(metrics.get("time_total_s")),
+            "node_id": str(metrics.get("node_id", "")),
+        })
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def _plan_ratios(plan: CompressionPlan, config: SearchConfig) -> tuple[float, float]:
+    from ..compression import compression_ratio
+    from ..models import resolve_model_path
+    from .profile import _skeleton
+
+    try:
+        model = _skeleton(Path(resolve_model_path(config.model)))
+        return compression_ratio(model, plan, "paper"), compression_ratio(model, plan, "storage")
+    except Exception:
+        return float("nan"), float("nan")
+
+
+def best_trial(results: pd.DataFrame, target_ratio: float, convention: str = "paper") -> pd.Series | None:
+    """The completed trial with the highest primary metric among those meeting the target."""
+    column = f"ratio_{convention}"
+    ok = results[(results["status"] == "completed") & (results[column] >= target_ratio - 1e-9)]
+    if ok.empty:
+        return None
+    return ok.sort_values(["primary", column], ascending=False).iloc[0]

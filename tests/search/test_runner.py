@@ -1,0 +1,118 @@
+"""The search end to end on a tiny model and synthetic SST-2 rows, on local and 2-node Ray."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from nxmiformer.cli import main
+from nxmiformer.compression import CompressionPlan
+from nxmiformer.search import SearchConfig, run_search
+from tests.conftest import SPECIAL_TOKENS, WORDS, tiny_bert, write_synthetic_task
+
+ray = pytest.importorskip("ray")
+
+MENU = ("dense", "dense:int8", "2:4:int8", "2:4:int4", "4:8:int4", "1:4:int8")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("search")
+    model_dir = root / "model"
+    tiny_bert(vocab_size=len(SPECIAL_TOKENS) + len(WORDS)).save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    write_synthetic_task(root / "glue", "sst2")
+    return root, model_dir
+
+
+def config(assets, out, **changes):
+    root, model_dir = assets
+    base = dict(out=str(out), task="sst2", target_ratio=0.875, model=str(model_dir), data_dir=str(root / "glue"),
+                max_length=16, train_size=None, eval_size=None, trials=4, steps=8, batch_size=8, lr=1e-3,
+                options=MENU, calib_size=8, dense_epochs=0.5, cache_dir=str(root / "cache"), concurrency=2)
+    return SearchConfig(**(base | changes))
+
+
+@pytest.fixture
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_search_end_to_end(local_ray, assets, tmp_path):
+    cfg = config(assets, tmp_path / "run")
+    result = run_search(cfg, progress=False)
+    table = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    assert len(table) == 4 and list(table.columns) == list(result.results.columns)
+    assert set(table["status"]) <= {"completed", "stopped"}
+    assert (table["ratio_paper"] >= 0.875 - 1e-9).all() and table["meets_target"].all()
+    assert {"optimal", "grid", "uniform"} <= set(table["kind"])
+    for plan_json in table["plan_json"]:
+        CompressionPlan.from_dict(json.loads(plan_json))  # every row carries a loadable plan
+    assert result.best is not None and result.best["status"] == "completed"
+    assert result.best["primary"] == table.loc[table["status"] == "completed", "primary"].max()
+    # a second search with the same model and task pays nothing for warm start and profile
+    again = run_search(config(assets, tmp_path / "run2", trials=1, steps=0), progress=False)
+    assert len(again.results) == 1
+
+
+def test_interrupted_search_resumes_without_losing_finished_trials(local_ray, assets, tmp_path):
+    out = tmp_path / "run"
+    marker = tmp_path / "failed-once"
+    cfg = config(assets, out, concurrency=1, asha=False,
+                 inject_failure={"marker": str(marker), "after_reports": 3})
+    with pytest.raises(ValueError, match="--resume"):
+        run_search(cfg, progress=False)
+    assert marker.exists() and not (out / "results.parquet").exists()
+    result = run_search(config(assets, out, concurrency=1, asha=False), resume=True, progress=False)
+    table = result.results
+    assert len(table) == 4 and set(table["status"]) == {"completed"}
+    assert table["trial_id"].is_unique
+
+
+def test_search_places_trials_on_both_nodes_of_a_cluster(assets, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        result = run_search(config(assets, tmp_path / "run", trials=2, asha=False), progress=False)
+        assert set(result.results["status"]) == {"completed"}
+        assert result.results["node_id"].nunique() == 2
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+BAD = [
+    (["--target-ratio", "1.2"], "(0, 1)"),
+    (["--target-ratio", "0"], "(0, 1)"),
+    (["--target-ratio", "0.99"], "highest reachable"),
+    (["--target-ratio", "0.8", "--options", "2:4:int8,9:4:int8"], "n=9"),
+    (["--target-ratio", "0.8", "--concurrency", "0"], "concurrency"),
+    (["--target-ratio", "0.8", "--convention", "bytes"], "paper, storage"),
+    (["--target-ratio", "0.8", "--task", "sst5"], "sst5"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", BAD, ids=[b[1] for b in BAD])
+def test_bad_search_input(argv, needle, assets, tmp_path, capsys):
+    root, model_dir = assets
+    full = ["search", "--model", str(model_dir), "--task", "sst2", "--data-dir", str(root / "glue"), *argv,
+            "--out", str(tmp_path / "out")]
+    assert main(full) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_without_a_search_is_an_error(tmp_path, assets, capsys):
+    root, model_dir = assets
+    assert main(["search", "--model", str(model_dir), "--task", "sst2", "--target-ratio", "0.8", "--resume",
+                 "--out", str(tmp_path / "nothing")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
