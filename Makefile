@@ -16,15 +16,21 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# the main job on the embedded MiniLM default model
+# the main job: a search on the embedded MiniLM default model (SST-2 from ../shared/data/glue
+# when present, else from the hub), about 10 minutes on 2 cores
+GLUE_DIR ?= $(abspath ../shared/data/glue)
+SEARCH_OUT ?= runs/search-sst2
 demo: $(STAMP)
-	$(VENV)/bin/nxmi compress --model default --plan 2:4:int8
+	$(VENV)/bin/nxmi search --preset quick --task sst2 --target-ratio 0.875 \
+		$(if $(wildcard $(GLUE_DIR)/sst2),--data-dir $(GLUE_DIR)) \
+		$(if $(wildcard $(SEARCH_OUT)/search.json),--resume) --out $(SEARCH_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) bench/step_overhead.py
+	$(PY) bench/recovery.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -171,6 +171,8 @@ def _make_tuner(config: SearchConfig, param_space: dict | None, storage: Path, n
 
     from ..trials.trainable import trial_trainable
 
+    # one checkpoint per evaluation is by design; Tune's warning about it is noise here
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = tune.with_resources(trial_trainable, {"cpu": config.cpus_per_trial})
     if restore:
         return tune.Tuner.restore(str(storage / EXPERIMENT), trainable=trainable, resume_errored=False)
@@ -187,7 +189,8 @@ def _make_tuner(config: SearchConfig, param_space: dict | None, storage: Path, n
     return tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, scheduler=scheduler),
+        # reusing the trial processes saves a torch/transformers import per trial
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, scheduler=scheduler, reuse_actors=True),
         run_config=tune.RunConfig(
             name=EXPERIMENT, storage_path=str(storage), verbose=0,
             callbacks=[_tune_callback(n_trials, progress)],
