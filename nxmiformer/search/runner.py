@@ -58,6 +58,7 @@ class SearchConfig:
     calib_size: int = 256
     dense_epochs: float = 1.0
     asha: bool = True
+    profile_workers: int | None = field(default=None, metadata={"help": "Ray tasks for profiling (None: cluster CPUs; 0: in-process)"})
     cache_dir: str | None = None
     address: str | None = None
     inject_failure: dict | None = field(default=None, metadata={"help": "testing: make the first trial fail and stop the search"})
@@ -175,7 +176,7 @@ def _make_tuner(config: SearchConfig, param_space: dict | None, storage: Path, n
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = tune.with_resources(trial_trainable, {"cpu": config.cpus_per_trial})
     if restore:
-        return tune.Tuner.restore(str(storage / EXPERIMENT), trainable=trainable, resume_errored=False)
+        return tune.Tuner.restore(str(storage / EXPERIMENT), trainable=trainable, resume_errored=True)
     scheduler = None
     if config.asha and config.steps >= 4:
         scheduler = ASHAScheduler(time_attr="step", metric="primary", mode="max", max_t=config.steps,
@@ -185,7 +186,7 @@ def _make_tuner(config: SearchConfig, param_space: dict | None, storage: Path, n
         import ray
 
         concurrency = max(1, int(ray.cluster_resources().get("CPU", 1) // config.cpus_per_trial))
-    fail_fast = bool(config.inject_failure)
+    fail_fast = "raise" if config.inject_failure else False
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -233,7 +234,9 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         _say(progress, f"      dense {dense.metrics.get('primary'):.4f} ({'cached' if dense.cached else f'{dense.wall_time:.0f}s'}) at {dense.path}")
 
         _say(progress, f"[2/4] sensitivity profile: {len(config.options)} options, {config.calib_size} calibration rows")
-        workers = int(ray.cluster_resources().get("CPU", 1))
+        workers = config.profile_workers
+        if workers is None:
+            workers = int(ray.cluster_resources().get("CPU", 1))
         profile = profile_sensitivity(dense.path, data, config.options, config.calib_size, cache_dir=config.cache_root(),
                                       workers=workers, progress=progress)
         _say(progress, f"      {profile.computed} computed, {profile.cached} from cache ({profile.wall_time:.1f}s)")
@@ -256,7 +259,7 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         plans = []
         for i, row in cand_frame.iterrows():
             plan = CompressionPlan.from_json(row["plan_json"])
-            plan.meta.update({"kind": row["kind"], "heuristic_score": float(row["score"])})
+            plan.meta.update({"kind": row["kind"], "heuristic_score": float(row["score"]), "candidate_index": int(i)})
             plans.append(plan.to_dict())
         param_space = {"plan": tune.grid_search(plans), "trial": config.trial_config().to_dict(),
                        "dense_path": str(dense.path)}

@@ -5,8 +5,10 @@ Its ``config`` (the Tune ``param_space`` of one trial) holds:
 * ``plan``: a plan dict (``CompressionPlan.to_dict()``)
 * ``trial``: a ``TrialConfig.to_dict()``
 * ``dense_path`` (optional): a finished warm-start directory shared through the storage path
-* ``inject_failure`` (optional, for tests): ``{"marker": PATH, "after_reports": K}`` raises once,
-  after the K-th report, if ``PATH`` does not exist yet (and creates it)
+* ``inject_failure`` (optional, for tests): ``{"marker": PATH, "after_reports": K,
+  "candidate_index": I, "start_log": LOG}`` raises once, after the K-th report of the trial whose
+  plan has ``meta["candidate_index"] == I`` (any trial if not given), if ``PATH`` does not exist
+  yet (and creates it); every trial start appends its candidate index to ``LOG``
 
 Every evaluation is reported with ``tune.report``; all but the final one carry a checkpoint of
 the full trial state, so a trial that dies is restarted by Tune (``FailureConfig``) from its
@@ -77,7 +79,13 @@ def trial_trainable(config: dict) -> None:
             resume = torch.load(Path(directory) / STATE_FILE, weights_only=False)
         resumed_from = resume["step"]
 
-    failure = config.get("inject_failure") or {}
+    failure = dict(config.get("inject_failure") or {})
+    index = plan.meta.get("candidate_index")
+    if failure.get("start_log"):
+        with open(failure["start_log"], "a") as log:
+            log.write(f"{index} {resumed_from}\n")
+    if "candidate_index" in failure and failure["candidate_index"] != index:
+        failure = {}
     reports = 0
 
     def report(row: dict, state) -> None:

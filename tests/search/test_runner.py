@@ -31,7 +31,7 @@ def config(assets, out, **changes):
     root, model_dir = assets
     base = dict(out=str(out), task="sst2", target_ratio=0.875, model=str(model_dir), data_dir=str(root / "glue"),
                 max_length=16, train_size=None, eval_size=None, trials=4, steps=8, batch_size=8, lr=1e-3,
-                options=MENU, calib_size=8, dense_epochs=0.5, cache_dir=str(root / "cache"), concurrency=2)
+                options=MENU, calib_size=8, dense_epochs=0.5, profile_workers=0, cache_dir=str(root / "cache"), concurrency=2)
     return SearchConfig(**(base | changes))
 
 
@@ -55,22 +55,31 @@ def test_search_end_to_end(local_ray, assets, tmp_path):
     assert result.best is not None and result.best["status"] == "completed"
     assert result.best["primary"] == table.loc[table["status"] == "completed", "primary"].max()
     # a second search with the same model and task pays nothing for warm start and profile
-    again = run_search(config(assets, tmp_path / "run2", trials=1, steps=0), progress=False)
-    assert len(again.results) == 1
+    from nxmiformer.search import profile_sensitivity
+    from nxmiformer.trials import finetune_dense
+
+    dense = finetune_dense(cfg.data_config(), cfg.dense_config(), cfg.cache_root(), progress=False)
+    assert dense.cached
+    again = profile_sensitivity(dense.path, cfg.data_config(), cfg.options, cfg.calib_size, cache_dir=cfg.cache_root(),
+                                progress=False)
+    assert again.computed == 0 and again.cached == 12 * len(MENU)
 
 
 def test_interrupted_search_resumes_without_losing_finished_trials(local_ray, assets, tmp_path):
     out = tmp_path / "run"
-    marker = tmp_path / "failed-once"
-    cfg = config(assets, out, concurrency=1, asha=False,
-                 inject_failure={"marker": str(marker), "after_reports": 3})
+    marker, starts = tmp_path / "failed-once", tmp_path / "starts.log"
+    failure = {"marker": str(marker), "after_reports": 2, "candidate_index": 1, "start_log": str(starts)}
     with pytest.raises(ValueError, match="--resume"):
-        run_search(cfg, progress=False)
+        run_search(config(assets, out, concurrency=1, asha=False, inject_failure=failure), progress=False)
     assert marker.exists() and not (out / "results.parquet").exists()
+    # the resumed search keeps logging starts: the harness reads the same param space from disk
     result = run_search(config(assets, out, concurrency=1, asha=False), resume=True, progress=False)
     table = result.results
     assert len(table) == 4 and set(table["status"]) == {"completed"}
     assert table["trial_id"].is_unique
+    started = [line.split() for line in starts.read_text().splitlines()]
+    assert [s[0] for s in started].count("0") == 1  # the trial that finished before the crash never re-ran
+    assert ["1", "0"] in started and any(s[0] == "1" and s[1] != "0" for s in started)  # 1 resumed from its checkpoint
 
 
 def test_search_places_trials_on_both_nodes_of_a_cluster(assets, tmp_path):
