@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_training_args(p, lr=1e-4)
     p.add_argument("--admm-fraction", type=float, default=0.5, help="share of the steps spent in the ADMM phase")
-    p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of distillation from the dense model (0: off)")
+    p.add_argument("--kd-alpha", type=float, default=0.0, help="weight of distillation from the dense model (0: off)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: phase ends only)")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--out", required=True, help="save the hardened model, plan.json and metrics.json here")

@@ -51,7 +51,7 @@ class SearchConfig:
     steps: int = field(default=200, metadata={"help": "optimizer steps per short trial"})
     batch_size: int = 32
     lr: float = 1e-4
-    kd_alpha: float = 0.5
+    kd_alpha: float = 0.0
     concurrency: int | None = field(default=None, metadata={"help": "concurrent trials (default: CPUs / cpus_per_trial)"})
     cpus_per_trial: int = 1
     options: tuple[str, ...] = DEFAULT_MENU
