@@ -78,6 +78,8 @@ class SearchConfig:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise NxmiError(f"steps must be a non-negative integer, got {self.steps!r}")
         object.__setattr__(self, "options", parse_menu(self.options))
+        if self.model != "default" and Path(self.model).expanduser().exists():
+            object.__setattr__(self, "model", str(Path(self.model).expanduser().resolve()))
         self.data_config()  # validates the data fields
         self.trial_config()
 

@@ -53,7 +53,8 @@ class DataConfig:
         _positive_int("train_size", self.train_size, allow_none=True)
         _positive_int("eval_size", self.eval_size, allow_none=True)
         if self.data_dir is not None:
-            object.__setattr__(self, "data_dir", str(self.data_dir))
+            # absolute, so Ray workers (whose working directory differs) find the same files
+            object.__setattr__(self, "data_dir", str(Path(self.data_dir).expanduser().resolve()))
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class DenseConfig:
     warmup_ratio: float = 0.06
 
     def __post_init__(self):
+        if self.model != "default" and Path(self.model).expanduser().exists():
+            object.__setattr__(self, "model", str(Path(self.model).expanduser().resolve()))
         _positive_float("epochs", self.epochs)
         _positive_int("steps", self.steps, allow_none=True, allow_zero=True)
         _positive_int("batch_size", self.batch_size)
