@@ -93,7 +93,8 @@ class SearchConfig:
     def trial_config(self) -> TrialConfig:
         return TrialConfig(data=self.data_config(), dense=self.dense_config(), steps=self.steps,
                            batch_size=self.batch_size, lr=self.lr, kd_alpha=self.kd_alpha,
-                           eval_every=max(1, self.steps // 4) if self.steps >= 4 else 0,
+                           # evaluations at the hard projection (ASHA's rung) and at the end only
+                           eval_every=0,
                            cache_dir=str(self.cache_root()))
 
     def cache_root(self) -> Path:
@@ -182,7 +183,7 @@ def _make_tuner(config: SearchConfig, param_space: dict | None, storage: Path, n
     scheduler = None
     if config.asha and config.steps >= 4:
         scheduler = ASHAScheduler(time_attr="step", metric="primary", mode="max", max_t=config.steps,
-                                  grace_period=max(1, config.steps // 2), reduction_factor=2)
+                                  grace_period=max(1, config.steps // 2), reduction_factor=2)  # the rung is the projection
     concurrency = config.concurrency
     if concurrency is None:
         import ray
