@@ -72,6 +72,9 @@ def finetune_dense(
     info = get_task(data.task)
     cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
     model_path = resolve_model_path(dense.model)
+    # seed before loading: a checkpoint without a task head gets a freshly initialised classifier,
+    # which must be the same in every process for the cache key and the warm start to repeat
+    set_seed(data.seed)
     model = load_model(model_path, num_labels=info.num_labels, ignore_mismatched_sizes=True)
     key = dense_cache_key(model_fingerprint(model), data, dense)
     target = cache_root / "dense" / f"{data.task}-{key}"

@@ -137,3 +137,23 @@ def test_config_round_trips_as_dict(make_config):
     assert again == config
     with pytest.raises(ValueError, match="unknown trial config key"):
         TrialConfig.from_dict(config.to_dict() | {"stepz": 3})
+
+
+def test_warm_start_of_a_headless_checkpoint_is_reproducible(tmp_path, tiny_tokenizer, synthetic_glue_dir):
+    """A base encoder (no classifier weights) gets a new head; it must be seeded so the cache
+    key and the warm start repeat across calls and processes."""
+    from transformers import BertModel
+
+    from tests.conftest import tiny_bert_config
+
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(vocab_size=len(SPECIAL_TOKENS) + len(WORDS))).save_pretrained(base)
+    tiny_tokenizer.save_pretrained(base)
+    data = DataConfig(task="sst2", data_dir=str(synthetic_glue_dir), max_length=16)
+    dense = DenseConfig(model=str(base), steps=2, batch_size=8)
+    torch.manual_seed(123)  # whatever the global RNG state was before
+    a = finetune_dense(data, dense, tmp_path / "c1", progress=False)
+    torch.manual_seed(456)
+    b = finetune_dense(data, dense, tmp_path / "c2", progress=False)
+    assert a.key == b.key and a.metrics == b.metrics
