@@ -25,13 +25,20 @@ class _Parser(argparse.ArgumentParser):
 # helpers
 
 
+def require_free_output(out: str | os.PathLike) -> Path:
+    """``out`` as a Path; an error if it exists and is not an empty directory. Commands call it
+    before long work so a bad --out fails at once."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise NxmiError(f"output directory {out} already exists and is not empty; choose another --out")
+    return out
+
+
 @contextmanager
 def atomic_output_dir(out: str | os.PathLike):
     """Yield a temporary directory beside ``out``; move it to ``out`` only if the block succeeds,
     so an error or an interrupt never leaves a half-written result."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise NxmiError(f"output directory {out} already exists and is not empty; choose another --out")
+    out = require_free_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -133,9 +140,7 @@ def cmd_finetune(args) -> int:
     from .trials import DenseConfig, finetune_dense
 
     data = _data_config(args)
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise NxmiError(f"output directory {out} already exists and is not empty; choose another --out")
+    out = require_free_output(args.out)
     dense = DenseConfig(model=args.model, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
     result = finetune_dense(data, dense, args.cache_dir, progress=True)
     with atomic_output_dir(out) as tmp:
@@ -156,9 +161,7 @@ def cmd_train(args) -> int:
 
     start = time.perf_counter()
     data = _data_config(args)
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise NxmiError(f"output directory {out} already exists and is not empty; choose another --out")
+    out = require_free_output(args.out)
     dense_cfg = DenseConfig(model=args.model, epochs=args.dense_epochs)
     # validate the plan against the architecture before any training
     probe = load_model(args.dense or args.model, num_labels=get_task(args.task).num_labels, ignore_mismatched_sizes=True)

@@ -138,3 +138,12 @@ def synthetic_glue_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for task in HUB_SCHEMA:
         write_synthetic_task(root, task)
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A saved tiny BERT with the tiny tokenizer: a local model directory for trials and the CLI."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_bert(vocab_size=len(SPECIAL_TOKENS) + len(WORDS)).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path

@@ -240,12 +240,9 @@ def profile_sensitivity(
     path = Path(cache_dir or default_cache_dir()) / "profiles" / f"{data.task}-{key}.parquet"
     table = _read_cache(path)
 
-    modules = compressible_modules(_skeleton(model_dir))
-    for option in menu:  # every option must fit every module before any work starts
-        spec = LayerSpec.parse(option)
-        bad = [cm.name for cm in modules if cm.in_features % spec.m]
-        if bad:
-            raise NxmiError(f"option {option} does not fit {bad[0]}: input width {modules[0].in_features} is not a multiple of m={spec.m}")
+    skeleton = _skeleton(model_dir)
+    modules = compressible_modules(skeleton)
+    check_options_fit(skeleton, menu)
     have = set() if table is None else set(zip(table["module"], table["option"]))
     missing_options = [o for o in menu if any((cm.name, o) not in have for cm in modules)]
     computed = 0
@@ -267,6 +264,17 @@ def profile_sensitivity(
         _write_atomic(table, path)
     selected = table[table["option"].isin(menu)].reset_index(drop=True)
     return ProfileResult(selected, path, computed, len(selected) - computed, time.perf_counter() - start)
+
+
+def check_options_fit(model: nn.Module, options: Sequence[str]) -> None:
+    """Every option must fit every module (input width a multiple of m), before any work starts."""
+    modules = compressible_modules(model)
+    for option in options:
+        spec = LayerSpec.parse(option)
+        bad = [cm for cm in modules if cm.in_features % spec.m]
+        if bad:
+            raise NxmiError(f"option {option} does not fit {bad[0].name}: input width {bad[0].in_features} "
+                            f"is not a multiple of m={spec.m}")
 
 
 def _skeleton(model_dir: Path) -> nn.Module:

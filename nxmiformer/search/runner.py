@@ -290,21 +290,18 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
 
 
 def check_feasible(config: SearchConfig) -> float:
-    """Raise unless the menu can reach the target on this architecture; return the highest ratio."""
-    from ..compression import compressible_modules
-    from ..compression.accounting import DENSE_BITS, module_bits
-    from ..models import resolve_model_path
-    from .profile import _skeleton
+    """Raise unless the menu can reach the target on this architecture; return the highest ratio.
 
-    modules = compressible_modules(_skeleton(Path(resolve_model_path(config.model))))
-    specs = [LayerSpec.parse(o) for o in config.options]
-    for spec in specs:
-        bad = [cm for cm in modules if cm.in_features % spec.m]
-        if bad:
-            raise NxmiError(f"option {spec} does not fit {bad[0].name}: input width {bad[0].in_features} is not a multiple of m={spec.m}")
-    dense = sum(cm.numel * DENSE_BITS for cm in modules)
-    cheapest = sum(min(module_bits(s, cm.out_features, cm.in_features, config.convention) for s in specs) for cm in modules)
-    best = 1 - cheapest / dense
+    Runs before anything is trained or written, on the architecture alone."""
+    from ..models import resolve_model_path
+    from .heuristic import cost_matrix, modules_frame
+    from .profile import _skeleton, check_options_fit
+
+    skeleton = _skeleton(Path(resolve_model_path(config.model)))
+    check_options_fit(skeleton, config.options)
+    modules = modules_frame(skeleton)
+    dense = float((32 * modules["out_features"] * modules["in_features"]).sum())
+    best = 1 - float(cost_matrix(modules, config.options, config.convention).min(axis=1).sum()) / dense
     if best < config.target_ratio - 1e-9:
         raise NxmiError(f"target ratio {config.target_ratio} ({config.convention}) is infeasible with this menu: "
                         f"the highest reachable is {best:.4f} (every module at its cheapest option)")
@@ -328,8 +325,6 @@ def _num(value) -> float:
 def results_table(grid, config: SearchConfig, dense_primary: float) -> pd.DataFrame:
     """One row per trial of a Tune ``ResultGrid``: status (completed / stopped / error), plan,
     ratios, metrics, retention, steps, wall time."""
-    from ..compression.accounting import module_bits
-
     rows = []
     for result in grid:
         plan_dict = (result.config or {}).get("plan", {})

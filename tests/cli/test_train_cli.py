@@ -14,14 +14,6 @@ from tests.conftest import tiny_bert
 from tests.conftest import SPECIAL_TOKENS, WORDS
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_bert(vocab_size=len(SPECIAL_TOKENS) + len(WORDS)).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
-
-
 def _common(glue_dir, cache):
     return ["--task", "sst2", "--data-dir", str(glue_dir), "--max-length", "16", "--cache-dir", str(cache)]
 

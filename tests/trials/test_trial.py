@@ -15,14 +15,6 @@ from tests.conftest import SPECIAL_TOKENS, WORDS
 REPORT_KEYS = {"step", "phase", "primary", "retention", "loss", "ratio_paper", "ratio_storage", "admm_residual"}
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_bert(vocab_size=len(SPECIAL_TOKENS) + len(WORDS)).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def make_config(tiny_model_dir, synthetic_glue_dir, tmp_path):
     def make(task="sst2", **changes):
