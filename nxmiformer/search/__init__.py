@@ -2,12 +2,14 @@
 Parquet), candidate generation under the ratio constraint, and the Ray Tune runner."""
 
 from .heuristic import Candidate, generate_candidates, modules_frame, plan_ratio, solve_mckp
+from .refine import GroupSpace
 from .profile import DEFAULT_MENU, ProfileResult, parse_menu, profile_sensitivity
 from .runner import SearchConfig, SearchResult, best_trial, check_feasible, run_search, select_candidates
 
 __all__ = [
     "Candidate",
     "DEFAULT_MENU",
+    "GroupSpace",
     "ProfileResult",
     "SearchConfig",
     "SearchResult",

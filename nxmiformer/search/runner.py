@@ -26,6 +26,7 @@ from ..trials.data import get_task
 from .profile import DEFAULT_MENU, parse_menu
 
 EXPERIMENT = "trials"
+REFINE_EXPERIMENT = "refine"
 RESULT_COLUMNS = [
     "trial_id", "status", "error", "kind", "heuristic_score", "plan_json", "plan_summary", "ratio_paper",
     "ratio_storage", "meets_target", "primary", "retention", "dense_primary", "metrics_json", "steps",
@@ -58,10 +59,12 @@ class SearchConfig:
     calib_size: int = 256
     dense_epochs: float = 1.0
     asha: bool = True
+    refine_trials: int = field(default=0, metadata={"help": "stage 2: Optuna-sampled per-group plans after the candidates"})
+    refine_layer_groups: int = field(default=2, metadata={"help": "stage 2: layer blocks per component type (groups)"})
     profile_workers: int | None = field(default=None, metadata={"help": "Ray tasks for profiling (None: cluster CPUs; 0: in-process)"})
     cache_dir: str | None = None
     address: str | None = None
-    inject_failure: dict | None = field(default=None, metadata={"help": "testing: make the first trial fail and stop the search"})
+    inject_failure: dict | None = field(default=None, metadata={"help": "testing: fault injection passed to the trainable (see trials.trainable)"})
 
     def __post_init__(self):
         get_task(self.task)
@@ -69,14 +72,16 @@ class SearchConfig:
             raise NxmiError(f"target ratio must be in (0, 1), got {self.target_ratio!r}")
         if self.convention not in CONVENTIONS:
             raise NxmiError(f"unknown ratio convention {self.convention!r}; allowed: {', '.join(CONVENTIONS)}")
-        for name in ("trials", "cpus_per_trial", "batch_size", "calib_size"):
+        for name in ("trials", "cpus_per_trial", "batch_size", "calib_size", "refine_layer_groups"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise NxmiError(f"{name} must be a positive integer, got {value!r}")
         if self.concurrency is not None and (isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1):
             raise NxmiError(f"concurrency must be a positive integer, got {self.concurrency!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise NxmiError(f"steps must be a non-negative integer, got {self.steps!r}")
+        for name in ("steps", "refine_trials"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise NxmiError(f"{name} must be a non-negative integer, got {value!r}")
         object.__setattr__(self, "options", parse_menu(self.options))
         if self.model != "default" and Path(self.model).expanduser().exists():
             object.__setattr__(self, "model", str(Path(self.model).expanduser().resolve()))
@@ -169,17 +174,16 @@ def _tune_callback(total: int, progress: bool):
     return Progress()
 
 
-def _make_tuner(config: SearchConfig, param_space: dict | None, storage: Path, n_trials: int, progress: bool, restore: bool):
+def _make_tuner(config: SearchConfig, trainable, param_space: dict, storage: Path, name: str, n_trials: int,
+                progress: bool, restore: bool, search_alg=None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from ..trials.trainable import trial_trainable
-
     # one checkpoint per evaluation is by design; Tune's warning about it is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    trainable = tune.with_resources(trial_trainable, {"cpu": config.cpus_per_trial})
+    trainable = tune.with_resources(trainable, {"cpu": config.cpus_per_trial})
     if restore:
-        return tune.Tuner.restore(str(storage / EXPERIMENT), trainable=trainable, resume_errored=True)
+        return tune.Tuner.restore(str(storage / name), trainable=trainable, resume_errored=True)
     scheduler = None
     if config.asha and config.steps >= 4:
         scheduler = ASHAScheduler(time_attr="step", metric="primary", mode="max", max_t=config.steps,
@@ -189,19 +193,28 @@ def _make_tuner(config: SearchConfig, param_space: dict | None, storage: Path, n
         import ray
 
         concurrency = max(1, int(ray.cluster_resources().get("CPU", 1) // config.cpus_per_trial))
-    fail_fast = "raise" if config.inject_failure else False
+    fail_fast = "raise" if (config.inject_failure or {}).get("marker") else False
     return tune.Tuner(
         trainable,
         param_space=param_space,
         # reusing the trial processes saves a torch/transformers import per trial
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, scheduler=scheduler, reuse_actors=True),
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, scheduler=scheduler, reuse_actors=True,
+                                    search_alg=search_alg, num_samples=n_trials if search_alg else 1),
         run_config=tune.RunConfig(
-            name=EXPERIMENT, storage_path=str(storage), verbose=0,
+            name=name, storage_path=str(storage), verbose=0,
             callbacks=[_tune_callback(n_trials, progress)],
             failure_config=tune.FailureConfig(max_failures=0 if fail_fast else 1, fail_fast=fail_fast),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
+
+
+def _fit(tuner, config: SearchConfig):
+    try:
+        return tuner.fit()
+    except Exception as exc:  # fail-fast or a driver-side failure: the experiment state is on disk
+        raise NxmiError(f"search interrupted ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                        f"run it again with --resume --out {config.out} to continue") from exc
 
 
 def run_search(config: SearchConfig, resume: bool = False, progress: bool = True) -> SearchResult:
@@ -226,6 +239,7 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         from ray import tune
 
         from ..trials.dense import finetune_dense
+        from ..trials.trainable import trial_trainable
         from .heuristic import generate_candidates, modules_frame
         from .profile import _skeleton, profile_sensitivity
 
@@ -268,16 +282,16 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
                        "dense_path": str(dense.path)}
         if config.inject_failure:
             param_space["inject_failure"] = config.inject_failure
+        stages = 2 if config.refine_trials else 1
         restore = resume and tune.Tuner.can_restore(str(out / EXPERIMENT))
         _say(progress, f"[4/4] {'resuming' if restore else 'running'} {len(plans)} short trials "
-                       f"({config.steps} steps each) on Ray Tune")
-        tuner = _make_tuner(config, param_space, out, len(plans), progress, restore)
-        try:
-            grid = tuner.fit()
-        except Exception as exc:  # fail-fast or a driver-side failure: the experiment state is on disk
-            raise NxmiError(f"search interrupted ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                            f"run it again with --resume --out {config.out} to continue") from exc
-        results = results_table(grid, config, dense.primary)
+                       f"({config.steps} steps each) on Ray Tune" + (" (stage 1 of 2)" if stages == 2 else ""))
+        tuner = _make_tuner(config, trial_trainable, param_space, out, EXPERIMENT, len(plans), progress, restore)
+        results = results_table(_fit(tuner, config), config, dense.primary)
+        if config.refine_trials:
+            _write_parquet(results, out / "stage1.parquet")
+            refined = _refine(config, results, profile.table, modules, param_space, out, resume, dense.primary, progress)
+            results = pd.concat([results, refined], ignore_index=True)
         _write_parquet(results, out / "results.parquet")
     finally:
         if started_ray:
@@ -287,6 +301,27 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
 
     best = best_trial(results, config.target_ratio, config.convention)
     return SearchResult(results, best, out, time.perf_counter() - start)
+
+
+def _refine(config: SearchConfig, stage1: pd.DataFrame, sensitivity: pd.DataFrame, modules: pd.DataFrame,
+            param_space: dict, out: Path, resume: bool, dense_primary: float, progress: bool) -> pd.DataFrame:
+    """Stage 2 (``refine_trials`` > 0): Optuna over per-group choices, seeded with stage 1."""
+    from ray import tune
+
+    from .heuristic import build_problem
+    from .refine import GroupSpace, make_searcher, refine_trainable, seed_points
+
+    space = GroupSpace.build(build_problem(sensitivity, modules), config.target_ratio, config.convention,
+                             config.refine_layer_groups)
+    told, enqueued = seed_points(space, stage1)
+    restore = resume and tune.Tuner.can_restore(str(out / REFINE_EXPERIMENT))
+    _say(progress, f"      stage 2: {'resuming ' if restore else ''}{config.refine_trials} Optuna trials over "
+                   f"{len(space.groups)} groups ({len(told)} stage-1 results told, {len(enqueued)} seeds enqueued)")
+    searcher = None if restore else make_searcher(space, told, enqueued, seed=config.seed)
+    stage2_space = {k: v for k, v in param_space.items() if k not in ("plan", "inject_failure")} | {"space": space.to_dict()}
+    tuner = _make_tuner(config, refine_trainable, stage2_space, out, REFINE_EXPERIMENT, config.refine_trials,
+                        progress, restore, search_alg=searcher)
+    return results_table(_fit(tuner, config), config, dense_primary)
 
 
 def check_feasible(config: SearchConfig) -> float:
@@ -327,7 +362,7 @@ def results_table(grid, config: SearchConfig, dense_primary: float) -> pd.DataFr
     ratios, metrics, retention, steps, wall time."""
     rows = []
     for result in grid:
-        plan_dict = (result.config or {}).get("plan", {})
+        plan_dict = _plan_of(result.config or {})
         plan = CompressionPlan.from_dict(plan_dict) if plan_dict else CompressionPlan()
         metrics = result.metrics or {}
         status = "error" if result.error else ("completed" if metrics.get("phase") == "final" else "stopped")
@@ -359,6 +394,19 @@ def results_table(grid, config: SearchConfig, dense_primary: float) -> pd.DataFr
             "node_id": str(metrics.get("node_id", "")),
         })
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def _plan_of(trial_config: dict) -> dict:
+    """The plan dict of a trial: given (stage 1) or rebuilt from its sampled groups (stage 2)."""
+    if "plan" in trial_config:
+        return trial_config["plan"]
+    if "space" in trial_config:
+        from .refine import GroupSpace
+
+        space = GroupSpace.from_dict(trial_config["space"])
+        if all(group in trial_config for group in space.groups):
+            return space.plan_for({group: trial_config[group] for group in space.groups}).to_dict()
+    return {}
 
 
 def _plan_ratios(plan: CompressionPlan, config: SearchConfig) -> tuple[float, float]:

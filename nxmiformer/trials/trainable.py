@@ -8,7 +8,10 @@ Its ``config`` (the Tune ``param_space`` of one trial) holds:
 * ``inject_failure`` (optional, for tests): ``{"marker": PATH, "after_reports": K,
   "candidate_index": I, "start_log": LOG}`` raises once, after the K-th report of the trial whose
   plan has ``meta["candidate_index"] == I`` (any trial if not given), if ``PATH`` does not exist
-  yet (and creates it); every trial start appends its candidate index to ``LOG``
+  yet (and creates it); every trial start appends its candidate index to ``LOG``. With
+  ``{"nonfinite": True, "candidate_index": I}`` that trial instead trains from a copy of the warm
+  start whose classifier holds a NaN, so its loss is really non-finite and the trial fails with
+  :class:`~nxmiformer.trials.trial.NonFiniteLoss`
 
 Every evaluation is reported with ``tune.report``; all but the final one carry a checkpoint of
 the full trial state, so a trial that dies is restarted by Tune (``FailureConfig``) from its
@@ -104,4 +107,23 @@ def trial_trainable(config: dict) -> None:
             Path(marker).write_text("failed once\n")
             raise RuntimeError(f"injected failure after report {reports}")
 
+    if failure.get("nonfinite"):
+        with tempfile.TemporaryDirectory() as directory:
+            run_trial(plan, trial_config, report=report, resume=resume, dense=_poisoned_copy(dense, directory))
+        return
     run_trial(plan, trial_config, report=report, resume=resume, dense=dense)
+
+
+def _poisoned_copy(dense: DenseResult, directory: str) -> DenseResult:
+    """The warm start with one NaN in its classifier weight (fault injection for tests)."""
+    import shutil
+
+    from ..models import load_model
+
+    target = Path(directory) / "poisoned"
+    shutil.copytree(dense.path, target)
+    model = load_model(str(target))
+    with torch.no_grad():
+        model.classifier.weight.view(-1)[0] = float("nan")
+    model.save_pretrained(target)
+    return DenseResult.load(target)

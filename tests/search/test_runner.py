@@ -43,13 +43,18 @@ def local_ray():
 
 
 def test_search_end_to_end(local_ray, assets, tmp_path):
-    cfg = config(assets, tmp_path / "run")
+    cfg = config(assets, tmp_path / "run", refine_trials=2)
     result = run_search(cfg, progress=False)
     table = pd.read_parquet(tmp_path / "run" / "results.parquet")
-    assert len(table) == 4 and list(table.columns) == list(result.results.columns)
+    assert len(table) == 6 and list(table.columns) == list(result.results.columns)
+    assert table["trial_id"].is_unique
     assert set(table["status"]) <= {"completed", "stopped"}
     assert (table["ratio_paper"] >= 0.875 - 1e-9).all() and table["meets_target"].all()
     assert {"optimal", "grid", "uniform"} <= set(table["kind"])
+    # stage 2: Optuna-sampled per-group plans, repaired to the constraint, measured like the rest
+    refined = table[table["kind"] == "refined"]
+    assert len(refined) == 2 and refined["primary"].notna().all()
+    assert len(pd.read_parquet(tmp_path / "run" / "stage1.parquet")) == 4
     for plan_json in table["plan_json"]:
         CompressionPlan.from_dict(json.loads(plan_json))  # every row carries a loadable plan
     assert result.best is not None and result.best["status"] == "completed"
@@ -82,6 +87,18 @@ def test_interrupted_search_resumes_without_losing_finished_trials(local_ray, as
     assert ["1", "0"] in started and any(s[0] == "1" and s[1] != "0" for s in started)  # 1 resumed from its checkpoint
 
 
+def test_a_trial_with_a_nan_loss_is_recorded_and_the_search_goes_on(local_ray, assets, tmp_path):
+    failure = {"nonfinite": True, "candidate_index": 1}
+    result = run_search(config(assets, tmp_path / "run", trials=3, asha=False, inject_failure=failure), progress=False)
+    assert len(result.results) == 3
+    failed = result.results[result.results["status"] == "error"]
+    assert len(failed) == 1 and "non-finite loss" in failed["error"].iloc[0]
+    assert failed["plan_summary"].iloc[0] and failed["ratio_paper"].iloc[0] >= 0.875 - 1e-9  # the plan it was running
+    assert (result.results["status"] == "completed").sum() == 2
+    assert result.best is not None and result.best["status"] == "completed"
+    assert pd.read_parquet(tmp_path / "run" / "results.parquet")["status"].tolist().count("error") == 1
+
+
 def test_search_places_trials_on_both_nodes_of_a_cluster(assets, tmp_path):
     from ray.cluster_utils import Cluster
 
@@ -104,6 +121,8 @@ BAD = [
     (["--target-ratio", "0.99"], "highest reachable"),
     (["--target-ratio", "0.8", "--options", "2:4:int8,9:4:int8"], "n=9"),
     (["--target-ratio", "0.8", "--concurrency", "0"], "concurrency"),
+    (["--target-ratio", "0.8", "--refine-trials", "-1"], "refine_trials"),
+    (["--target-ratio", "0.8", "--refine-trials", "2", "--refine-layer-groups", "0"], "refine_layer_groups"),
     (["--target-ratio", "0.8", "--convention", "bytes"], "paper, storage"),
     (["--target-ratio", "0.8", "--task", "sst5"], "sst5"),
 ]

@@ -1,0 +1,239 @@
+"""Stage 2 of a search: Optuna refines per-group choices, seeded with the heuristic stage's plans.
+
+The search space has one categorical parameter per *group* of modules: a component type
+(query, key, ... ffn_out) over a contiguous block of layers (``layer_groups`` blocks; as many
+blocks as layers makes every module its own group). Each parameter's choices are the menu
+options that every module of the group can take.
+
+Ray Tune's :class:`~ray.tune.search.optuna.OptunaSearch` drives Optuna's TPE sampler over that
+space. It is seeded two ways:
+
+* the stage-1 trials whose plans are exactly expressible per group (the uniform and grid
+  baselines always are) are *told* to Optuna with their measured primary metric, so they are not
+  trained again;
+* the best stage-1 plans that are not (the heterogeneous ones) are projected onto the groups
+  (each group takes its modules' most common option) and *enqueued* as the first trials.
+
+A sampled plan may break the ratio constraint. It is **repaired**, not rejected: while the plan
+is over budget, the single-module move to a cheaper option with the least sensitivity increase per
+bit saved is applied (the additive model of the heuristic stage). The repair is deterministic,
+so the driver can rebuild any trial's plan from its sampled parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..compression import CONVENTIONS, COMPONENTS, CompressionPlan
+from ..errors import NxmiError
+from .heuristic import REL_TOL, CandidateProblem
+
+REFINED = "refined"
+
+
+@dataclass(frozen=True)
+class GroupSpace:
+    """The refinement search space over ``problem`` (see the module docstring)."""
+
+    modules: tuple[str, ...]
+    labels: tuple[str, ...]
+    costs: np.ndarray  # [module, option] bits under ``convention``
+    scores: np.ndarray  # [module, option] sensitivity, inf where not allowed
+    dense_bits: float
+    groups: dict  # parameter name -> tuple of module row indices
+    target_ratio: float
+    convention: str
+
+    @classmethod
+    def build(cls, problem: CandidateProblem, target_ratio: float, convention: str = "paper",
+              layer_groups: int = 2) -> "GroupSpace":
+        if convention not in CONVENTIONS:
+            raise NxmiError(f"unknown ratio convention {convention!r}; allowed: {', '.join(CONVENTIONS)}")
+        if isinstance(layer_groups, bool) or not isinstance(layer_groups, int) or layer_groups < 1:
+            raise NxmiError(f"layer groups must be a positive integer, got {layer_groups!r}")
+        frame = problem.modules.reset_index(drop=True)
+        layers = sorted(frame["layer"].unique())
+        blocks = [b for b in np.array_split(np.asarray(layers), min(layer_groups, len(layers))) if len(b)]
+        groups = {}
+        for block in blocks:
+            span = f"L{block[0]}" if len(block) == 1 else f"L{block[0]}-{block[-1]}"
+            in_block = frame["layer"].isin(block)
+            order = [c for c in COMPONENTS if c in set(frame["component"])]
+            for component in order:
+                rows = tuple(int(i) for i in frame.index[in_block & (frame["component"] == component)])
+                if rows:
+                    groups[f"{component}.{span}"] = rows
+        return cls(modules=tuple(frame["module"]), labels=tuple(problem.labels), costs=problem.costs[convention],
+                   scores=problem.scores, dense_bits=problem.dense_bits, groups=groups,
+                   target_ratio=float(target_ratio), convention=convention)
+
+    # -- the Optuna space ----------------------------------------------------------------------
+    def choices(self, group: str) -> list[str]:
+        rows = list(self.groups[group])
+        ok = np.isfinite(self.costs[rows]).all(axis=0) & np.isfinite(self.scores[rows]).all(axis=0)
+        return [label for label, allowed in zip(self.labels, ok) if allowed]
+
+    def distributions(self) -> dict:
+        from optuna.distributions import CategoricalDistribution
+
+        return {group: CategoricalDistribution(self.choices(group)) for group in self.groups}
+
+    # -- plans <-> parameters --------------------------------------------------------------------
+    def choice_of(self, plan: CompressionPlan) -> np.ndarray | None:
+        """Menu index per module for ``plan`` (unnamed modules are dense); None when the plan uses
+        an option outside the menu."""
+        index = {label: k for k, label in enumerate(self.labels)}
+        out = np.empty(len(self.modules), dtype=int)
+        for i, name in enumerate(self.modules):
+            k = index.get(str(plan.spec_for(name)))
+            if k is None:
+                return None
+            out[i] = k
+        return out
+
+    def params_of(self, plan: CompressionPlan, exact: bool = True) -> dict | None:
+        """The group parameters of ``plan``: None if ``exact`` and some group mixes options;
+        otherwise each group's most common option (ties to the cheaper one)."""
+        choice = self.choice_of(plan)
+        if choice is None:
+            return None
+        params = {}
+        for group, rows in self.groups.items():
+            picked = choice[list(rows)]
+            values, counts = np.unique(picked, return_counts=True)
+            if exact and len(values) > 1:
+                return None
+            best = values[counts == counts.max()]
+            k = int(min(best, key=lambda k: self.costs[list(rows), k].sum()))
+            if self.labels[k] not in self.choices(group):
+                return None
+            params[group] = self.labels[k]
+        return params
+
+    def plan_for(self, params: Mapping[str, str], meta: dict | None = None) -> CompressionPlan:
+        """The plan of sampled group ``params``, repaired to meet the constraint."""
+        missing = sorted(set(self.groups) - set(params))
+        if missing:
+            raise NxmiError(f"refinement parameters lack group(s) {missing}")
+        index = {label: k for k, label in enumerate(self.labels)}
+        choice = np.empty(len(self.modules), dtype=int)
+        for group, rows in self.groups.items():
+            label = params[group]
+            if label not in index:
+                raise NxmiError(f"option {label!r} of group {group} is not in the menu ({', '.join(self.labels)})")
+            choice[list(rows)] = index[label]
+        choice, moves = self.repair(choice)
+        specs = {name: self.labels[k] for name, k in zip(self.modules, choice) if self.labels[k] != "dense"}
+        meta = dict(meta or {}) | {"kind": REFINED, "sampled": dict(params), "repair_moves": moves,
+                                   "ratio": self.ratio(choice)}
+        return CompressionPlan(specs, meta=meta)
+
+    # -- the constraint ----------------------------------------------------------------------------
+    def ratio(self, choice: np.ndarray) -> float:
+        return float(1.0 - self.costs[np.arange(len(choice)), choice].sum() / self.dense_bits)
+
+    def repair(self, choice: np.ndarray) -> tuple[np.ndarray, int]:
+        """Greedy repair to the budget: the cheapest move per bit saved first (ties: the larger
+        saving, then the lower module and option index). Returns the choice and the moves made."""
+        choice = np.array(choice, dtype=int)
+        rows = np.arange(len(choice))
+        budget = (1.0 - self.target_ratio) * self.dense_bits
+        budget += REL_TOL * abs(budget)
+        allowed = np.isfinite(self.costs) & np.isfinite(self.scores)
+        moves = 0
+        while self.costs[rows, choice].sum() > budget:
+            saving = self.costs[rows, choice][:, None] - self.costs
+            damage = np.maximum(self.scores - self.scores[rows, choice][:, None], 0.0)
+            ok = allowed & (saving > 0)
+            if not ok.any():
+                raise NxmiError(f"cannot repair the plan to the target ratio {self.target_ratio} "
+                                f"({self.convention}): no cheaper option is left")
+            i, k = np.nonzero(ok)
+            rate = damage[i, k] / saving[i, k]
+            best = np.lexsort((k, i, -saving[i, k], rate))[0]
+            choice[i[best]] = k[best]
+            moves += 1
+        return choice, moves
+
+    # -- transport through a Tune config ---------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"modules": list(self.modules), "labels": list(self.labels), "costs": self.costs.tolist(),
+                "scores": self.scores.tolist(), "dense_bits": self.dense_bits,
+                "groups": {g: list(r) for g, r in self.groups.items()}, "target_ratio": self.target_ratio,
+                "convention": self.convention}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "GroupSpace":
+        return cls(modules=tuple(data["modules"]), labels=tuple(data["labels"]),
+                   costs=np.asarray(data["costs"], dtype=float), scores=np.asarray(data["scores"], dtype=float),
+                   dense_bits=float(data["dense_bits"]), groups={g: tuple(r) for g, r in data["groups"].items()},
+                   target_ratio=float(data["target_ratio"]), convention=data["convention"])
+
+
+def seed_points(space: GroupSpace, stage1: pd.DataFrame, enqueue: int = 2) -> tuple[list[tuple[dict, float, bool]], list[dict]]:
+    """Seeds for Optuna from the stage-1 results table.
+
+    Returns ``(told, enqueued)``: ``told`` holds ``(params, primary, pruned)`` for every finished
+    stage-1 trial whose plan is exactly expressible per group (ASHA-stopped trials are told as
+    pruned); ``enqueued`` holds the group projections of the ``enqueue`` best completed plans that
+    are not, best first, without duplicates of each other or of a told point."""
+    told, enqueued, seen = [], [], set()
+    ranked = stage1[stage1["status"].isin(["completed", "stopped"]) & np.isfinite(stage1["primary"])]
+    ranked = ranked.sort_values(["status", "primary"], ascending=[True, False])  # completed first
+    import json
+
+    for _, row in ranked.iterrows():
+        plan = CompressionPlan.from_dict(json.loads(row["plan_json"]))
+        exact = space.params_of(plan, exact=True)
+        if exact is not None:
+            key = tuple(sorted(exact.items()))
+            if key not in seen:
+                seen.add(key)
+                told.append((exact, float(row["primary"]), row["status"] == "stopped"))
+    for _, row in ranked[ranked["status"] == "completed"].iterrows():
+        if len(enqueued) >= enqueue:
+            break
+        plan = CompressionPlan.from_dict(json.loads(row["plan_json"]))
+        if space.params_of(plan, exact=True) is not None:
+            continue
+        projected = space.params_of(plan, exact=False)
+        if projected is None:
+            continue
+        key = tuple(sorted(projected.items()))
+        if key not in seen:
+            seen.add(key)
+            enqueued.append(projected)
+    return told, enqueued
+
+
+def make_searcher(space: GroupSpace, told, enqueued, seed: int = 0, startup_trials: int = 4):
+    """Ray Tune's OptunaSearch over ``space`` with TPE, the ``told`` points added as finished
+    trials and the ``enqueued`` points run first."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
+    searcher = OptunaSearch(space=space.distributions(), metric="primary", mode="max", sampler=sampler,
+                            points_to_evaluate=enqueued or None)
+    for params, primary, pruned in told:
+        if pruned:
+            searcher.add_evaluated_point(params, primary, pruned=True, intermediate_values=[primary])
+        else:
+            searcher.add_evaluated_point(params, primary)
+    return searcher
+
+
+def refine_trainable(config: dict) -> None:
+    """The Tune trainable of a refinement trial: group parameters -> repaired plan -> the
+    ordinary trial trainable."""
+    from ..trials.trainable import trial_trainable
+
+    space = GroupSpace.from_dict(config["space"])
+    params = {group: config[group] for group in space.groups}
+    plan = space.plan_for(params)
+    rest = {k: v for k, v in config.items() if k not in space.groups and k != "space"}
+    trial_trainable(rest | {"plan": plan.to_dict()})

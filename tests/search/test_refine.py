@@ -1,0 +1,130 @@
+"""The Optuna refinement stage's search space: groups, seeds, repair to the constraint."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nxmiformer.compression import CompressionPlan, compression_ratio
+from nxmiformer.errors import NxmiError
+from nxmiformer.search.heuristic import build_problem, generate_candidates, modules_frame
+from nxmiformer.search.refine import REFINED, GroupSpace, make_searcher, seed_points
+from tests.conftest import tiny_bert
+
+MENU = ("dense", "dense:int8", "2:4:int8", "2:4:int4", "4:8:int4", "1:4:int8")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_bert()
+
+
+def sensitivity(modules: pd.DataFrame, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name in modules["module"]:
+        for k, option in enumerate(MENU):  # roughly: cheaper options hurt more, with noise
+            rows.append({"module": name, "option": option, "score": k * rng.uniform(0.5, 1.5) - (option == "dense")})
+    return pd.DataFrame(rows)
+
+
+def space_for(model, seed=0, target=0.875, convention="paper", layer_groups=2):
+    modules = modules_frame(model)
+    problem = build_problem(sensitivity(modules, seed), modules)
+    return GroupSpace.build(problem, target, convention, layer_groups), problem
+
+
+@pytest.mark.parametrize("layer_groups,expected", [(1, 6), (2, 12), (99, 12)])
+def test_groups_cover_every_module_once(model, layer_groups, expected):
+    space, _ = space_for(model, layer_groups=layer_groups)  # the tiny BERT has 2 layers
+    assert len(space.groups) == expected
+    rows = sorted(r for g in space.groups.values() for r in g)
+    assert rows == list(range(len(space.modules)))
+    assert set(space.distributions()) == set(space.groups)
+
+
+@pytest.mark.parametrize("seed,target,convention", list(itertools.product([0, 1, 2], [0.8, 0.875, 0.9], ["paper", "storage"])))
+def test_every_sampled_plan_is_repaired_to_meet_the_constraint(model, seed, target, convention):
+    space, _ = space_for(model, seed, target, convention)
+    rng = np.random.default_rng(seed)
+    for _ in range(10):
+        params = {g: str(rng.choice(space.choices(g))) for g in space.groups}
+        plan = space.plan_for(params)
+        assert plan.meta["kind"] == REFINED
+        assert compression_ratio(model, plan, convention) >= target - 1e-9
+        assert plan.meta["ratio"] == pytest.approx(compression_ratio(model, plan, convention), abs=1e-12)
+        assert space.plan_for(params) == plan  # deterministic: the driver rebuilds it from the params
+
+
+def test_feasible_samples_are_not_touched(model):
+    space, _ = space_for(model)
+    params = {g: "1:4:int8" for g in space.groups}  # 93.75% paper >= 87.5%
+    plan = space.plan_for(params)
+    assert plan.meta["repair_moves"] == 0 and set(map(str, plan.values())) == {"1:4:int8"}
+
+
+def test_repair_takes_the_least_damage_per_bit_first(model):
+    """Against brute force over single moves from an all-dense plan at a target one move reaches."""
+    space, _ = space_for(model, target=0.02)
+    start = np.full(len(space.modules), space.labels.index("dense"))
+    repaired, moves = space.repair(start)
+    assert moves >= 1
+    i = np.nonzero(repaired != start)[0][0]
+    k = repaired[i]
+    rows = np.arange(len(start))
+    saving = space.costs[rows, start][:, None] - space.costs
+    damage = np.maximum(space.scores - space.scores[rows, start][:, None], 0)
+    ok = np.isfinite(space.scores) & (saving > 0)
+    rates = np.where(ok, damage / np.where(ok, saving, 1), np.inf)
+    assert rates[i, k] == pytest.approx(rates.min())
+
+
+def test_params_exact_and_projected(model):
+    space, problem = space_for(model)
+    grid = CompressionPlan.by_component(model, {"query": "2:4:int8", "key": "2:4:int8", "value": "2:4:int4",
+                                                 "attn_out": "2:4:int8", "ffn_in": "4:8:int4", "ffn_out": "1:4:int8"})
+    exact = space.params_of(grid)
+    assert exact is not None and exact["value.L0"] == "2:4:int4"
+    assert space.plan_for(exact) == grid
+    mixed = CompressionPlan(dict(grid) | {"bert.encoder.layer.0.attention.self.query": "dense:int8"})
+    assert space.params_of(mixed, exact=True) is not None  # layer 0 query is a group of its own here
+    space1, _ = space_for(model, layer_groups=1)
+    assert space1.params_of(mixed, exact=True) is None
+    projected = space1.params_of(mixed, exact=False)
+    assert projected["query.L0-1"] in ("2:4:int8", "dense:int8")  # a tie: the cheaper one
+    assert projected["query.L0-1"] == "2:4:int8"
+
+
+def test_seeds_tell_expressible_plans_and_enqueue_the_best_others(model):
+    space, problem = space_for(model, layer_groups=1)
+    modules = modules_frame(model)
+    candidates = generate_candidates(sensitivity(modules, 0), modules, 0.875, n_best=4)
+    rows = []
+    for i, c in enumerate(candidates):
+        rows.append({"status": "completed" if i % 3 else "stopped", "primary": 0.5 + 0.01 * i,
+                     "plan_json": json.dumps(c.plan.to_dict()), "kind": c.kind})
+    rows.append({"status": "error", "primary": float("nan"), "plan_json": "{}", "kind": "optimal"})
+    table = pd.DataFrame(rows)
+    told, enqueued = seed_points(space, table, enqueue=2)
+    exact = [c for c in candidates if space.params_of(c.plan) is not None]
+    assert len(told) == len({json.dumps(space.params_of(c.plan), sort_keys=True) for c in exact})
+    assert any(pruned for _, _, pruned in told) == any(i % 3 == 0 for i, c in enumerate(candidates) if c in exact)
+    assert len(enqueued) <= 2
+    for params in enqueued:
+        assert set(params) == set(space.groups)
+    searcher = make_searcher(space, told, enqueued, seed=0)
+    first = searcher.suggest("t1")
+    assert {k: first[k] for k in space.groups} == (enqueued[0] if enqueued else {k: first[k] for k in space.groups})
+
+
+def test_bad_layer_groups(model):
+    modules = modules_frame(model)
+    problem = build_problem(sensitivity(modules, 0), modules)
+    with pytest.raises(NxmiError, match="layer groups"):
+        GroupSpace.build(problem, 0.875, "paper", 0)
+    with pytest.raises(NxmiError, match="paper, storage"):
+        GroupSpace.build(problem, 0.875, "bits", 2)
