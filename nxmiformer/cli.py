@@ -258,7 +258,8 @@ def cmd_search(args) -> int:
                   eval_size=args.eval_size, seed=args.seed, trials=args.trials, steps=args.steps,
                   batch_size=args.batch_size, lr=args.lr, concurrency=args.concurrency,
                   cpus_per_trial=args.cpus_per_trial, calib_size=args.calib_size, dense_epochs=args.dense_epochs,
-                  asha=not args.no_asha, cache_dir=args.cache_dir, address=args.address)
+                  asha=not args.no_asha, cache_dir=args.cache_dir, address=args.address,
+                  refine_trials=args.refine_trials, refine_layer_groups=args.refine_layer_groups)
     if args.options:
         fields["options"] = args.options
     if args.preset == "quick":
@@ -376,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-size", type=int, default=SEARCH_DEFAULTS["calib_size"])
     p.add_argument("--dense-epochs", type=float, default=1.0)
     p.add_argument("--no-asha", action="store_true", help="run every trial to the end (no early stopping)")
+    p.add_argument("--refine-trials", type=int, default=0,
+                   help="stage 2: this many Optuna-sampled per-group plans, seeded with the candidates' results")
+    p.add_argument("--refine-layer-groups", type=int, default=2,
+                   help="stage 2: layer blocks per component type (one Optuna choice per block and component)")
     p.add_argument("--preset", choices=["quick"], help="quick: a ~10 minute search on 2 cores")
     p.add_argument("--cache-dir", help="cache of warm starts and profiles (share it on a cluster)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
