@@ -259,7 +259,7 @@ def cmd_search(args) -> int:
                   batch_size=args.batch_size, lr=args.lr, concurrency=args.concurrency,
                   cpus_per_trial=args.cpus_per_trial, calib_size=args.calib_size, dense_epochs=args.dense_epochs,
                   asha=not args.no_asha, cache_dir=args.cache_dir, address=args.address,
-                  refine_trials=args.refine_trials, refine_layer_groups=args.refine_layer_groups)
+                  refine_trials=args.refine_trials, refine_layer_groups=args.refine_layer_groups, kinds=args.kinds)
     if args.options:
         fields["options"] = args.options
     if args.preset == "quick":
@@ -284,6 +284,55 @@ def cmd_search(args) -> int:
           f"{config.task} primary {b['primary']:.4f} = {b['retention']:.2%} of dense; "
           f"ratio paper {b['ratio_paper']:.4%}, storage {b['ratio_storage']:.4%}")
     print(f"plan: {b['plan_summary']}")
+    return 0
+
+
+def cmd_pareto(args) -> int:
+    from .analysis import check_target_ratio, format_trials, load_results, pareto_front, plot_pareto, plot_plan, select
+
+    for flag, value in (("--plot", args.plot), ("--heatmap", args.heatmap)):
+        if value and Path(value).suffix.lower() != ".png":
+            raise NxmiError(f"{flag} must name a .png file, got {value!r}")
+    if args.target_ratio is not None:
+        check_target_ratio(args.target_ratio)
+    results = load_results(args.results)
+    front = pareto_front(results, args.convention, args.metric, args.include_stopped)
+    counts = ", ".join(f"{n} {status}" for status, n in results["status"].value_counts().items())
+    print(f"{len(results)} trials from {results['search'].nunique()} search(es): {counts}")
+    print(f"Pareto front ({args.convention} ratio vs {args.metric}; "
+          f"{'completed and stopped' if args.include_stopped else 'completed'} trials): {len(front)} plan(s)")
+    if len(front):
+        print(format_trials(front))
+    chosen = None
+    if args.target_ratio is not None:
+        chosen = select(results, args.target_ratio, args.convention, args.metric, args.include_stopped)
+        print(f"\nselected for >= {args.target_ratio:.2%} ({args.convention}): trial {chosen['trial_id']} "
+              f"[{chosen['kind']}] primary {chosen['primary']:.4f} = {chosen['retention']:.2%} of dense; "
+              f"ratio paper {chosen['ratio_paper']:.4%}, storage {chosen['ratio_storage']:.4%}")
+        print(f"plan: {chosen['plan_summary']}")
+    heat = chosen if chosen is not None else (front.iloc[0] if len(front) else None)
+    if args.heatmap and heat is None:
+        raise NxmiError("no completed trial with finite metrics, so no plan to draw for --heatmap")
+    if args.plot:
+        plot_pareto(results, args.target_ratio, args.convention, args.metric, args.include_stopped, path=args.plot)
+        print(f"wrote {args.plot}")
+    if args.heatmap:
+        plot_plan(heat, path=args.heatmap, title=f"trial {heat['trial_id']} [{heat['kind']}]: {heat['plan_summary']}")
+        print(f"wrote {args.heatmap} (plan of trial {heat['trial_id']})")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .analysis import export_plan, load_results
+
+    results = load_results(args.results)
+    plan = export_plan(results, args.target_ratio, args.convention, args.out, metric=args.metric,
+                       include_stopped=args.include_stopped)
+    trial = plan.meta["trial"]
+    print(f"exported trial {trial['trial_id']} [{trial['kind']}] to {args.out}: {plan.summary()}")
+    print(f"ratio paper {plan.meta['ratio_paper']:.4%}, storage {plan.meta['ratio_storage']:.4%}; "
+          f"short-trial primary {trial['primary']:.4f}")
+    print(f"train it fully with:\n  {plan.meta['train_command']}")
     return 0
 
 
@@ -314,6 +363,13 @@ def _add_training_args(p, lr: float) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--cache-dir", help="where dense warm starts are cached (default: $NXMI_CACHE_DIR or ~/.cache/nxmiformer)")
+
+
+def _add_selection_args(p) -> None:
+    p.add_argument("--convention", default="paper", help="ratio convention: paper or storage")
+    p.add_argument("--metric", default="primary", help="accuracy axis: primary (the task metric) or retention")
+    p.add_argument("--include-stopped", action="store_true",
+                   help="let trials stopped early by ASHA (intermediate metrics) on the front and into the selection")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -377,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-size", type=int, default=SEARCH_DEFAULTS["calib_size"])
     p.add_argument("--dense-epochs", type=float, default=1.0)
     p.add_argument("--no-asha", action="store_true", help="run every trial to the end (no early stopping)")
+    p.add_argument("--kinds", help="candidate kinds to train, comma-separated: optimal,diverse,grid,uniform (default: all)")
     p.add_argument("--refine-trials", type=int, default=0,
                    help="stage 2: this many Optuna-sampled per-group plans, seeded with the candidates' results")
     p.add_argument("--refine-layer-groups", type=int, default=2,
@@ -388,6 +445,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="storage path of the search")
     p.set_defaults(func=cmd_search, max_length=64, train_size=SEARCH_DEFAULTS["train_size"],
                    eval_size=SEARCH_DEFAULTS["eval_size"])
+
+    p = sub.add_parser("pareto", help="the Pareto front of searches' results, the selection, pictures")
+    p.add_argument("--results", nargs="+", required=True, metavar="DIR", help="search output directories (nxmi search --out)")
+    p.add_argument("--target-ratio", type=float, help="select the best plan with at least this compression ratio, in (0, 1)")
+    _add_selection_args(p)
+    p.add_argument("--plot", help="write the Pareto plot here (.png; replaced if present)")
+    p.add_argument("--heatmap", help="write the selected (else the best front) plan's heatmap here (.png; replaced if present)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    p.set_defaults(func=cmd_pareto)
+
+    p = sub.add_parser("export", help="write the best plan meeting the ratio as a plan.json for nxmi train")
+    p.add_argument("--results", nargs="+", required=True, metavar="DIR", help="search output directories (nxmi search --out)")
+    p.add_argument("--target-ratio", type=float, required=True, help="minimum encoder compression ratio, in (0, 1)")
+    _add_selection_args(p)
+    p.add_argument("--out", required=True, help="the plan file to write (.json; never overwritten)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="GLUE metrics of a saved model")
     p.add_argument("--model", required=True, help="a save_pretrained directory")

@@ -59,6 +59,8 @@ class SearchConfig:
     calib_size: int = 256
     dense_epochs: float = 1.0
     asha: bool = True
+    kinds: tuple[str, ...] = field(default=("optimal", "diverse", "grid", "uniform"),
+                                   metadata={"help": "candidate kinds to train (see search.heuristic.KINDS)"})
     refine_trials: int = field(default=0, metadata={"help": "stage 2: Optuna-sampled per-group plans after the candidates"})
     refine_layer_groups: int = field(default=2, metadata={"help": "stage 2: layer blocks per component type (groups)"})
     profile_workers: int | None = field(default=None, metadata={"help": "Ray tasks for profiling (None: cluster CPUs; 0: in-process)"})
@@ -83,6 +85,14 @@ class SearchConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise NxmiError(f"{name} must be a non-negative integer, got {value!r}")
         object.__setattr__(self, "options", parse_menu(self.options))
+        from .heuristic import KINDS
+
+        raw = self.kinds.split(",") if isinstance(self.kinds, str) else self.kinds
+        kinds = tuple(dict.fromkeys(str(k).strip() for k in raw if str(k).strip()))
+        bad = [k for k in kinds if k not in KINDS]
+        if bad or not kinds:
+            raise NxmiError(f"unknown candidate kind(s) {bad or list(kinds)}; allowed: {', '.join(KINDS)}")
+        object.__setattr__(self, "kinds", kinds)
         if self.model != "default" and Path(self.model).expanduser().exists():
             object.__setattr__(self, "model", str(Path(self.model).expanduser().resolve()))
         self.data_config()  # validates the data fields
@@ -106,7 +116,7 @@ class SearchConfig:
         return Path(self.cache_dir).resolve() if self.cache_dir else default_cache_dir()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"options": list(self.options)}
+        return dataclasses.asdict(self) | {"options": list(self.options), "kinds": list(self.kinds)}
 
 
 @dataclass
@@ -150,6 +160,17 @@ def select_candidates(candidates: list, budget: int) -> list:
         for pool in order:
             if pools[pool] and len(chosen) < budget:
                 chosen.append(pools[pool].pop(0))
+    return chosen
+
+
+def _of_kinds(candidates: list, kinds: tuple[str, ...]) -> list:
+    """The candidates that any of ``kinds`` produced, each labelled with the first such kind (a
+    uniform plan is also a grid plan: with ``kinds=("uniform",)`` it counts as uniform)."""
+    chosen = []
+    for c in candidates:
+        mine = [k for k in (c.kinds or (c.kind,)) if k in kinds]
+        if mine:
+            chosen.append(c if c.kind == mine[0] else dataclasses.replace(c, kind=mine[0]))
     return chosen
 
 
@@ -265,7 +286,7 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         else:
             candidates = generate_candidates(profile.table, modules, config.target_ratio, config.convention,
                                              n_best=max(2, config.trials))
-            chosen = select_candidates(candidates, config.trials)
+            chosen = select_candidates(_of_kinds(candidates, config.kinds), config.trials)
             cand_frame = pd.DataFrame([{
                 "kind": c.kind, "score": c.score, "ratio_paper": c.ratio_paper, "ratio_storage": c.ratio_storage,
                 "plan_json": c.plan.to_json(indent=None), "plan_summary": c.plan.summary()} for c in chosen])

@@ -122,6 +122,7 @@ BAD = [
     (["--target-ratio", "0.8", "--options", "2:4:int8,9:4:int8"], "n=9"),
     (["--target-ratio", "0.8", "--concurrency", "0"], "concurrency"),
     (["--target-ratio", "0.8", "--refine-trials", "-1"], "refine_trials"),
+    (["--target-ratio", "0.8", "--kinds", "uniform,best"], "best"),
     (["--target-ratio", "0.8", "--refine-trials", "2", "--refine-layer-groups", "0"], "refine_layer_groups"),
     (["--target-ratio", "0.8", "--convention", "bytes"], "paper, storage"),
     (["--target-ratio", "0.8", "--task", "sst5"], "sst5"),
@@ -144,3 +145,19 @@ def test_resume_without_a_search_is_an_error(tmp_path, assets, capsys):
     assert main(["search", "--model", str(model_dir), "--task", "sst2", "--target-ratio", "0.8", "--resume",
                  "--out", str(tmp_path / "nothing")]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_kinds_filter_relabels_plans_found_by_several_generators():
+    from nxmiformer.search.heuristic import generate_candidates, modules_frame
+    from nxmiformer.search.runner import _of_kinds
+
+    model = tiny_bert()
+    modules = modules_frame(model)
+    table = pd.DataFrame([{"module": m, "option": o, "score": float(i)} for m in modules["module"]
+                          for i, o in enumerate(MENU)])
+    candidates = generate_candidates(table, modules, 0.875, n_best=3)
+    uniform = _of_kinds(candidates, ("uniform",))
+    assert uniform and all(c.kind == "uniform" for c in uniform)
+    assert len(uniform) == sum("uniform" in c.kinds for c in candidates)
+    het = _of_kinds(candidates, ("optimal", "diverse"))
+    assert {c.kind for c in het} <= {"optimal", "diverse"} and het[0].kind == "optimal"
