@@ -95,6 +95,10 @@ class SearchConfig:
         object.__setattr__(self, "kinds", kinds)
         if self.model != "default" and Path(self.model).expanduser().exists():
             object.__setattr__(self, "model", str(Path(self.model).expanduser().resolve()))
+        # absolute, so trials on other workers, --resume from elsewhere and exported commands work
+        object.__setattr__(self, "data_dir", self.data_config().data_dir)
+        if self.cache_dir is not None:
+            object.__setattr__(self, "cache_dir", str(Path(self.cache_dir).expanduser().resolve()))
         self.data_config()  # validates the data fields
         self.trial_config()
 
@@ -247,6 +251,7 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         if not state_file.is_file():
             raise NxmiError(f"nothing to resume in {out}: no search.json (start a search with this --out first)")
         stored = json.loads(state_file.read_text())
+        stored.pop("provenance", None)
         config = SearchConfig(**(stored | {"address": config.address, "inject_failure": None}))
     else:
         check_feasible(config)
@@ -269,6 +274,7 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         data = config.data_config()
         _say(progress, f"[1/4] dense warm start: {config.model} on {config.task}")
         dense = finetune_dense(data, config.dense_config(), config.cache_root(), progress=progress)
+        _record_provenance(state_file, dense)
         _say(progress, f"      dense {dense.metrics.get('primary'):.4f} ({'cached' if dense.cached else f'{dense.wall_time:.0f}s'}) at {dense.path}")
 
         _say(progress, f"[2/4] sensitivity profile: {len(config.options)} options, {config.calib_size} calibration rows")
@@ -362,6 +368,17 @@ def check_feasible(config: SearchConfig) -> float:
         raise NxmiError(f"target ratio {config.target_ratio} ({config.convention}) is infeasible with this menu: "
                         f"the highest reachable is {best:.4f} (every module at its cheapest option)")
     return best
+
+
+def _record_provenance(state_file: Path, dense) -> None:
+    """Add the warm start's identity to ``search.json`` (``nxmi export`` copies it into plans)."""
+    state = json.loads(state_file.read_text())
+    meta = json.loads((Path(dense.path) / "dense.json").read_text()) if (Path(dense.path) / "dense.json").is_file() else {}
+    state["provenance"] = {"dense_path": str(dense.path), "dense_key": dense.key, "dense_primary": dense.primary,
+                           "model_fingerprint": meta.get("model_fingerprint", "")}
+    tmp = state_file.with_name(f".{state_file.name}.tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(tmp, state_file)
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:

@@ -76,7 +76,8 @@ def finetune_dense(
     # which must be the same in every process for the cache key and the warm start to repeat
     set_seed(data.seed)
     model = load_model(model_path, num_labels=info.num_labels, ignore_mismatched_sizes=True)
-    key = dense_cache_key(model_fingerprint(model), data, dense)
+    fingerprint = model_fingerprint(model)
+    key = dense_cache_key(fingerprint, data, dense)
     target = cache_root / "dense" / f"{data.task}-{key}"
     if (target / "dense.json").is_file():
         return DenseResult.load(target)
@@ -115,6 +116,7 @@ def finetune_dense(
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         meta = {"metrics": metrics, "steps": steps, "wall_time": wall, "key": key, "source_model": dense.model,
+                "model_fingerprint": fingerprint,
                 "data": dataclasses.asdict(data), "dense": dataclasses.asdict(dense)}
         (tmp / "dense.json").write_text(json.dumps(meta, indent=2))
         if target.exists() and not (target / "dense.json").is_file():

@@ -55,6 +55,9 @@ def test_search_end_to_end(local_ray, assets, tmp_path):
     refined = table[table["kind"] == "refined"]
     assert len(refined) == 2 and refined["primary"].notna().all()
     assert len(pd.read_parquet(tmp_path / "run" / "stage1.parquet")) == 4
+    provenance = json.loads((tmp_path / "run" / "search.json").read_text())["provenance"]
+    assert provenance["dense_primary"] == result.results["dense_primary"].iloc[0]
+    assert len(provenance["model_fingerprint"]) == 16 and provenance["dense_path"]
     for plan_json in table["plan_json"]:
         CompressionPlan.from_dict(json.loads(plan_json))  # every row carries a loadable plan
     assert result.best is not None and result.best["status"] == "completed"

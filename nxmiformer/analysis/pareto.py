@@ -1,0 +1,131 @@
+"""The Pareto front of compression ratio against accuracy, and the selection under the constraint.
+
+Both axes are maximised: the encoder compression ratio under one accounting convention
+(``ratio_paper`` or ``ratio_storage``) and a metric (``primary``, the task's main metric, or
+``retention``, primary / dense primary).
+
+Eligible trials: ``status == "completed"`` with a finite ratio and a finite metric. Trials that
+ASHA ``stopped`` early carry the metric of an intermediate evaluation (before the masked QAT
+phase recovered), which understates them; they are left out unless ``include_stopped=True``.
+Failed trials (``error``) are never eligible.
+
+Dominance: trial ``q`` dominates ``p`` when ``q`` is at least as good on both axes and strictly
+better on one. The front is every eligible trial that no eligible trial dominates; exact
+duplicates of a front point do not dominate each other, so all of them are on the front. Ratios
+are compared after rounding to :data:`RATIO_DECIMALS` decimals, so two plans of the same size
+whose bit counts were summed in a different order tie instead of one dominating by float noise;
+metrics are compared exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..errors import NxmiError
+from .results import (
+    RATIO_TOLERANCE, check_metric, check_results, check_target_ratio, ratio_column,
+)
+
+RATIO_DECIMALS = 9
+DISPLAY_COLUMNS = ("trial_id", "kind", "ratio_paper", "ratio_storage", "primary", "retention", "plan_summary")
+
+
+def eligible(results: pd.DataFrame, convention: str = "paper", metric: str = "primary",
+             include_stopped: bool = False) -> pd.DataFrame:
+    """The rows of ``results`` that may sit on the front or be selected (see the module docstring)."""
+    column = ratio_column(convention)
+    check_metric(metric)
+    check_results(results, ("status", column, metric))
+    statuses = ["completed", "stopped"] if include_stopped else ["completed"]
+    values = results[[column, metric]].apply(pd.to_numeric, errors="coerce")
+    finite = np.isfinite(values.to_numpy(dtype=float)).all(axis=1)
+    return results[results["status"].isin(statuses).to_numpy() & finite]
+
+
+def _check_comparable(frame: pd.DataFrame, metric: str) -> None:
+    """Primary metrics of different tasks (accuracy vs MCC vs Pearson) are not one axis."""
+    if metric == "primary" and "task" in frame.columns:
+        tasks = sorted(frame["task"].dropna().astype(str).unique())
+        if len(tasks) > 1:
+            raise NxmiError(f"the results span tasks {', '.join(tasks)} whose primary metrics are not comparable; "
+                            f"use metric='retention' (--metric retention) or load one task's searches")
+
+
+def front_mask(ratio: pd.Series, metric: pd.Series) -> pd.Series:
+    """True for the points that no other point dominates (both axes maximised, no NaN allowed).
+
+    A point is on the front iff its metric is the highest among points of its (rounded) ratio
+    and strictly higher than every metric at a strictly higher ratio.
+    """
+    x = ratio.round(RATIO_DECIMALS)
+    best_at = metric.groupby(x).max().sort_index(ascending=False)
+    best_above = best_at.cummax().shift(1, fill_value=-np.inf)  # best metric at strictly higher ratios
+    return metric.eq(x.map(best_at)) & metric.gt(x.map(best_above))
+
+
+def pareto_front(results: pd.DataFrame, convention: str = "paper", metric: str = "primary",
+                 include_stopped: bool = False) -> pd.DataFrame:
+    """The rows of ``results`` on the Pareto front of (``ratio_<convention>``, ``metric``).
+
+    See the module docstring for eligibility, dominance and ties. The rows keep their index in
+    ``results`` and come sorted by ratio ascending (so metric descending), then trial id; the
+    frame is empty when no trial is eligible.
+
+    Raises:
+        NxmiError: an empty or malformed table, an unknown convention or metric, or
+            ``metric="primary"`` over the searches of several tasks.
+    """
+    pool = eligible(results, convention, metric, include_stopped)
+    _check_comparable(pool, metric)
+    column = ratio_column(convention)
+    front = pool[front_mask(pool[column].astype(float), pool[metric].astype(float))]
+    return front.sort_values([column, metric, "trial_id"], ascending=[True, False, True], kind="mergesort")
+
+
+def select(results: pd.DataFrame, target_ratio: float, convention: str = "paper", metric: str = "primary",
+           include_stopped: bool = False) -> pd.Series:
+    """The best eligible trial whose ``ratio_<convention>`` meets ``target_ratio`` (within 1e-9).
+
+    Best means: the highest ``metric``; ties go to the higher ratio, then to the first by
+    ``search`` (when present) and ``trial_id``. The chosen trial is always on the Pareto front.
+
+    Raises:
+        NxmiError: an empty table, an unknown convention or metric, a ratio outside (0, 1), no
+            eligible trial, or no eligible trial meeting the target (the message names the highest
+            ratio reached).
+    """
+    target = check_target_ratio(target_ratio)
+    column = ratio_column(convention)
+    check_metric(metric)
+    check_results(results, ("status", "trial_id", column, metric))
+    pool = eligible(results, convention, metric, include_stopped)
+    _check_comparable(pool, metric)
+    if pool.empty:
+        counts = ", ".join(f"{n} {status}" for status, n in results["status"].value_counts().items())
+        allowed = "completed or stopped" if include_stopped else "completed"
+        raise NxmiError(f"no {allowed} trial with a finite {column} and {metric} in the results ({counts})")
+    meets = pool[pool[column] >= target - RATIO_TOLERANCE]
+    if meets.empty:
+        raise NxmiError(f"no eligible trial meets the target ratio {target} ({convention}): "
+                        f"the highest reached is {pool[column].max():.4f}")
+    keys = [metric, column] + [c for c in ("search", "trial_id") if c in meets.columns]
+    ranked = meets.sort_values(keys, ascending=[False, False] + [True] * (len(keys) - 2), kind="mergesort")
+    return ranked.iloc[0]
+
+
+def trial_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns a person reads (``search`` first when the rows come from several searches)."""
+    columns = [c for c in DISPLAY_COLUMNS if c in frame.columns]
+    if "search" in frame.columns and frame["search"].nunique() > 1:
+        columns = ["search", *columns]
+    return frame[columns]
+
+
+def format_trials(frame: pd.DataFrame, max_colwidth: int = 70) -> str:
+    """:func:`trial_table` as text: ratios as percentages, metrics to four decimals."""
+    table = trial_table(frame)
+    formatters = {c: "{:.4%}".format for c in ("ratio_paper", "ratio_storage", "retention") if c in table}
+    formatters |= {"primary": "{:.4f}".format} if "primary" in table else {}
+    with pd.option_context("display.width", 250, "display.max_colwidth", max_colwidth):
+        return table.to_string(index=False, formatters=formatters, na_rep="-")

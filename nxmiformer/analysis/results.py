@@ -1,0 +1,153 @@
+"""Loading search results: one or several search output directories into one table.
+
+A search output directory (``nxmi search --out DIR``) holds ``results.parquet`` (one row per
+trial, the columns of ``nxmiformer.search.runner.RESULT_COLUMNS``) and ``search.json`` (the
+``SearchConfig`` fields, plus an optional ``provenance`` object with ``model_fingerprint`` and
+``dense_primary``). This module reads those files only; it never imports the search machinery.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from ..compression.accounting import check_convention as _check_convention
+from ..errors import NxmiError
+
+RESULTS_FILE = "results.parquet"
+SEARCH_FILE = "search.json"
+METRICS = ("primary", "retention")
+STATUSES = ("completed", "stopped", "error")
+# the columns this package reads; a subset of the runner's RESULT_COLUMNS (a test checks it)
+REQUIRED_COLUMNS = (
+    "trial_id", "status", "kind", "plan_json", "plan_summary", "ratio_paper", "ratio_storage", "primary",
+    "retention", "dense_primary", "steps",
+)
+# columns load_results adds, after the runner's
+SEARCH_COLUMNS = ("search", "search_dir", "task", "model", "model_fingerprint", "failed")
+# the same tolerance as the runner's ``meets_target``
+RATIO_TOLERANCE = 1e-9
+
+PathLike = str | os.PathLike
+
+
+def check_convention(convention: str) -> str:
+    """``convention`` if it is one of :data:`~nxmiformer.compression.CONVENTIONS`, else an error."""
+    _check_convention(convention)
+    return convention
+
+
+def check_metric(metric: str) -> str:
+    """``metric`` if it is ``primary`` or ``retention``, else an error."""
+    if metric not in METRICS:
+        raise NxmiError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+    return metric
+
+
+def check_target_ratio(target_ratio: float) -> float:
+    """``target_ratio`` as a float if it is a number in (0, 1), else an error."""
+    ok = isinstance(target_ratio, (int, float)) and not isinstance(target_ratio, bool) and 0 < target_ratio < 1
+    if not ok:
+        raise NxmiError(f"target ratio must be a number in (0, 1), got {target_ratio!r}")
+    return float(target_ratio)
+
+
+def check_results(results: pd.DataFrame, needed: Iterable[str] = REQUIRED_COLUMNS) -> pd.DataFrame:
+    """``results`` if it is a non-empty DataFrame holding the ``needed`` columns, else an error."""
+    if not isinstance(results, pd.DataFrame):
+        raise NxmiError(f"results must be a pandas DataFrame (see load_results), got {type(results).__name__}")
+    if results.empty:
+        raise NxmiError("no trials in the results: the table is empty")
+    missing = [c for c in needed if c not in results.columns]
+    if missing:
+        raise NxmiError(f"results table lacks column(s) {', '.join(missing)}; expected a search's results.parquet")
+    return results
+
+
+def ratio_column(convention: str) -> str:
+    """The results column of a convention's ratio: ``ratio_paper`` or ``ratio_storage``."""
+    return f"ratio_{check_convention(convention)}"
+
+
+def read_search_config(search_dir: PathLike) -> dict:
+    """The parsed ``search.json`` of a search output directory."""
+    path = Path(search_dir) / SEARCH_FILE
+    if not path.is_file():
+        raise NxmiError(f"{search_dir} is not a search output directory: no {SEARCH_FILE} (see nxmi search --out)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise NxmiError(f"malformed {path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise NxmiError(f"malformed {path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def provenance(config: dict) -> dict:
+    """``model_fingerprint`` and ``dense_primary`` of a search, ``None`` where search.json lacks them."""
+    given = config.get("provenance") or {}
+    return {key: given.get(key) for key in ("model_fingerprint", "dense_primary")}
+
+
+def _read_one(search_dir: Path) -> tuple[pd.DataFrame, dict]:
+    if not search_dir.is_dir():
+        raise NxmiError(f"search output directory not found: {search_dir}")
+    table_path = search_dir / RESULTS_FILE
+    if not table_path.is_file():
+        raise NxmiError(f"no {RESULTS_FILE} in {search_dir}: the search has not finished "
+                        f"(run nxmi search --resume --out {search_dir})")
+    config = read_search_config(search_dir)
+    table = pd.read_parquet(table_path)
+    if table.empty:
+        raise NxmiError(f"no trials in {table_path}: the results table is empty")
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise NxmiError(f"{table_path} lacks column(s) {', '.join(missing)}; is it a search's results table?")
+    return table, config
+
+
+def _labels(dirs: list[Path]) -> list[str]:
+    """Directory names, or full paths where two searches share a name."""
+    names = [d.name for d in dirs]
+    return [name if names.count(name) == 1 else str(d) for name, d in zip(names, dirs)]
+
+
+def load_results(paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
+    """The trials of one or several search output directories as one table.
+
+    Every trial is kept, failed ones included: ``status`` is ``completed``, ``stopped`` (ended
+    early by ASHA) or ``error``, and the added boolean ``failed`` marks the errors. Besides the
+    runner's columns the table has ``search`` (the directory's name, its full path where two
+    share a name), ``search_dir`` (absolute path), ``task``, ``model`` and ``model_fingerprint``
+    (``None`` when search.json carries no ``provenance``). Where the provenance knows the dense
+    baseline, it fills ``dense_primary`` where the table has none.
+
+    Raises:
+        NxmiError: no path given, a missing directory, a directory without ``results.parquet``
+            or ``search.json``, or an empty results table.
+    """
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not paths:
+        raise NxmiError("no search output directory given")
+    dirs = [Path(p).expanduser().resolve() for p in paths]
+    frames = []
+    for search_dir, label in zip(dirs, _labels(dirs)):
+        table, config = _read_one(search_dir)
+        known = provenance(config)
+        frames.append(table.assign(
+            search=label, search_dir=str(search_dir), task=config.get("task"), model=config.get("model"),
+            model_fingerprint=known["model_fingerprint"],
+            dense_primary=table["dense_primary"].fillna(_nan_if_none(known["dense_primary"])),
+        ))
+    results = pd.concat(frames, ignore_index=True)
+    results["failed"] = results["status"].eq("error")
+    return results
+
+
+def _nan_if_none(value) -> float:
+    return math.nan if value is None else float(value)
