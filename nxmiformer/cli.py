@@ -365,6 +365,25 @@ def _add_training_args(p, lr: float) -> None:
     p.add_argument("--cache-dir", help="where dense warm starts are cached (default: $NXMI_CACHE_DIR or ~/.cache/nxmiformer)")
 
 
+def cmd_pack(args) -> int:
+    _quiet_transformers()
+    from .compression import pack_dir
+
+    report = pack_dir(args.model, args.out)
+    print(report.summary())
+    print(f"saved packed model to {args.out}")
+    return 0
+
+
+def cmd_unpack(args) -> int:
+    _quiet_transformers()
+    from .compression import unpack_dir
+
+    out = unpack_dir(args.model, args.out)
+    print(f"saved the unpacked (hardened, fp32) model and plan.json to {out}")
+    return 0
+
+
 def _add_selection_args(p) -> None:
     p.add_argument("--convention", default="paper", help="ratio convention: paper or storage")
     p.add_argument("--metric", default="primary", help="accuracy axis: primary (the task metric) or retention")
@@ -462,6 +481,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the plan file to write (.json; never overwritten)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("pack", help="store a hardened model as bit-packed integers, N:M indices and scales")
+    p.add_argument("--model", required=True, help="a hardened model directory with plan.json (nxmi compress/train --out)")
+    p.add_argument("--out", required=True, help="new directory for the packed model")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("unpack", help="rebuild an ordinary save_pretrained directory from a packed model")
+    p.add_argument("--model", required=True, help="a directory written by nxmi pack")
+    p.add_argument("--out", required=True, help="new directory for the model")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    p.set_defaults(func=cmd_unpack)
 
     p = sub.add_parser("evaluate", help="GLUE metrics of a saved model")
     p.add_argument("--model", required=True, help="a save_pretrained directory")

@@ -11,8 +11,15 @@ from .masks import nm_mask
 from .modules import COMPONENTS, CompressibleModule, compressible_modules, encoder_blocks
 from .quant import fake_quantize, fake_quantize_activations, quantize_to_int, weight_scales
 from .spec import DENSE, CompressionPlan, LayerSpec
+from .serve import Int8WeightOnlyLinear, to_int8_weight_only_
+from .pack import (
+    PackReport, PackedModuleInfo, decode_weight, encode_weight, load_packed, pack_bits, pack_dir, pack_model,
+    unpack_bits, unpack_dir,
+)
 
 __all__ = [
+    "Int8WeightOnlyLinear",
+    "to_int8_weight_only_",
     "ADMM",
     "COMPONENTS",
     "CONVENTIONS",
@@ -37,4 +44,14 @@ __all__ = [
     "ratio_table",
     "to_dense_",
     "weight_scales",
+    "PackReport",
+    "PackedModuleInfo",
+    "decode_weight",
+    "encode_weight",
+    "load_packed",
+    "pack_bits",
+    "pack_dir",
+    "pack_model",
+    "unpack_bits",
+    "unpack_dir",
 ]
