@@ -29,13 +29,12 @@ import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import add_data_dir  # noqa: E402  (also puts the repository on sys.path)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
+    add_data_dir(parser)
     parser.add_argument("--model", help="a hardened model directory with plan.json (default: one-shot 2:4:int8 of the warm start)")
     parser.add_argument("--plan", default="2:4:int8", help="uniform plan for the default one-shot model")
     parser.add_argument("--batch", type=int, default=32)
@@ -44,9 +43,6 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir")
     args = parser.parse_args()
-    if not Path(args.data_dir).is_dir():
-        print(f"GLUE data not found at {args.data_dir}; pass --data-dir", file=sys.stderr)
-        return 2
 
     import torch
     from transformers.utils import logging as hf_logging

@@ -12,24 +12,19 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import add_data_dir  # noqa: E402  (also puts the repository on sys.path)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="sst2")
-    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
+    add_data_dir(parser)
     parser.add_argument("--calib-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--cache-dir", help="keeps the dense warm start between runs (profiles are always cleared)")
     args = parser.parse_args()
-    if not Path(args.data_dir).is_dir():
-        print(f"GLUE data not found at {args.data_dir}; pass --data-dir", file=sys.stderr)
-        return 2
     import ray
     from transformers.utils import logging as hf_logging
 

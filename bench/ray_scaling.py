@@ -14,8 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import add_data_dir  # noqa: E402  (also puts the repository on sys.path)
 
 SPECS = ("2:4:int8", "2:4:int4", "4:8:int4", "dense:int8")
 
@@ -40,13 +39,10 @@ def run(concurrency: int, plans: list, trial_config, dense_path: str, storage: P
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
+    add_data_dir(parser)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--cache-dir")
     args = parser.parse_args()
-    if not Path(args.data_dir).is_dir():
-        print(f"GLUE data not found at {args.data_dir}; pass --data-dir", file=sys.stderr)
-        return 2
     import os
 
     import ray

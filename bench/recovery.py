@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import add_data_dir  # noqa: E402  (also puts the repository on sys.path)
 
 METHODS = {
     "one-shot": dict(steps=0),
@@ -34,7 +33,7 @@ METHODS = {
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="sst2")
-    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
+    add_data_dir(parser)
     parser.add_argument("--specs", default="2:4:int8,2:4:int4")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps per trial")
@@ -49,9 +48,6 @@ def main() -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
 
-    if not Path(args.data_dir).is_dir():
-        print(f"GLUE data not found at {args.data_dir}; pass --data-dir", file=sys.stderr)
-        return 2
     import torch
     from transformers.utils import logging as hf_logging
 

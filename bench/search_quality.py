@@ -22,15 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, add_data_dir  # noqa: E402  (also puts the repository on sys.path)
 
 ARMS = {"search": ("optimal", "diverse"), "uniform": ("uniform",), "grid": ("grid",)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
+    add_data_dir(parser)
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--targets", default="0.875,0.9375")
     parser.add_argument("--budget", type=int, default=4, help="short trials per arm and target")
@@ -43,9 +42,6 @@ def main() -> int:
     parser.add_argument("--cache-dir", help="warm starts and profiles (default: the user cache)")
     parser.add_argument("--out", default=str(ROOT / "runs" / "search-quality"))
     args = parser.parse_args()
-    if not Path(args.data_dir).is_dir():
-        print(f"GLUE data not found at {args.data_dir}; pass --data-dir", file=sys.stderr)
-        return 2
     if not 0 <= args.refine < args.budget:
         print(f"--refine must be in [0, --budget), got {args.refine}", file=sys.stderr)
         return 2

@@ -9,11 +9,10 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import NxmiError
+from .outputs import atomic_output_dir, require_free_output
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,32 +22,6 @@ class _Parser(argparse.ArgumentParser):
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def require_free_output(out: str | os.PathLike) -> Path:
-    """``out`` as a Path; an error if it exists and is not an empty directory. Commands call it
-    before long work so a bad --out fails at once."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise NxmiError(f"output directory {out} already exists and is not empty; choose another --out")
-    return out
-
-
-@contextmanager
-def atomic_output_dir(out: str | os.PathLike):
-    """Yield a temporary directory beside ``out``; move it to ``out`` only if the block succeeds,
-    so an error or an interrupt never leaves a half-written result."""
-    out = require_free_output(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _quiet_transformers():

@@ -37,9 +37,7 @@ import copy
 import json
 import math
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,7 @@ import torch
 from torch import nn
 
 from ..errors import NxmiError
+from ..outputs import atomic_output_dir, require_free_output
 from .accounting import DENSE_BITS, SCALE_BITS, index_bits, module_bits
 from .layer import CompressedLinear, compress_, harden_
 from .modules import compressible_modules
@@ -404,30 +403,6 @@ def _info_from_entry(name: str, entry: Mapping[str, Any]) -> PackedModuleInfo:
 # ----------------------------------------------------------------------------- directories
 
 
-@contextmanager
-def _atomic_output_dir(out: str | Path) -> Iterator[Path]:
-    """A temporary directory beside ``out``, renamed to ``out`` only if the block succeeds."""
-    out = _require_empty_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _require_empty_dir(out: str | Path) -> Path:
-    """``out`` as a Path; an error if it exists and is not an empty directory."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise NxmiError(f"output directory {out} already exists and is not empty; choose another one")
-    return out
-
-
 def _copy_extra_files(src: Path, dst: Path, skip: set[str]) -> None:
     """Copy the top-level files of ``src`` that are not weights or files we write ourselves
     (tokenizer files, metrics.json, README...)."""
@@ -480,7 +455,7 @@ def _write_packed(model: nn.Module, plan: CompressionPlan, out_dir: str | Path, 
                   copy_from: Path | None = None) -> PackReport:
     from safetensors.torch import save_file
 
-    _require_empty_dir(out_dir)
+    require_free_output(out_dir)
     if getattr(model, "config", None) is None:
         raise NxmiError(f"cannot pack a {type(model).__name__}: expected a Hugging Face model with a .config")
     packed: dict[str, torch.Tensor] = {}
@@ -510,7 +485,7 @@ def _write_packed(model: nn.Module, plan: CompressionPlan, out_dir: str | Path, 
         "files": {"compressed": COMPRESSED_FILE, "rest": REST_FILE},
         "modules": entries,
     }
-    with _atomic_output_dir(out_dir) as tmp:
+    with atomic_output_dir(out_dir) as tmp:
         if copy_from is not None:
             _copy_extra_files(copy_from, tmp, skip={*_OWN_FILES, COMPRESSED_FILE, REST_FILE})
         if tokenizer is not None:
@@ -544,7 +519,7 @@ def pack_dir(model_dir: str | Path, out_dir: str | Path) -> PackReport:
     if not (model_dir / PLAN_FILE).is_file():
         raise NxmiError(f"{model_dir} has no {PLAN_FILE}; pack needs a hardened model directory "
                         f"(nxmi compress --out or nxmi train)")
-    _require_empty_dir(out_dir)
+    require_free_output(out_dir)
     plan = CompressionPlan.load(model_dir / PLAN_FILE)
     model = load_model(str(model_dir))
     return _write_packed(model, plan, out_dir, copy_from=model_dir)
@@ -635,10 +610,10 @@ def unpack_dir(packed_dir: str | Path, out_dir: str | Path) -> Path:
     """Write a packed directory back as an ordinary hardened model directory
     (``save_pretrained`` + ``plan.json`` + tokenizer and other files); returns ``out_dir``."""
     packed_dir = Path(packed_dir)
-    _require_empty_dir(out_dir)
+    require_free_output(out_dir)
     model = load_packed(packed_dir, wrap=False)
     plan = CompressionPlan.load(packed_dir / PLAN_FILE)
-    with _atomic_output_dir(out_dir) as tmp:
+    with atomic_output_dir(out_dir) as tmp:
         _copy_extra_files(packed_dir, tmp, skip={*_OWN_FILES, COMPRESSED_FILE, REST_FILE})
         model.save_pretrained(tmp)
         plan.save(tmp / PLAN_FILE)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..compression import CONVENTIONS, CompressionPlan, LayerSpec
+from ..compression import CONVENTIONS, CompressionPlan
 from ..errors import NxmiError
 from ..trials.config import DataConfig, DenseConfig, TrialConfig, default_cache_dir
 from ..trials.data import get_task

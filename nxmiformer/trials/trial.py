@@ -12,7 +12,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +20,6 @@ from tqdm.auto import tqdm
 from ..compression import (
     ADMM, CompressionPlan, compress_, compressed_modules, compression_ratio, harden_,
 )
-from ..errors import NxmiError
 from ..models import load_model, load_tokenizer
 from .config import TrialConfig
 from .data import get_task, prepare_task_data

@@ -11,7 +11,6 @@ from transformers import AutoModelForSequenceClassification
 from nxmiformer.cli import main
 from nxmiformer.compression import CompressionPlan, compressible_modules
 from tests.conftest import tiny_bert
-from tests.conftest import SPECIAL_TOKENS, WORDS
 
 
 def _common(glue_dir, cache):

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from nxmiformer.compression import (
-    CompressedLinear, CompressionPlan, LayerSpec, compress_, compressed_modules, compressible_modules,
+    CompressionPlan, LayerSpec, compress_, compressed_modules, compressible_modules,
     current_plan, fake_quantize, harden_, nm_mask, quantize_to_int, to_dense_,
 )
 from tests.conftest import tiny_bert
