@@ -311,7 +311,7 @@ def cmd_export(args) -> int:
 
 SEARCH_DEFAULTS = {"trials": 8, "steps": 200, "train_size": 4000, "eval_size": 500, "calib_size": 256}
 # about 10 minutes on 2 CPU cores with the MiniLM default (dense warm start included)
-QUICK_PRESET = {"trials": 4, "steps": 60, "train_size": 2000, "eval_size": 300, "calib_size": 128, "max_length": 64,
+QUICK_PRESET = {"trials": 3, "refine_trials": 2, "steps": 60, "train_size": 2000, "eval_size": 300, "calib_size": 128, "max_length": 64,
                 "dense_epochs": 1.0}
 
 
@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage 2: this many Optuna-sampled per-group plans, seeded with the candidates' results")
     p.add_argument("--refine-layer-groups", type=int, default=2,
                    help="stage 2: layer blocks per component type (one Optuna choice per block and component)")
-    p.add_argument("--preset", choices=["quick"], help="quick: a ~10 minute search on 2 cores")
+    p.add_argument("--preset", choices=["quick"], help="quick: a ~10 minute search on 2 cores (3 candidates + 2 Optuna trials x 60 steps)")
     p.add_argument("--cache-dir", help="cache of warm starts and profiles (share it on a cluster)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")

@@ -164,3 +164,24 @@ def test_kinds_filter_relabels_plans_found_by_several_generators():
     assert len(uniform) == sum("uniform" in c.kinds for c in candidates)
     het = _of_kinds(candidates, ("optimal", "diverse"))
     assert {c.kind for c in het} <= {"optimal", "diverse"} and het[0].kind == "optimal"
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ([], {"trials": 3, "refine_trials": 2, "steps": 60, "train_size": 2000}),
+    (["--steps", "9", "--refine-trials=0"], {"trials": 3, "refine_trials": 0, "steps": 9, "train_size": 2000}),
+])
+def test_quick_preset_fills_what_the_user_did_not_give(extra, expected, assets, tmp_path, monkeypatch):
+    import nxmiformer.search.runner as runner
+
+    seen = {}
+
+    def fake_run_search(config, resume=False, progress=True):
+        seen["config"] = config
+        raise runner.NxmiError("stop here")
+
+    monkeypatch.setattr(runner, "run_search", fake_run_search)
+    root, model_dir = assets
+    argv = ["search", "--preset", "quick", "--model", str(model_dir), "--task", "sst2", "--target-ratio", "0.8",
+            "--data-dir", str(root / "glue"), *extra, "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert {k: getattr(seen["config"], k) for k in expected} == expected
