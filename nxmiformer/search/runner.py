@@ -344,7 +344,7 @@ def _refine(config: SearchConfig, stage1: pd.DataFrame, sensitivity: pd.DataFram
     _say(progress, f"      stage 2: {'resuming ' if restore else ''}{config.refine_trials} Optuna trials over "
                    f"{len(space.groups)} groups ({len(told)} stage-1 results told, {len(enqueued)} seeds enqueued)")
     searcher = None if restore else make_searcher(space, told, enqueued, seed=config.seed)
-    stage2_space = {k: v for k, v in param_space.items() if k not in ("plan", "inject_failure")} | {"space": space.to_dict()}
+    stage2_space = {k: v for k, v in param_space.items() if k != "plan"} | {"space": space.to_dict()}
     tuner = _make_tuner(config, refine_trainable, stage2_space, out, REFINE_EXPERIMENT, config.refine_trials,
                         progress, restore, search_alg=searcher)
     return results_table(_fit(tuner, config), config, dense_primary)

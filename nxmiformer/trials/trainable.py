@@ -7,7 +7,8 @@ Its ``config`` (the Tune ``param_space`` of one trial) holds:
 * ``dense_path`` (optional): a finished warm-start directory shared through the storage path
 * ``inject_failure`` (optional, for tests): ``{"marker": PATH, "after_reports": K,
   "candidate_index": I, "start_log": LOG}`` raises once, after the K-th report of the trial whose
-  plan has ``meta["candidate_index"] == I`` (any trial if not given), if ``PATH`` does not exist
+  plan has ``meta["candidate_index"] == I`` (and ``meta["kind"] == KIND`` if ``"kind"`` is given; any
+  trial if neither is), if ``PATH`` does not exist
   yet (and creates it); every trial start appends its candidate index to ``LOG``. With
   ``{"nonfinite": True, "candidate_index": I}`` that trial instead trains from a copy of the warm
   start whose classifier holds a NaN, so its loss is really non-finite and the trial fails with
@@ -87,7 +88,8 @@ def trial_trainable(config: dict) -> None:
     if failure.get("start_log"):
         with open(failure["start_log"], "a") as log:
             log.write(f"{index} {resumed_from}\n")
-    if "candidate_index" in failure and failure["candidate_index"] != index:
+    if ("candidate_index" in failure and failure["candidate_index"] != index) or (
+            "kind" in failure and failure["kind"] != plan.meta.get("kind")):
         failure = {}
     reports = 0
 

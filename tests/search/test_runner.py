@@ -90,6 +90,25 @@ def test_interrupted_search_resumes_without_losing_finished_trials(local_ray, as
     assert ["1", "0"] in started and any(s[0] == "1" and s[1] != "0" for s in started)  # 1 resumed from its checkpoint
 
 
+def test_a_search_interrupted_in_the_optuna_stage_resumes_it(local_ray, assets, tmp_path):
+    out = tmp_path / "run"
+    marker, starts = tmp_path / "failed-once", tmp_path / "starts.log"
+    failure = {"marker": str(marker), "after_reports": 1, "kind": "refined", "start_log": str(starts)}
+    with pytest.raises(ValueError, match="--resume"):
+        run_search(config(assets, out, trials=2, refine_trials=2, concurrency=1, asha=False, inject_failure=failure),
+                   progress=False)
+    assert marker.exists() and (out / "stage1.parquet").exists() and not (out / "results.parquet").exists()
+    result = run_search(config(assets, out, trials=2, refine_trials=2, concurrency=1, asha=False), resume=True,
+                        progress=False)
+    table = result.results
+    assert len(table) == 4 and set(table["status"]) == {"completed"} and table["trial_id"].is_unique
+    assert table["kind"].tolist().count("refined") == 2
+    started = [line.split() for line in starts.read_text().splitlines()]
+    assert [s[0] for s in started].count("0") == 1 and [s[0] for s in started].count("1") == 1  # stage 1 not re-run
+    refined = [s for s in started if s[0] == "None"]
+    assert any(s[1] != "0" for s in refined)  # the interrupted refined trial resumed from its checkpoint
+
+
 def test_a_trial_with_a_nan_loss_is_recorded_and_the_search_goes_on(local_ray, assets, tmp_path):
     failure = {"nonfinite": True, "candidate_index": 1}
     result = run_search(config(assets, tmp_path / "run", trials=3, asha=False, inject_failure=failure), progress=False)
