@@ -40,8 +40,13 @@ def main() -> int:
     parser.add_argument("--calib-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", help="warm starts and profiles (default: the user cache)")
+    parser.add_argument("--arms", default=",".join(ARMS), help="arms to run (default: all)")
     parser.add_argument("--out", default=str(ROOT / "runs" / "search-quality"))
     args = parser.parse_args()
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if not arms or any(a not in ARMS for a in arms):
+        print(f"--arms must name some of {', '.join(ARMS)}, got {args.arms!r}", file=sys.stderr)
+        return 2
     if not 0 <= args.refine < args.budget:
         print(f"--refine must be in [0, --budget), got {args.refine}", file=sys.stderr)
         return 2
@@ -58,7 +63,8 @@ def main() -> int:
     rows = []
     start = time.perf_counter()
     for target in [float(t) for t in args.targets.split(",")]:
-        for arm, kinds in ARMS.items():
+        for arm in arms:
+            kinds = ARMS[arm]
             refine = args.refine if arm == "search" else 0
             config = SearchConfig(
                 out=str(out / f"{args.task}-{target}-{arm}"), task=args.task, target_ratio=target,
@@ -92,8 +98,9 @@ def main() -> int:
         print(shown.to_string(index=False))
     for target, group in table.groupby("target"):
         ret = group.set_index("arm")["best_retention"]
-        print(f"target {target:.2%}: search - uniform {ret['search'] - ret['uniform']:+.2%} points, "
-              f"search - grid {ret['search'] - ret['grid']:+.2%} points")
+        if {"search", "uniform", "grid"} <= set(ret.index):
+            print(f"target {target:.2%}: search - uniform {ret['search'] - ret['uniform']:+.2%} points, "
+                  f"search - grid {ret['search'] - ret['grid']:+.2%} points")
     table.to_csv(out / "summary.csv", index=False)
     return 0
 

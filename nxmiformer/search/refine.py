@@ -16,8 +16,11 @@ space. It is seeded two ways:
 
 A sampled plan may break the ratio constraint. It is **repaired**, not rejected: while the plan
 is over budget, the single-module move to a cheaper option with the least sensitivity increase per
-bit saved is applied (the additive model of the heuristic stage). The repair is deterministic,
-so the driver can rebuild any trial's plan from its sampled parameters.
+bit saved is applied (the additive model of the heuristic stage). A plan that leaves budget
+unused is **filled** the other way (the move with the largest sensitivity decrease per bit added,
+while it fits): a plan well above the target ratio gives accuracy away for nothing the
+constraint asks. Both are deterministic, so the driver can rebuild any trial's plan from its
+sampled parameters.
 """
 
 from __future__ import annotations
@@ -47,10 +50,11 @@ class GroupSpace:
     groups: dict  # parameter name -> tuple of module row indices
     target_ratio: float
     convention: str
+    fill_slack: bool = True
 
     @classmethod
     def build(cls, problem: CandidateProblem, target_ratio: float, convention: str = "paper",
-              layer_groups: int = 2) -> "GroupSpace":
+              layer_groups: int = 2, fill_slack: bool = True) -> "GroupSpace":
         if convention not in CONVENTIONS:
             raise NxmiError(f"unknown ratio convention {convention!r}; allowed: {', '.join(CONVENTIONS)}")
         if isinstance(layer_groups, bool) or not isinstance(layer_groups, int) or layer_groups < 1:
@@ -69,7 +73,7 @@ class GroupSpace:
                     groups[f"{component}.{span}"] = rows
         return cls(modules=tuple(frame["module"]), labels=tuple(problem.labels), costs=problem.costs[convention],
                    scores=problem.scores, dense_bits=problem.dense_bits, groups=groups,
-                   target_ratio=float(target_ratio), convention=convention)
+                   target_ratio=float(target_ratio), convention=convention, fill_slack=bool(fill_slack))
 
     # -- the Optuna space ----------------------------------------------------------------------
     def choices(self, group: str) -> list[str]:
@@ -127,22 +131,50 @@ class GroupSpace:
                 raise NxmiError(f"option {label!r} of group {group} is not in the menu ({', '.join(self.labels)})")
             choice[list(rows)] = index[label]
         choice, moves = self.repair(choice)
+        fills = 0
+        if self.fill_slack:
+            choice, fills = self.fill(choice)
         specs = {name: self.labels[k] for name, k in zip(self.modules, choice) if self.labels[k] != "dense"}
         meta = dict(meta or {}) | {"kind": REFINED, "sampled": dict(params), "repair_moves": moves,
-                                   "ratio": self.ratio(choice)}
+                                   "fill_moves": fills, "ratio": self.ratio(choice)}
         return CompressionPlan(specs, meta=meta)
 
     # -- the constraint ----------------------------------------------------------------------------
     def ratio(self, choice: np.ndarray) -> float:
         return float(1.0 - self.costs[np.arange(len(choice)), choice].sum() / self.dense_bits)
 
+    def _budget(self) -> float:
+        budget = (1.0 - self.target_ratio) * self.dense_bits
+        return budget + REL_TOL * abs(budget)
+
+    def fill(self, choice: np.ndarray) -> tuple[np.ndarray, int]:
+        """Spend the budget a plan leaves unused: while a single-module move to an option with a
+        lower sensitivity still fits the budget, take the one with the largest sensitivity
+        decrease per bit added (moves that add no bits first; ties: the lower module and option
+        index). The score falls with every move, so it ends. Returns the choice and the moves."""
+        choice = np.array(choice, dtype=int)
+        rows = np.arange(len(choice))
+        allowed = np.isfinite(self.costs) & np.isfinite(self.scores)
+        moves = 0
+        while True:
+            slack = self._budget() - self.costs[rows, choice].sum()
+            added = self.costs - self.costs[rows, choice][:, None]
+            gain = self.scores[rows, choice][:, None] - self.scores
+            ok = allowed & (gain > 0) & (added <= slack)
+            if not ok.any():
+                return choice, moves
+            i, k = np.nonzero(ok)
+            rate = np.where(added[i, k] > 0, gain[i, k] / np.maximum(added[i, k], 1e-300), np.inf)
+            best = np.lexsort((k, i, -gain[i, k], -rate))[0]
+            choice[i[best]] = k[best]
+            moves += 1
+
     def repair(self, choice: np.ndarray) -> tuple[np.ndarray, int]:
         """Greedy repair to the budget: the cheapest move per bit saved first (ties: the larger
         saving, then the lower module and option index). Returns the choice and the moves made."""
         choice = np.array(choice, dtype=int)
         rows = np.arange(len(choice))
-        budget = (1.0 - self.target_ratio) * self.dense_bits
-        budget += REL_TOL * abs(budget)
+        budget = self._budget()
         allowed = np.isfinite(self.costs) & np.isfinite(self.scores)
         moves = 0
         while self.costs[rows, choice].sum() > budget:
@@ -164,14 +196,15 @@ class GroupSpace:
         return {"modules": list(self.modules), "labels": list(self.labels), "costs": self.costs.tolist(),
                 "scores": self.scores.tolist(), "dense_bits": self.dense_bits,
                 "groups": {g: list(r) for g, r in self.groups.items()}, "target_ratio": self.target_ratio,
-                "convention": self.convention}
+                "convention": self.convention, "fill_slack": self.fill_slack}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "GroupSpace":
         return cls(modules=tuple(data["modules"]), labels=tuple(data["labels"]),
                    costs=np.asarray(data["costs"], dtype=float), scores=np.asarray(data["scores"], dtype=float),
                    dense_bits=float(data["dense_bits"]), groups={g: tuple(r) for g, r in data["groups"].items()},
-                   target_ratio=float(data["target_ratio"]), convention=data["convention"])
+                   target_ratio=float(data["target_ratio"]), convention=data["convention"],
+                   fill_slack=bool(data.get("fill_slack", False)))
 
 
 def seed_points(space: GroupSpace, stage1: pd.DataFrame, enqueue: int = 2) -> tuple[list[tuple[dict, float, bool]], list[dict]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -60,11 +61,36 @@ def test_every_sampled_plan_is_repaired_to_meet_the_constraint(model, seed, targ
         assert space.plan_for(params) == plan  # deterministic: the driver rebuilds it from the params
 
 
-def test_feasible_samples_are_not_touched(model):
+def test_feasible_samples_are_not_repaired(model):
     space, _ = space_for(model)
     params = {g: "1:4:int8" for g in space.groups}  # 93.75% paper >= 87.5%
-    plan = space.plan_for(params)
-    assert plan.meta["repair_moves"] == 0 and set(map(str, plan.values())) == {"1:4:int8"}
+    plain = dataclasses.replace(space, fill_slack=False).plan_for(params)
+    assert plain.meta["repair_moves"] == 0 and set(map(str, plain.values())) == {"1:4:int8"}
+    filled = space.plan_for(params)
+    assert filled.meta["repair_moves"] == 0 and filled.meta["fill_moves"] > 0
+    assert 0.875 - 1e-9 <= filled.meta["ratio"] < plain.meta["ratio"]
+
+
+@pytest.mark.parametrize("seed,target", list(itertools.product([0, 1, 2, 3], [0.8, 0.875, 0.9375])))
+def test_fill_spends_the_slack_until_no_better_move_fits(model, seed, target):
+    space, _ = space_for(model, seed, target)
+    rng = np.random.default_rng(seed)
+    rows = np.arange(len(space.modules))
+    for _ in range(5):
+        params = {g: str(rng.choice(space.choices(g))) for g in space.groups}
+        choice = np.empty(len(space.modules), dtype=int)
+        for group, members in space.groups.items():
+            choice[list(members)] = space.labels.index(params[group])
+        start, _ = space.repair(choice)
+        filled, _ = space.fill(start)
+        assert space.ratio(filled) >= target - 1e-9
+        assert space.scores[rows, filled].sum() <= space.scores[rows, start].sum()
+        budget = (1 - target) * space.dense_bits * (1 + 1e-9)
+        spent = space.costs[rows, filled].sum()
+        for i in rows:  # brute force: no single move lowers the score and still fits
+            for k in range(len(space.labels)):
+                if np.isfinite(space.scores[i, k]) and space.scores[i, k] < space.scores[i, filled[i]]:
+                    assert spent - space.costs[i, filled[i]] + space.costs[i, k] > budget
 
 
 def test_repair_takes_the_least_damage_per_bit_first(model):
@@ -89,7 +115,7 @@ def test_params_exact_and_projected(model):
                                                  "attn_out": "2:4:int8", "ffn_in": "4:8:int4", "ffn_out": "1:4:int8"})
     exact = space.params_of(grid)
     assert exact is not None and exact["value.L0"] == "2:4:int4"
-    assert space.plan_for(exact) == grid
+    assert dataclasses.replace(space, fill_slack=False).plan_for(exact) == grid
     mixed = CompressionPlan(dict(grid) | {"bert.encoder.layer.0.attention.self.query": "dense:int8"})
     assert space.params_of(mixed, exact=True) is not None  # layer 0 query is a group of its own here
     space1, _ = space_for(model, layer_groups=1)
