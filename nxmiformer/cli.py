@@ -232,7 +232,8 @@ def cmd_search(args) -> int:
                   batch_size=args.batch_size, lr=args.lr, concurrency=args.concurrency,
                   cpus_per_trial=args.cpus_per_trial, calib_size=args.calib_size, dense_epochs=args.dense_epochs,
                   asha=not args.no_asha, cache_dir=args.cache_dir, address=args.address,
-                  refine_trials=args.refine_trials, refine_layer_groups=args.refine_layer_groups, kinds=args.kinds)
+                  refine_trials=args.refine_trials, refine_layer_groups=args.refine_layer_groups,
+                  refine_fill=args.refine_fill, kinds=args.kinds)
     if args.options:
         fields["options"] = args.options
     if args.preset == "quick":
@@ -428,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", help="candidate kinds to train, comma-separated: optimal,diverse,grid,uniform (default: all)")
     p.add_argument("--refine-trials", type=int, default=0,
                    help="stage 2: this many Optuna-sampled per-group plans, seeded with the candidates' results")
+    p.add_argument("--refine-fill", action="store_true",
+                   help="stage 2: spend budget a sampled plan leaves unused, by the sensitivity model")
     p.add_argument("--refine-layer-groups", type=int, default=2,
                    help="stage 2: layer blocks per component type (one Optuna choice per block and component)")
     p.add_argument("--preset", choices=["quick"], help="quick: a ~10 minute search on 2 cores (3 candidates + 2 Optuna trials x 60 steps)")

@@ -16,11 +16,13 @@ space. It is seeded two ways:
 
 A sampled plan may break the ratio constraint. It is **repaired**, not rejected: while the plan
 is over budget, the single-module move to a cheaper option with the least sensitivity increase per
-bit saved is applied (the additive model of the heuristic stage). A plan that leaves budget
-unused is **filled** the other way (the move with the largest sensitivity decrease per bit added,
-while it fits): a plan well above the target ratio gives accuracy away for nothing the
-constraint asks. Both are deterministic, so the driver can rebuild any trial's plan from its
-sampled parameters.
+bit saved is applied (the additive model of the heuristic stage). With ``fill_slack`` a plan
+that leaves budget unused is also **filled** the other way (the move with the largest sensitivity
+decrease per bit added, while it fits). It is off by default: measured on SST-2
+(``bench/search_quality.py``), filling pulled both Optuna samples back onto a stage-1 plan
+(duplicate trials), because it trusts the same one-shot model the heuristic stage already
+optimised. Both are deterministic, so the driver can rebuild any trial's plan from its sampled
+parameters.
 """
 
 from __future__ import annotations
@@ -50,11 +52,11 @@ class GroupSpace:
     groups: dict  # parameter name -> tuple of module row indices
     target_ratio: float
     convention: str
-    fill_slack: bool = True
+    fill_slack: bool = False
 
     @classmethod
     def build(cls, problem: CandidateProblem, target_ratio: float, convention: str = "paper",
-              layer_groups: int = 2, fill_slack: bool = True) -> "GroupSpace":
+              layer_groups: int = 2, fill_slack: bool = False) -> "GroupSpace":
         if convention not in CONVENTIONS:
             raise NxmiError(f"unknown ratio convention {convention!r}; allowed: {', '.join(CONVENTIONS)}")
         if isinstance(layer_groups, bool) or not isinstance(layer_groups, int) or layer_groups < 1:

@@ -61,6 +61,7 @@ class SearchConfig:
     kinds: tuple[str, ...] = field(default=("optimal", "diverse", "grid", "uniform"),
                                    metadata={"help": "candidate kinds to train (see search.heuristic.KINDS)"})
     refine_trials: int = field(default=0, metadata={"help": "stage 2: Optuna-sampled per-group plans after the candidates"})
+    refine_fill: bool = field(default=False, metadata={"help": "stage 2: fill unused budget by the additive model"})
     refine_layer_groups: int = field(default=2, metadata={"help": "stage 2: layer blocks per component type (groups)"})
     profile_workers: int | None = field(default=None, metadata={"help": "Ray tasks for profiling (None: cluster CPUs; 0: in-process)"})
     cache_dir: str | None = None
@@ -338,7 +339,7 @@ def _refine(config: SearchConfig, stage1: pd.DataFrame, sensitivity: pd.DataFram
     from .refine import GroupSpace, make_searcher, refine_trainable, seed_points
 
     space = GroupSpace.build(build_problem(sensitivity, modules), config.target_ratio, config.convention,
-                             config.refine_layer_groups)
+                             config.refine_layer_groups, fill_slack=config.refine_fill)
     told, enqueued = seed_points(space, stage1)
     restore = resume and tune.Tuner.can_restore(str(out / REFINE_EXPERIMENT))
     _say(progress, f"      stage 2: {'resuming ' if restore else ''}{config.refine_trials} Optuna trials over "

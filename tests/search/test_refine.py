@@ -64,9 +64,9 @@ def test_every_sampled_plan_is_repaired_to_meet_the_constraint(model, seed, targ
 def test_feasible_samples_are_not_repaired(model):
     space, _ = space_for(model)
     params = {g: "1:4:int8" for g in space.groups}  # 93.75% paper >= 87.5%
-    plain = dataclasses.replace(space, fill_slack=False).plan_for(params)
+    plain = space.plan_for(params)  # filling is off by default
     assert plain.meta["repair_moves"] == 0 and set(map(str, plain.values())) == {"1:4:int8"}
-    filled = space.plan_for(params)
+    filled = dataclasses.replace(space, fill_slack=True).plan_for(params)
     assert filled.meta["repair_moves"] == 0 and filled.meta["fill_moves"] > 0
     assert 0.875 - 1e-9 <= filled.meta["ratio"] < plain.meta["ratio"]
 
@@ -115,7 +115,7 @@ def test_params_exact_and_projected(model):
                                                  "attn_out": "2:4:int8", "ffn_in": "4:8:int4", "ffn_out": "1:4:int8"})
     exact = space.params_of(grid)
     assert exact is not None and exact["value.L0"] == "2:4:int4"
-    assert dataclasses.replace(space, fill_slack=False).plan_for(exact) == grid
+    assert space.plan_for(exact) == grid
     mixed = CompressionPlan(dict(grid) | {"bert.encoder.layer.0.attention.self.query": "dense:int8"})
     assert space.params_of(mixed, exact=True) is not None  # layer 0 query is a group of its own here
     space1, _ = space_for(model, layer_groups=1)
