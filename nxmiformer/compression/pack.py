@@ -51,7 +51,7 @@ from ..outputs import atomic_output_dir, require_free_output
 from .accounting import DENSE_BITS, SCALE_BITS, index_bits, module_bits
 from .layer import CompressedLinear, compress_, harden_
 from .modules import compressible_modules
-from .quant import num_scales, qmax, weight_scales
+from .quant import expand_scales, num_scales, qmax, weight_scales
 from .spec import CompressionPlan, LayerSpec
 
 PACK_FORMAT = "nxmiformer.packed"
@@ -134,14 +134,6 @@ def _scale_rows(spec: LayerSpec, rows: int) -> torch.Tensor:
     if spec.group_size == -1:
         return torch.zeros(1, dtype=torch.long)
     return torch.arange(0, rows, spec.group_size)
-
-
-def _expand_scales(scales: torch.Tensor, spec: LayerSpec, rows: int) -> torch.Tensor:
-    if spec.group_size is None:
-        return scales
-    if spec.group_size == -1:
-        return scales.expand(rows)
-    return scales.repeat_interleave(spec.group_size)[:rows]
 
 
 def _kept_positions(groups: torch.Tensor, spec: LayerSpec, mask: torch.Tensor | None, name: str) -> torch.Tensor:
@@ -255,7 +247,7 @@ def decode_weight(
             expected = num_scales(out_features, spec.group_size)
             if scales.numel() != expected:
                 raise NxmiError(f"{scales.numel()} scales stored, spec {spec} needs {expected}")
-            scale = _expand_scales(scales, spec, out_features)
+            scale = expand_scales(scales, out_features, spec.group_size)
             kept = q.float().reshape(out_features, kept_per_row) * scale[:, None]
         else:
             values = tensors["values"]

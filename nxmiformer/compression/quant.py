@@ -66,6 +66,15 @@ def num_scales(rows: int, group_size: int | None) -> int:
     return math.ceil(rows / group_size)
 
 
+def expand_scales(scales: torch.Tensor, rows: int, group_size: int | None) -> torch.Tensor:
+    """One scale per scale group -> one per row (the layout :func:`weight_scales` returns)."""
+    if group_size is None:
+        return scales
+    if group_size == -1:
+        return scales.expand(rows)
+    return scales.repeat_interleave(group_size)[:rows]
+
+
 def weight_scales(weight: torch.Tensor, bits: int, group_size: int | None = None) -> torch.Tensor:
     """Max-abs scales, one per row (expanded to rows): shape ``[out]``.
 
@@ -76,11 +85,11 @@ def weight_scales(weight: torch.Tensor, bits: int, group_size: int | None = None
     w = weight.detach().reshape(weight.shape[0], -1).abs().amax(dim=1)
     rows = w.shape[0]
     if group_size == -1:
-        w = w.amax().expand(rows)
+        w = expand_scales(w.amax().reshape(1), rows, group_size)
     elif group_size is not None and group_size > 1:
         pad = (-rows) % group_size
         padded = torch.cat([w, w.new_zeros(pad)]) if pad else w
-        w = padded.reshape(-1, group_size).amax(dim=1).repeat_interleave(group_size)[:rows]
+        w = expand_scales(padded.reshape(-1, group_size).amax(dim=1), rows, group_size)
     scale = w / qmax(bits)
     return torch.where(scale > 0, scale, torch.ones_like(scale)).to(torch.float32)
 

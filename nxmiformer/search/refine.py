@@ -27,8 +27,9 @@ parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -64,11 +65,11 @@ class GroupSpace:
         frame = problem.modules.reset_index(drop=True)
         layers = sorted(frame["layer"].unique())
         blocks = [b for b in np.array_split(np.asarray(layers), min(layer_groups, len(layers))) if len(b)]
+        order = [c for c in COMPONENTS if c in set(frame["component"])]
         groups = {}
         for block in blocks:
             span = f"L{block[0]}" if len(block) == 1 else f"L{block[0]}-{block[-1]}"
             in_block = frame["layer"].isin(block)
-            order = [c for c in COMPONENTS if c in set(frame["component"])]
             for component in order:
                 rows = tuple(int(i) for i in frame.index[in_block & (frame["component"] == component)])
                 if rows:
@@ -219,30 +220,25 @@ def seed_points(space: GroupSpace, stage1: pd.DataFrame, enqueue: int = 2) -> tu
     told, enqueued, seen = [], [], set()
     ranked = stage1[stage1["status"].isin(["completed", "stopped"]) & np.isfinite(stage1["primary"])]
     ranked = ranked.sort_values(["status", "primary"], ascending=[True, False])  # completed first
-    import json
-
-    for _, row in ranked.iterrows():
-        plan = CompressionPlan.from_dict(json.loads(row["plan_json"]))
-        exact = space.params_of(plan, exact=True)
-        if exact is not None:
-            key = tuple(sorted(exact.items()))
-            if key not in seen:
-                seen.add(key)
-                told.append((exact, float(row["primary"]), row["status"] == "stopped"))
-    for _, row in ranked[ranked["status"] == "completed"].iterrows():
+    rows = [(row, CompressionPlan.from_dict(json.loads(row["plan_json"]))) for _, row in ranked.iterrows()]
+    rows = [(row, plan, space.params_of(plan, exact=True)) for row, plan in rows]
+    for row, _, exact in rows:
+        if exact is not None and _key(exact) not in seen:
+            seen.add(_key(exact))
+            told.append((exact, float(row["primary"]), row["status"] == "stopped"))
+    for row, plan, exact in rows:
         if len(enqueued) >= enqueue:
             break
-        plan = CompressionPlan.from_dict(json.loads(row["plan_json"]))
-        if space.params_of(plan, exact=True) is not None:
-            continue
-        projected = space.params_of(plan, exact=False)
-        if projected is None:
-            continue
-        key = tuple(sorted(projected.items()))
-        if key not in seen:
-            seen.add(key)
-            enqueued.append(projected)
+        if exact is None and row["status"] == "completed":
+            projected = space.params_of(plan, exact=False)
+            if projected is not None and _key(projected) not in seen:
+                seen.add(_key(projected))
+                enqueued.append(projected)
     return told, enqueued
+
+
+def _key(params: dict) -> tuple:
+    return tuple(sorted(params.items()))
 
 
 def make_searcher(space: GroupSpace, told, enqueued, seed: int = 0, startup_trials: int = 4):
@@ -255,10 +251,7 @@ def make_searcher(space: GroupSpace, told, enqueued, seed: int = 0, startup_tria
     searcher = OptunaSearch(space=space.distributions(), metric="primary", mode="max", sampler=sampler,
                             points_to_evaluate=enqueued or None)
     for params, primary, pruned in told:
-        if pruned:
-            searcher.add_evaluated_point(params, primary, pruned=True, intermediate_values=[primary])
-        else:
-            searcher.add_evaluated_point(params, primary)
+        searcher.add_evaluated_point(params, primary, pruned=pruned, intermediate_values=[primary] if pruned else None)
     return searcher
 
 

@@ -95,11 +95,11 @@ class SearchConfig:
         object.__setattr__(self, "kinds", kinds)
         if self.model != "default" and Path(self.model).expanduser().exists():
             object.__setattr__(self, "model", str(Path(self.model).expanduser().resolve()))
-        # absolute, so trials on other workers, --resume from elsewhere and exported commands work
+        # absolute, so trials on other workers, --resume from elsewhere and exported commands work;
+        # data_config() and trial_config() also validate their fields
         object.__setattr__(self, "data_dir", self.data_config().data_dir)
         if self.cache_dir is not None:
             object.__setattr__(self, "cache_dir", str(Path(self.cache_dir).expanduser().resolve()))
-        self.data_config()  # validates the data fields
         self.trial_config()
 
     def data_config(self) -> DataConfig:
@@ -309,10 +309,9 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
                        "dense_path": str(dense.path)}
         if config.inject_failure:
             param_space["inject_failure"] = config.inject_failure
-        stages = 2 if config.refine_trials else 1
         restore = resume and tune.Tuner.can_restore(str(out / EXPERIMENT))
         _say(progress, f"[4/4] {'resuming' if restore else 'running'} {len(plans)} short trials "
-                       f"({config.steps} steps each) on Ray Tune" + (" (stage 1 of 2)" if stages == 2 else ""))
+                       f"({config.steps} steps each) on Ray Tune" + (" (stage 1 of 2)" if config.refine_trials else ""))
         tuner = _make_tuner(config, trial_trainable, param_space, out, EXPERIMENT, len(plans), progress, restore)
         results = results_table(_fit(tuner, config), config, dense.primary)
         if config.refine_trials:
@@ -373,9 +372,8 @@ def check_feasible(config: SearchConfig) -> float:
 def _record_provenance(state_file: Path, dense) -> None:
     """Add the warm start's identity to ``search.json`` (``nxmi export`` copies it into plans)."""
     state = json.loads(state_file.read_text())
-    meta = json.loads((Path(dense.path) / "dense.json").read_text()) if (Path(dense.path) / "dense.json").is_file() else {}
     state["provenance"] = {"dense_path": str(dense.path), "dense_key": dense.key, "dense_primary": dense.primary,
-                           "model_fingerprint": meta.get("model_fingerprint", "")}
+                           "model_fingerprint": dense.model_fingerprint}
     tmp = state_file.with_name(f".{state_file.name}.tmp")
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     os.replace(tmp, state_file)

@@ -39,6 +39,7 @@ class DenseResult:
     key: str
     cached: bool
     wall_time: float
+    model_fingerprint: str = ""  # of the base model it was fine-tuned from ("" in older caches)
 
     @classmethod
     def load(cls, path: str | Path) -> "DenseResult":
@@ -48,7 +49,8 @@ class DenseResult:
         if not meta_file.is_file():
             raise NxmiError(f"no dense warm start at {path} (dense.json missing)")
         meta = json.loads(meta_file.read_text())
-        return cls(path, meta["metrics"], meta["metrics"]["primary"], meta.get("key", ""), True, 0.0)
+        return cls(path, meta["metrics"], meta["metrics"]["primary"], meta.get("key", ""), True, 0.0,
+                   meta.get("model_fingerprint", ""))
 
 
 def dense_cache_key(fingerprint: str, data: DataConfig, dense: DenseConfig) -> str:
@@ -127,4 +129,4 @@ def finetune_dense(
             pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return DenseResult(target, metrics, metrics["primary"], key, False, wall)
+    return DenseResult(target, metrics, metrics["primary"], key, False, wall, fingerprint)
