@@ -139,12 +139,12 @@ def test_seeds_tell_expressible_plans_and_enqueue_the_best_others(model):
     exact = [c for c in candidates if space.params_of(c.plan) is not None]
     assert len(told) == len({json.dumps(space.params_of(c.plan), sort_keys=True) for c in exact})
     assert any(pruned for _, _, pruned in told) == any(i % 3 == 0 for i, c in enumerate(candidates) if c in exact)
-    assert len(enqueued) <= 2
+    assert 1 <= len(enqueued) <= 2  # the heterogeneous plans mix options within a group
     for params in enqueued:
         assert set(params) == set(space.groups)
     searcher = make_searcher(space, told, enqueued, seed=0)
     first = searcher.suggest("t1")
-    assert {k: first[k] for k in space.groups} == (enqueued[0] if enqueued else {k: first[k] for k in space.groups})
+    assert {k: first[k] for k in space.groups} == enqueued[0]  # the enqueued seed runs first
 
 
 def test_bad_layer_groups(model):
