@@ -37,7 +37,7 @@ def main() -> int:
     data = DataConfig(task=args.task, data_dir=args.data_dir, max_length=64, train_size=2000, seed=0,
                       holdout_size=args.calib_size)
     dense = finetune_dense(data, DenseConfig(), cache, progress=True)
-    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
     try:
         cold = profile_sensitivity(dense.path, data, DEFAULT_MENU, args.calib_size, cache_dir=cache,
                                    workers=args.workers, progress=True)

@@ -61,7 +61,7 @@ def main() -> int:
     plans = [CompressionPlan.uniform(skeleton, s).to_dict() for s in SPECS]
     config = TrialConfig(data=data, steps=args.steps, cache_dir=str(cache), threads=1)
     storage = Path(tempfile.mkdtemp(prefix="nxmi-scaling-runs-"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         one = run(1, plans, config, str(dense.path), storage)
         two = run(2, plans, config, str(dense.path), storage)

@@ -209,7 +209,7 @@ def cmd_profile(args) -> int:
     if args.workers > 1:
         import ray
 
-        ray.init(address=args.address or None, num_cpus=None if args.address else args.workers,
+        ray.init(address=args.address or "local", num_cpus=None if args.address else args.workers,
                  include_dashboard=False, log_to_driver=False)
         workers = args.workers
     result = profile_sensitivity(model_dir, data, args.options, args.calib_size, cache_dir=args.cache_dir,

@@ -83,7 +83,7 @@ def search_dir(tmp_path_factory, tiny_tokenizer) -> Path:
                           asha=False, profile_workers=0, cache_dir=str(root / "cache"), concurrency=2)
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         run_search(config, progress=False)
     finally:

@@ -114,7 +114,7 @@ def test_profiling_on_ray_tasks_matches_in_process(setup):
     model_dir, data, cache = setup
     local = profile_sensitivity(model_dir, data, ("2:4:int8", "dense:int4"), calib_size=16, batch_size=8,
                                 cache_dir=cache / "a", progress=False)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         remote = profile_sensitivity(model_dir, data, ("2:4:int8", "dense:int4"), calib_size=16, batch_size=8,
                                      cache_dir=cache / "b", workers=2, progress=False)
