@@ -9,22 +9,30 @@ from torch import nn
 
 from .masks import nm_mask
 from .modules import compressible_modules
-from .quant import fake_quantize, fake_quantize_activations, fp16_round_ste, qmax, weight_scales
+from .quant import (
+    fake_quantize, fake_quantize_activations, fit_clip, fp16_round_ste, lsq_quantize,
+    projection_scales, qmax, weight_scales,
+)
 from .spec import CompressionPlan, LayerSpec
 
 
 def project(weight: torch.Tensor, spec: LayerSpec, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Euclidean-style projection used by ADMM's Z-step and by hardening: keep the N:M largest
-    magnitudes (or the given ``mask``), then put the kept values on the spec's grid."""
+    magnitudes (or the given ``mask``), then put the kept values on the spec's grid, with the
+    scales of the spec's scale method (max-abs, or the MSE-optimal clip for ``mse`` and ``lsq``)."""
     w = weight.detach()
     if spec.is_sparse:
         w = w * (nm_mask(w, spec.n, spec.m) if mask is None else mask)
+    if spec.is_integer:
+        scale = projection_scales(w, spec.bits, spec.group_size, spec.scale_method)
+        return fake_quantize(w, spec.bits, scale=scale, group_size=spec.group_size)
     return _quantize(w, spec)
 
 
-def _quantize(w: torch.Tensor, spec: LayerSpec) -> torch.Tensor:
+def _quantize(w: torch.Tensor, spec: LayerSpec, clip: torch.Tensor | None = None) -> torch.Tensor:
     if spec.is_integer:
-        return fake_quantize(w, spec.bits, group_size=spec.group_size)
+        scale = weight_scales(w, spec.bits, spec.group_size, clip=clip)
+        return fake_quantize(w, spec.bits, scale=scale, group_size=spec.group_size)
     if spec.bits == 16:
         return fp16_round_ste(w)
     return w
@@ -39,14 +47,14 @@ class _SoftNMQuant(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight, n, m, bits, group_size):  # noqa: D102
+    def forward(ctx, weight, n, m, bits, group_size, clip):  # noqa: D102
         masked = torch.where(nm_mask(weight, n, m), weight, 0.0)
-        scale = weight_scales(masked, bits, group_size)[:, None]
+        scale = weight_scales(masked, bits, group_size, clip=clip)[:, None]
         return torch.clamp(torch.round(masked * (1.0 / scale)), -qmax(bits), qmax(bits)).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 class CompressedLinear(nn.Linear):
@@ -56,6 +64,12 @@ class CompressedLinear(nn.Linear):
     passes straight through both the mask and the rounding to the dense weight, so ADMM's penalty
     and the task loss can move pruned weights back in. After :func:`harden_` the mask is frozen:
     pruned weights get no gradient and the effective weight stays exactly N:M.
+
+    Integer scales: before hardening, ``clip * max-abs / qmax`` per scale group, where the clip
+    ratios (buffer ``clip``, 1 for ``max``) are fitted by :meth:`refit_clip` (at wrapping and,
+    during ADMM, at every Z-step). Hardening writes weights projected with the spec's scales; after
+    it, ``mse`` and ``max`` use the max-abs of the hardened weights (whose largest value is the
+    clipped one), and ``lsq`` trains the scale (parameter ``scale``, one per scale group).
 
     It subclasses ``nn.Linear`` and keeps the original ``weight``/``bias`` parameters, so state-dict
     keys, optimizers that already hold the parameters, and ``isinstance`` checks are unaffected.
@@ -70,6 +84,22 @@ class CompressedLinear(nn.Linear):
         self.spec = spec
         self.hardened = False
         self.register_buffer("mask", None, persistent=False)
+        self.register_buffer("clip", None, persistent=False)
+        self.scale = None
+        self.refit_clip()
+
+    @torch.no_grad()
+    def refit_clip(self) -> None:
+        """Fit the clip ratios of the soft phase to the current (N:M-masked) weights: the MSE-optimal
+        ratio per scale group for ``mse``/``lsq`` specs, none for ``max`` and float specs."""
+        spec = self.spec
+        if self.hardened or spec.scale_method not in ("mse", "lsq"):
+            self.clip = None
+            return
+        w = self.weight.detach()
+        if spec.is_sparse:
+            w = w * nm_mask(w, spec.n, spec.m)
+        self.clip = fit_clip(w, spec.bits, spec.group_size)
 
     def extra_repr(self) -> str:
         state = "hardened" if self.hardened else "soft"
@@ -79,14 +109,16 @@ class CompressedLinear(nn.Linear):
         w = self.weight
         spec = self.spec
         if spec.is_sparse and spec.is_integer and not self.hardened and w.dtype == torch.float32:
-            return _SoftNMQuant.apply(w, spec.n, spec.m, spec.bits, spec.group_size)
+            return _SoftNMQuant.apply(w, spec.n, spec.m, spec.bits, spec.group_size, self.clip)
         if spec.is_sparse:
             if self.hardened:
                 w = w * self.mask
             else:
                 mask = nm_mask(w, spec.n, spec.m)
                 w = w + (w.detach() * mask - w.detach())  # straight-through mask
-        return _quantize(w, spec)
+        if self.scale is not None:
+            return lsq_quantize(w, spec.bits, self.scale, spec.group_size)
+        return _quantize(w, spec, None if self.hardened else self.clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec.act_bits is not None:
@@ -108,6 +140,16 @@ class CompressedLinear(nn.Linear):
         if project_weights:
             self.weight.copy_(project(self.weight, spec, self.mask))
         self.hardened = True
+        self.clip = None
+        if spec.scale_method == "lsq":
+            # start from the projection's scales: max-abs of the projected weights is clip * max-abs
+            rows = self.out_features
+            per_row = weight_scales(self.weight if self.mask is None else self.weight * self.mask,
+                                    spec.bits, spec.group_size)
+            starts = per_row[_first_rows(rows, spec.group_size)]
+            self.scale = nn.Parameter(starts.clone().to(self.weight.device))
+        else:
+            self.scale = None
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding the effective weight."""
@@ -118,6 +160,28 @@ class CompressedLinear(nn.Linear):
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear
+
+
+def _first_rows(rows: int, group_size: int | None) -> torch.Tensor:
+    """Index of the first row of every scale group."""
+    if group_size is None:
+        return torch.arange(rows)
+    if group_size == -1:
+        return torch.zeros(1, dtype=torch.long)
+    return torch.arange(0, rows, group_size)
+
+
+def scale_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The trained (``lsq``) scales of the hardened wrappers in ``model``."""
+    return [m.scale for m in compressed_modules(model).values() if m.scale is not None]
+
+
+@torch.no_grad()
+def refit_clips_(model: nn.Module) -> nn.Module:
+    """Refit the soft-phase clip ratios of every wrapped module to its current weights."""
+    for module in compressed_modules(model).values():
+        module.refit_clip()
+    return model
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -139,7 +203,8 @@ def compress_(model: nn.Module, plan: CompressionPlan) -> nn.Module:
             if spec.is_identity:
                 _set_submodule(model, cm.name, module.to_linear())
             else:
-                module.spec, module.hardened, module.mask = spec, False, None
+                module.spec, module.hardened, module.mask, module.scale = spec, False, None, None
+                module.refit_clip()
         elif not spec.is_identity:
             _set_submodule(model, cm.name, CompressedLinear(module, spec))
     return model

@@ -464,7 +464,8 @@ def _write_packed(model: nn.Module, plan: CompressionPlan, out_dir: str | Path, 
                          "dtype": str(weight.dtype).removeprefix("torch."), "bytes": sizes,
                          "storage_bits": storage_bits, "max_abs_error": error}
         infos.append(_info_from_entry(name, entries[name]))
-    skip = {f"{name}.weight" for name in entries}
+    # trained (lsq) scales live in the packed scales: the largest kept value of a group is on +-qmax
+    skip = {f"{name}.{kind}" for name in entries for kind in ("weight", "scale")}
     # clones: safetensors refuses tensors that share storage (tied weights); load_state_dict later
     # writes both copies into the one tied parameter
     rest = {key: value.detach().cpu().clone().contiguous()

@@ -14,12 +14,15 @@ from torch import nn
 from ..errors import NxmiError
 from .masks import check_nm
 from .modules import COMPONENTS, compressible_modules
-from .quant import INT_BITS, check_group_size
+from .quant import INT_BITS, SCALE_METHODS, check_group_size
 
 PLAN_SCHEMA = "nxmiformer.plan"
 PLAN_VERSION = 1
 ALLOWED_BITS = INT_BITS + (16, 32)
 _DTYPES = {f"int{b}": b for b in INT_BITS} | {"fp16": 16, "fp32": 32}
+# The scale method an integer spec uses when its string names none, per bit width: chosen by
+# measurement (bench/recovery.py, see the README's "Accuracy recovery").
+DEFAULT_SCALE_METHOD = {2: "lsq", 3: "lsq", 4: "lsq", 5: "mse", 6: "mse", 7: "mse", 8: "mse"}
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,18 @@ class LayerSpec:
             integer compute (only with integer weights).
         group_size: weight scale granularity for integer bits: ``None`` one scale per output row,
             ``-1`` one per tensor, ``g`` one per ``g`` rows.
+        scale: how integer scales are chosen: ``"max"`` (max-abs), ``"mse"`` (MSE-optimal clip),
+            ``"lsq"`` (MSE at projections, then trained after hardening), or ``None`` for the
+            bit width's default (:data:`DEFAULT_SCALE_METHOD`; :attr:`scale_method` resolves it).
 
-    String form (round-trips through :meth:`parse` and ``str``): ``"2:4:int8"``, ``"4:8:int4"``,
-    ``"dense:int8"``, ``"2:4:fp16"``, ``"dense"``, with optional suffixes ``":a8"`` (activations)
-    and ``":g64"`` / ``":gtensor"`` (scale groups).
+    String form (round-trips through :meth:`parse` and ``str``)::
+
+        spec     := sparsity [":" dtype] [":a" BITS] [":g" ROWS | ":gtensor"] [":" scale]
+        sparsity := N ":" M | "dense"          (1 <= N <= M <= 32; N == M means dense)
+        dtype    := "int2" .. "int8" | "fp16" | "fp32"
+        scale    := "max" | "mse" | "lsq"      (integer dtypes only)
+
+    e.g. ``"2:4:int8"``, ``"4:8:int4:lsq"``, ``"dense:int8:g64"``, ``"2:4:fp16"``, ``"dense"``.
     """
 
     n: int = 1
@@ -45,6 +56,7 @@ class LayerSpec:
     bits: int = 32
     act_bits: int | None = None
     group_size: int | None = None
+    scale: str | None = None
 
     def __post_init__(self):
         check_nm(self.n, self.m)
@@ -62,6 +74,18 @@ class LayerSpec:
             check_group_size(self.group_size)
             if not self.is_integer:
                 raise NxmiError(f"group_size={self.group_size} applies to integer bits only, got bits={self.bits}")
+        if self.scale is not None:
+            if self.scale not in SCALE_METHODS:
+                raise NxmiError(f"scale must be one of {', '.join(SCALE_METHODS)} or None, got scale={self.scale!r}")
+            if not self.is_integer:
+                raise NxmiError(f"scale={self.scale} applies to integer bits only, got bits={self.bits}")
+
+    @property
+    def scale_method(self) -> str | None:
+        """The scale method in effect (``None`` for float specs)."""
+        if not self.is_integer:
+            return None
+        return self.scale or DEFAULT_SCALE_METHOD[self.bits]
 
     @property
     def is_sparse(self) -> bool:
@@ -87,7 +111,8 @@ class LayerSpec:
             return text
         if not isinstance(text, str) or not text.strip():
             raise NxmiError(f"spec must be a string like '2:4:int8', got {text!r}")
-        allowed = "'N:M[:intB|fp16|fp32][:aB][:gG|gtensor]' or 'dense[:...]', e.g. '2:4:int8', 'dense:int4'"
+        allowed = ("'N:M[:intB|fp16|fp32][:aB][:gG|gtensor][:max|mse|lsq]' or 'dense[:...]', "
+                   "e.g. '2:4:int8', 'dense:int4', '2:4:int4:lsq'")
         tokens = text.strip().lower().split(":")
         try:
             if tokens[0] == "dense":
@@ -98,7 +123,7 @@ class LayerSpec:
                 rest = tokens[2:]
         except (ValueError, IndexError):
             raise NxmiError(f"malformed spec {text!r}: expected {allowed}") from None
-        bits, act_bits, group_size = 32, None, None
+        bits, act_bits, group_size, scale = 32, None, None, None
         for i, token in enumerate(rest):
             if i == 0 and token in _DTYPES:
                 bits = _DTYPES[token]
@@ -110,6 +135,8 @@ class LayerSpec:
                 act_bits = int(token[1:])
             elif token == "gtensor":
                 group_size = -1
+            elif token in SCALE_METHODS:
+                scale = token
             elif token.startswith("g") and token[1:].isdigit():
                 group_size = int(token[1:])
             else:
@@ -117,16 +144,18 @@ class LayerSpec:
                     f"malformed spec {text!r}: unknown part {token!r}; expected {allowed} "
                     f"(dtypes: {', '.join(_DTYPES)})"
                 )
-        return cls(n=n, m=m, bits=bits, act_bits=act_bits, group_size=group_size)
+        return cls(n=n, m=m, bits=bits, act_bits=act_bits, group_size=group_size, scale=scale)
 
     def __str__(self) -> str:
         parts = ["dense" if not self.is_sparse else f"{self.n}:{self.m}"]
-        if self.bits != 32 or self.act_bits is not None or self.group_size is not None:
+        if self.bits != 32 or self.act_bits is not None or self.group_size is not None or self.scale is not None:
             parts.append(f"int{self.bits}" if self.is_integer else f"fp{self.bits}")
         if self.act_bits is not None:
             parts.append(f"a{self.act_bits}")
         if self.group_size is not None:
             parts.append("gtensor" if self.group_size == -1 else f"g{self.group_size}")
+        if self.scale is not None:
+            parts.append(self.scale)
         if parts == ["dense", "fp32"]:
             return "dense"
         return ":".join(parts)

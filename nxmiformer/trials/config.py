@@ -34,6 +34,13 @@ def _positive_float(name: str, value, allow_zero: bool = False) -> None:
         raise NxmiError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
 
 
+def _check_device(device) -> None:
+    ok = isinstance(device, str) and (device in ("cpu", "cuda", "auto") or
+                                      (device.startswith("cuda:") and device[5:].isdigit()))
+    if not ok:
+        raise NxmiError(f"device must be cpu, cuda, cuda:N or auto, got {device!r}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which data a run sees. Shared by the dense warm start and the trials."""
@@ -68,6 +75,7 @@ class DenseConfig:
     lr: float = 1e-4
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda[:N] or auto (not part of the cache key)"})
 
     def __post_init__(self):
         if self.model != "default" and Path(self.model).expanduser().exists():
@@ -76,6 +84,7 @@ class DenseConfig:
         _positive_int("steps", self.steps, allow_none=True, allow_zero=True)
         _positive_int("batch_size", self.batch_size)
         _positive_float("lr", self.lr)
+        _check_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -94,16 +103,21 @@ class TrialConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     admm_fraction: float = 0.5
-    admm_interval: int = 20
-    rho: float = 1e-3
-    rho_growth: float = 1.3
-    rho_max: float = 1.0
+    # ADMM (compression/admm.py): decoupled proximal pull rho per step, growing geometrically from
+    # rho to rho_max over admm_updates evenly spaced Z-steps; chosen on bench/recovery.py
+    admm_mode: str = field(default="decoupled", metadata={"help": "decoupled (proximal step after the optimizer) or penalty (in the loss)"})
+    admm_updates: int = field(default=10, metadata={"help": "Z-steps in the ADMM phase (fewer when it is shorter)"})
+    rho: float = 0.005
+    rho_max: float = 0.7
+    rho_growth: float | None = field(default=None, metadata={"help": "None: geometric from rho to rho_max over the Z-steps"})
+    admm_interval: int | None = field(default=None, metadata={"help": "steps between Z-steps (None: from admm_updates)"})
     # measured by bench/recovery.py on SST-2: KD did not help (87.5%: 99.21% vs 99.74%; 93.75%: 98.81% vs 98.94%)
     kd_alpha: float = field(default=0.0, metadata={"help": "weight of the distillation loss from the dense model (0: off)"})
     kd_temperature: float = 2.0
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: at phase ends only)"})
     threads: int | None = field(default=None, metadata={"help": "torch threads (None: leave as is)"})
     cache_dir: str | None = field(default=None, metadata={"help": "where dense warm starts are cached"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda[:N] or auto"})
 
     def __post_init__(self):
         if isinstance(self.data, dict):
@@ -116,12 +130,18 @@ class TrialConfig:
         _positive_float("weight_decay", self.weight_decay, allow_zero=True)
         if not (isinstance(self.admm_fraction, (int, float)) and 0 <= self.admm_fraction <= 1):
             raise NxmiError(f"admm_fraction must be in [0, 1], got {self.admm_fraction!r}")
-        _positive_int("admm_interval", self.admm_interval)
+        _positive_int("admm_interval", self.admm_interval, allow_none=True)
+        _positive_int("admm_updates", self.admm_updates)
+        if self.admm_mode not in ("decoupled", "penalty"):
+            raise NxmiError(f"admm_mode must be decoupled or penalty, got {self.admm_mode!r}")
         _positive_float("rho", self.rho)
-        if not self.rho_growth >= 1:
+        if self.rho_growth is not None and not self.rho_growth >= 1:
             raise NxmiError(f"rho_growth must be >= 1, got {self.rho_growth!r}")
         if not self.rho_max >= self.rho:
             raise NxmiError(f"rho_max must be >= rho ({self.rho}), got {self.rho_max!r}")
+        if self.admm_mode == "decoupled" and self.rho_max > 1:
+            raise NxmiError(f"rho_max must be <= 1 with admm_mode=decoupled (a fraction per step), got {self.rho_max!r}")
+        _check_device(self.device)
         if not (isinstance(self.kd_alpha, (int, float)) and 0 <= self.kd_alpha <= 1):
             raise NxmiError(f"kd_alpha must be in [0, 1], got {self.kd_alpha!r}")
         _positive_float("kd_temperature", self.kd_temperature)

@@ -24,7 +24,7 @@ from ..errors import NxmiError
 from ..models import load_model, load_tokenizer, model_fingerprint, resolve_model_path
 from .config import DataConfig, DenseConfig, default_cache_dir
 from .data import get_task, prepare_task_data
-from .loop import BatchStream, evaluate, model_inputs, set_seed, task_loss
+from .loop import BatchStream, evaluate, model_inputs, resolve_device, set_seed, task_loss
 
 DENSE_CODE_VERSION = 1
 
@@ -57,7 +57,7 @@ def dense_cache_key(fingerprint: str, data: DataConfig, dense: DenseConfig) -> s
     payload = {
         "model": fingerprint,
         "data": dataclasses.asdict(data) | {"data_dir": str(Path(data.data_dir).resolve()) if data.data_dir else None},
-        "dense": {k: v for k, v in dataclasses.asdict(dense).items() if k != "model"},
+        "dense": {k: v for k, v in dataclasses.asdict(dense).items() if k not in ("model", "device")},
         "version": DENSE_CODE_VERSION,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
@@ -92,6 +92,8 @@ def finetune_dense(
                              holdout_size=data.holdout_size)
     stream = BatchStream(glue.train, tokenizer, dense.batch_size, data.seed)
     steps = dense.steps if dense.steps is not None else max(1, math.ceil(dense.epochs * stream.per_epoch))
+    device = resolve_device(dense.device)
+    model.to(device)
     if steps > 0:
         from transformers import get_linear_schedule_with_warmup
 
@@ -100,7 +102,8 @@ def finetune_dense(
         model.train()
         bar = tqdm(total=steps, desc=f"dense fine-tune {data.task}", disable=not progress, leave=False)
         for step, batch in zip(range(steps), stream.from_step(0)):
-            loss = task_loss(model(**model_inputs(batch)).logits, batch["labels"], info.is_regression)
+            loss = task_loss(model(**model_inputs(batch, device)).logits, batch["labels"].to(device),
+                             info.is_regression)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -115,7 +118,7 @@ def finetune_dense(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
+        model.cpu().save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         meta = {"metrics": metrics, "steps": steps, "wall_time": wall, "key": key, "source_model": dense.model,
                 "model_fingerprint": fingerprint,

@@ -39,8 +39,20 @@ class BatchStream:
             epoch, offset = epoch + 1, 0
 
 
-def model_inputs(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k != "labels"}
+def model_inputs(batch: dict, device: torch.device | str | None = None) -> dict:
+    """The batch without its labels, moved to ``device`` when given."""
+    return {k: (v.to(device) if device is not None else v) for k, v in batch.items() if k != "labels"}
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when this process sees a GPU, else CPU; ``cpu``/``cuda``/``cuda:N`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 @torch.no_grad()
@@ -49,8 +61,9 @@ def predict(model: nn.Module, dataset, tokenizer, batch_size: int = 64) -> tuple
     was_training = model.training
     model.eval()
     logits, labels = [], []
+    device = model_device(model)
     for batch in make_dataloader(dataset, tokenizer, batch_size):
-        logits.append(model(**model_inputs(batch)).logits.float())
+        logits.append(model(**model_inputs(batch, device)).logits.float().cpu())
         labels.append(batch["labels"])
     model.train(was_training)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()

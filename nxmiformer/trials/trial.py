@@ -20,11 +20,12 @@ from tqdm.auto import tqdm
 from ..compression import (
     ADMM, CompressionPlan, compress_, compressed_modules, compression_ratio, harden_,
 )
+from ..compression.layer import refit_clips_, scale_parameters
 from ..models import load_model, load_tokenizer
 from .config import TrialConfig
 from .data import get_task, prepare_task_data
 from .dense import DenseResult, finetune_dense
-from .loop import BatchStream, distillation_loss, evaluate, model_inputs, set_seed, task_loss
+from .loop import BatchStream, distillation_loss, evaluate, model_inputs, resolve_device, set_seed, task_loss
 
 Report = Callable[[dict, Callable[[], dict]], None]
 
@@ -49,12 +50,14 @@ class TrialResult:
     wall_time: float
     history: list[dict] = field(default_factory=list)
     model: Any = None
+    admm_at_projection: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict:
         return {
             "primary": self.primary, "dense_primary": self.dense_primary, "retention": self.retention,
             "ratio_paper": self.ratio_paper, "ratio_storage": self.ratio_storage, "steps": self.steps,
             "admm_residual": self.admm_residual, "wall_time": self.wall_time, "metrics": self.metrics,
+            **self.admm_at_projection,
         }
 
 
@@ -78,7 +81,9 @@ def run_trial(
         config: the trial's configuration (data, warm start, schedule).
         report: called after every evaluation with a metrics dict (``step``, ``phase``, the task's
             metrics, ``primary``, ``retention``, ``loss``, ``ratio_paper``, ``ratio_storage``,
-            ``admm_residual``) and a zero-argument function returning the full trial state, which
+            ``admm_residual`` and, when ADMM runs, ``admm_primal``, ``admm_dual``, ``admm_distance``,
+            ``admm_mask_agreement`` and ``admm_rho`` (see :meth:`ADMM.diagnostics`; after the hard
+            projection, their values just before it)) and a zero-argument function returning the full trial state, which
             a caller may save as a checkpoint and pass back as ``resume``.
         resume: a state from ``report``'s second argument: continue from there.
         dense: the warm start; computed (or read from its cache) when not given.
@@ -92,8 +97,9 @@ def run_trial(
     if dense is None:
         dense = finetune_dense(config.data, config.dense, config.cache_dir, progress=progress)
     set_seed(config.data.seed)
+    device = resolve_device(config.device)
     tokenizer = load_tokenizer(str(dense.path))
-    model = load_model(str(dense.path))
+    model = load_model(str(dense.path)).to(device)
     if isinstance(plan, str):
         plan = CompressionPlan.uniform(model, plan)
     plan.validate(model)
@@ -108,17 +114,25 @@ def run_trial(
                              holdout_size=config.data.holdout_size)
     compress_(model, plan)
     admm_steps = config.admm_steps
-    admm = ADMM(model, plan, rho=config.rho, rho_growth=config.rho_growth, rho_max=config.rho_max,
-                interval=config.admm_interval) if admm_steps > 0 else None
+    admm = _make_admm(model, plan, config) if admm_steps > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: max(0.0, 1.0 - s / max(1, config.steps)))
+
+    def after_hardening() -> None:
+        # trained (lsq) scales exist from the hard projection on: train them too, without decay
+        scales = scale_parameters(model)
+        if scales:
+            optimizer.add_param_group({"params": scales, "weight_decay": 0.0, "lr": config.lr,
+                                       "initial_lr": config.lr})
+            schedule.base_lrs.append(config.lr)
 
     step, history, hardened = 0, [], admm_steps == 0
     if resume is not None:
         step, history, hardened = resume["step"], list(resume["history"]), resume["hardened"]
         if hardened:
             harden_(model, resume["masks"], project_weights=False)
+            after_hardening()
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
@@ -127,6 +141,7 @@ def run_trial(
         torch.set_rng_state(resume["rng"])
     elif hardened:
         harden_(model)  # one-shot projection of the dense weights; masks frozen from the start
+        after_hardening()
 
     def state() -> dict:
         return {
@@ -135,18 +150,19 @@ def run_trial(
             "masks": {n: m.mask.clone() for n, m in compressed_modules(model).items() if m.mask is not None},
             "optimizer": copy.deepcopy(optimizer.state_dict()), "schedule": schedule.state_dict(),
             "admm": admm.state_dict() if admm is not None else None, "rng": torch.get_rng_state(),
-            "residual_at_projection": residual_at_projection,
+            "admm_at_projection": admm_at_projection,
         }
 
     last_loss = float("nan")
-    residual_at_projection = resume.get("residual_at_projection") if resume else None
+    admm_at_projection = dict(resume.get("admm_at_projection") or {}) if resume else {}
 
-    def admm_residual():
+    def admm_state() -> dict:
         # once hardened, W is in the constraint set; what tells how well ADMM converged is the
-        # residual just before the hard projection
+        # state just before the hard projection
         if admm is None:
-            return None
-        return residual_at_projection if hardened else admm.residual()
+            return {"admm_residual": None}
+        diag = admm_at_projection if hardened else admm.diagnostics()
+        return {"admm_residual": diag.get("admm_primal"), **diag}
 
     def measure(phase: str) -> dict:
         metrics = evaluate(model, data, tokenizer)
@@ -154,7 +170,7 @@ def run_trial(
             "step": step, "phase": phase, **metrics,
             "retention": retention(metrics["primary"], dense.primary), "loss": last_loss,
             "ratio_paper": ratios["paper"], "ratio_storage": ratios["storage"],
-            "admm_residual": admm_residual(),
+            **admm_state(),
         }
         history.append(row)
         if report is not None:
@@ -167,17 +183,19 @@ def run_trial(
     model.train()
     while step < config.steps:
         if not hardened and step >= admm_steps:
-            residual_at_projection = admm.residual()
+            admm_at_projection = admm.diagnostics()
             harden_(model)  # hard projection: masks frozen, weights exactly N:M and on the grid
             hardened = True
+            after_hardening()
             measure("projected")
             model.train()
         batch = next(batches)
-        logits = model(**model_inputs(batch)).logits
-        loss = task_loss(logits, batch["labels"], info.is_regression)
+        inputs, labels = model_inputs(batch, device), batch["labels"].to(device)
+        logits = model(**inputs).logits
+        loss = task_loss(logits, labels, info.is_regression)
         if teacher is not None:
             with torch.no_grad():
-                teacher_logits = teacher(**model_inputs(batch)).logits
+                teacher_logits = teacher(**inputs).logits
             kd = distillation_loss(logits, teacher_logits, config.kd_temperature, info.is_regression)
             loss = (1 - config.kd_alpha) * loss + config.kd_alpha * kd
         last_loss = float(loss.detach())
@@ -191,8 +209,8 @@ def run_trial(
         optimizer.step()
         schedule.step()
         step += 1
-        if not hardened:
-            admm.step(step)
+        if not hardened and admm.step(step):  # proximal pull every step, Z/U-steps on schedule
+            refit_clips_(model)  # the soft phase's clip ratios follow the weights
         bar.update()
         bar.set_postfix(loss=f"{last_loss:.3f}", phase="qat" if hardened else "admm")
         if config.eval_every and step % config.eval_every == 0 and step < config.steps:
@@ -200,15 +218,26 @@ def run_trial(
             model.train()
     bar.close()
     if not hardened:
-        residual_at_projection = admm.residual() if admm is not None else None
+        admm_at_projection = admm.diagnostics() if admm is not None else {}
         harden_(model)
         hardened = True
     final = measure("final")
     wall = time.perf_counter() - start
-    keys = [k for k in final if k not in ("step", "phase", "retention", "loss", "ratio_paper", "ratio_storage", "admm_residual")]
+    keys = [k for k in final if k not in ("step", "phase", "retention", "loss", "ratio_paper", "ratio_storage")
+            and not k.startswith("admm_")]
     return TrialResult(
         plan=plan, metrics={k: final[k] for k in keys}, primary=final["primary"], dense_primary=dense.primary,
         retention=final["retention"], ratio_paper=ratios["paper"], ratio_storage=ratios["storage"],
         steps=step, admm_residual=final["admm_residual"], wall_time=wall, history=history,
-        model=model if keep_model else None,
+        model=model if keep_model else None, admm_at_projection=dict(admm_at_projection),
     )
+
+
+def _make_admm(model, plan: CompressionPlan, config: TrialConfig) -> ADMM:
+    """ADMM for the trial's ADMM phase: the config's schedule, or explicit interval/growth."""
+    steps = config.admm_steps
+    interval, growth, updates = ADMM.schedule(steps, config.admm_updates, config.rho, config.rho_max)
+    return ADMM(model, plan, rho=config.rho, rho_max=config.rho_max, last_step=steps, mode=config.admm_mode,
+                max_updates=updates if config.admm_interval is None else None,
+                rho_growth=config.rho_growth if config.rho_growth is not None else growth,
+                interval=config.admm_interval if config.admm_interval is not None else interval)

@@ -6,17 +6,21 @@ from nxmiformer.compression import (
     CompressionPlan, LayerSpec, compress_, compressed_modules, compressible_modules,
     current_plan, fake_quantize, harden_, nm_mask, quantize_to_int, to_dense_,
 )
+from nxmiformer.compression.quant import projection_scales
 from tests.conftest import tiny_bert
 
-SPECS = ["2:4:int8", "2:4:int4", "4:8:int4", "1:4:int8", "dense:int8", "2:4:fp16", "2:4", "2:4:int8:a8", "dense:int4:g16"]
+SPECS = ["2:4:int8", "2:4:int4", "4:8:int4", "1:4:int8", "dense:int8", "2:4:fp16", "2:4", "2:4:int8:a8", "dense:int4:g16",
+         "2:4:int4:max", "2:4:int4:mse", "2:4:int4:lsq", "1:4:int2:mse", "dense:int4:g16:mse", "2:4:int8:gtensor:mse"]
 
 
 def reference_weight(w, spec: LayerSpec):
-    """Independent composition: mask from the dense weight, then per-row quantization."""
+    """Independent composition: mask from the dense weight, then per-row quantization with the
+    spec's scale method (max-abs, or the MSE-fitted clip for mse/lsq before hardening)."""
     if spec.is_sparse:
         w = w * nm_mask(w, spec.n, spec.m)
     if spec.is_integer:
-        w = fake_quantize(w, spec.bits, group_size=spec.group_size)
+        scale = projection_scales(w, spec.bits, spec.group_size, spec.scale_method)
+        w = fake_quantize(w, spec.bits, scale=scale, group_size=spec.group_size)
     elif spec.bits == 16:
         w = w.half().float()
     return w
@@ -39,7 +43,8 @@ def test_wrapped_forward_uses_masked_quantized_weight(spec, tiny_batch):
         assert (out - reference(**tiny_batch).logits).abs().max() < 0.05
 
 
-@pytest.mark.parametrize("spec", ["2:4:int8", "4:8:int4", "1:4:int2", "dense:int4"])
+@pytest.mark.parametrize("spec", ["2:4:int8", "4:8:int4", "1:4:int2", "dense:int4", "2:4:int4:mse", "2:4:int4:lsq",
+                                  "1:4:int2:lsq", "2:4:int4:max", "dense:int4:g16:lsq"])
 def test_harden_is_exactly_nm_and_on_grid(spec, tiny_batch):
     spec = LayerSpec.parse(spec)
     model = tiny_bert()
@@ -52,7 +57,7 @@ def test_harden_is_exactly_nm_and_on_grid(spec, tiny_batch):
         w = module.weight.detach()
         groups = (w != 0).reshape(w.shape[0], -1, spec.m).sum(-1)
         assert torch.all(groups <= spec.n)
-        q, scale = quantize_to_int(w, spec.bits)
+        q, scale = quantize_to_int(w, spec.bits, spec.group_size)
         torch.testing.assert_close(q.float() * scale[:, None], w, rtol=0, atol=1e-6)
 
 

@@ -25,7 +25,9 @@ from tests.conftest import tiny_bert
 # the file is exactly the header; the whole file is compared at MiniLM width further down.
 DIMS = dict(hidden_size=128, intermediate_size=512, num_attention_heads=2)
 SPECS = ["2:4:int8", "2:4:int4", "4:8:int4", "1:4:int8", "2:8:int8", "dense:int8", "dense:int4", "2:4:fp16",
-         "2:4:int8:g8", "4:8:int2:gtensor", "dense:fp16", "2:4"]
+         "2:4:int8:g8", "4:8:int2:gtensor", "dense:fp16", "2:4",
+         # every scale method: the hardened scale is read back from max-abs, bit for bit
+         "2:4:int4:max", "2:4:int4:mse", "2:4:int4:lsq", "4:8:int2:g8:lsq", "dense:int4:g16:lsq", "2:4:int8:max"]
 
 
 @pytest.fixture

@@ -17,7 +17,18 @@ ROUND_TRIP = [
     ("dense:int4:g64", LayerSpec(1, 1, 4, group_size=64)),
     ("2:4:int4:gtensor", LayerSpec(2, 4, 4, group_size=-1)),
     ("dense:fp16", LayerSpec(1, 1, 16)),
+    ("2:4:int4:lsq", LayerSpec(2, 4, 4, scale="lsq")),
+    ("1:4:int2:mse", LayerSpec(1, 4, 2, scale="mse")),
+    ("2:4:int8:max", LayerSpec(2, 4, 8, scale="max")),
+    ("dense:int4:a8:g64:mse", LayerSpec(1, 1, 4, act_bits=8, group_size=64, scale="mse")),
 ]
+
+
+@pytest.mark.parametrize("text,method", [("2:4:int4", "lsq"), ("2:4:int2", "lsq"), ("2:4:int8", "mse"),
+                                         ("2:4:int4:max", "max"), ("2:4:int8:lsq", "lsq"), ("2:4:fp16", None),
+                                         ("dense", None)])
+def test_scale_method_defaults_per_bit_width(text, method):
+    assert LayerSpec.parse(text).scale_method == method
 
 
 @pytest.mark.parametrize("text,spec", ROUND_TRIP)
@@ -49,6 +60,8 @@ def test_spec_is_frozen():
         (dict(n=2, m=4, bits=8, act_bits=12), ["act_bits=12"]),
         (dict(n=2, m=4, bits=32, group_size=64), ["group_size=64"]),
         (dict(n=2, m=4, bits=8, group_size=0), ["group_size"]),
+        (dict(n=2, m=4, bits=8, scale="minmax"), ["scale='minmax'", "max, mse, lsq"]),
+        (dict(n=2, m=4, bits=16, scale="mse"), ["scale=mse", "bits=16"]),
     ],
 )
 def test_bad_specs_name_values(kwargs, words):
@@ -58,7 +71,7 @@ def test_bad_specs_name_values(kwargs, words):
         assert word in str(err.value)
 
 
-@pytest.mark.parametrize("text", ["", "2:", "x:4:int8", "2:4:int", "2:4:bf16", "2:4:int8:zz", "dense:int8:int4"])
+@pytest.mark.parametrize("text", ["", "2:", "x:4:int8", "2:4:int", "2:4:bf16", "2:4:int8:zz", "dense:int8:int4", "2:4:int8:lsqq"])
 def test_malformed_strings(text):
     with pytest.raises(ValueError):
         LayerSpec.parse(text)
