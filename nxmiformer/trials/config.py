@@ -118,6 +118,7 @@ class TrialConfig:
     threads: int | None = field(default=None, metadata={"help": "torch threads (None: leave as is)"})
     cache_dir: str | None = field(default=None, metadata={"help": "where dense warm starts are cached"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda[:N] or auto"})
+    seed: int | None = field(default=None, metadata={"help": "the trial's batch order and init (None: the data seed)"})
 
     def __post_init__(self):
         if isinstance(self.data, dict):

@@ -96,7 +96,8 @@ def run_trial(
     info = get_task(config.data.task)
     if dense is None:
         dense = finetune_dense(config.data, config.dense, config.cache_dir, progress=progress)
-    set_seed(config.data.seed)
+    seed = config.data.seed if config.seed is None else config.seed
+    set_seed(seed)
     device = resolve_device(config.device)
     tokenizer = load_tokenizer(str(dense.path))
     model = load_model(str(dense.path)).to(device)
@@ -126,6 +127,7 @@ def run_trial(
             optimizer.add_param_group({"params": scales, "weight_decay": 0.0, "lr": config.lr,
                                        "initial_lr": config.lr})
             schedule.base_lrs.append(config.lr)
+            schedule.lr_lambdas.append(schedule.lr_lambdas[0])
 
     step, history, hardened = 0, [], admm_steps == 0
     if resume is not None:
@@ -138,6 +140,8 @@ def run_trial(
         schedule.load_state_dict(resume["schedule"])
         if admm is not None and resume.get("admm"):
             admm.load_state_dict(resume["admm"])
+        for name, clip in (resume.get("clips") or {}).items():  # the soft phase's fitted clip ratios
+            compressed_modules(model)[name].clip = clip.to(device)
         torch.set_rng_state(resume["rng"])
     elif hardened:
         harden_(model)  # one-shot projection of the dense weights; masks frozen from the start
@@ -148,6 +152,7 @@ def run_trial(
             "step": step, "history": copy.deepcopy(history), "hardened": hardened,
             "model": {k: v.clone() for k, v in model.state_dict().items()},
             "masks": {n: m.mask.clone() for n, m in compressed_modules(model).items() if m.mask is not None},
+            "clips": {n: m.clip.clone() for n, m in compressed_modules(model).items() if m.clip is not None},
             "optimizer": copy.deepcopy(optimizer.state_dict()), "schedule": schedule.state_dict(),
             "admm": admm.state_dict() if admm is not None else None, "rng": torch.get_rng_state(),
             "admm_at_projection": admm_at_projection,
@@ -177,7 +182,7 @@ def run_trial(
             report(row, state)
         return row
 
-    stream = BatchStream(data.train, tokenizer, config.batch_size, config.data.seed) if config.steps > 0 else None
+    stream = BatchStream(data.train, tokenizer, config.batch_size, seed) if config.steps > 0 else None
     batches = stream.from_step(step) if stream is not None else iter(())
     bar = tqdm(total=config.steps, initial=step, desc=f"trial {plan.summary()}"[:60], disable=not progress, leave=False)
     model.train()
