@@ -153,7 +153,7 @@ def run_trial(
             "model": {k: v.clone() for k, v in model.state_dict().items()},
             "masks": {n: m.mask.clone() for n, m in compressed_modules(model).items() if m.mask is not None},
             "clips": {n: m.clip.clone() for n, m in compressed_modules(model).items() if m.clip is not None},
-            "optimizer": copy.deepcopy(optimizer.state_dict()), "schedule": schedule.state_dict(),
+            "optimizer": copy.deepcopy(optimizer.state_dict()), "schedule": copy.deepcopy(schedule.state_dict()),
             "admm": admm.state_dict() if admm is not None else None, "rng": torch.get_rng_state(),
             "admm_at_projection": admm_at_projection,
         }
@@ -239,10 +239,15 @@ def run_trial(
 
 
 def _make_admm(model, plan: CompressionPlan, config: TrialConfig) -> ADMM:
-    """ADMM for the trial's ADMM phase: the config's schedule, or explicit interval/growth."""
-    steps = config.admm_steps
-    interval, growth, updates = ADMM.schedule(steps, config.admm_updates, config.rho, config.rho_max)
-    return ADMM(model, plan, rho=config.rho, rho_max=config.rho_max, last_step=steps, mode=config.admm_mode,
-                max_updates=updates if config.admm_interval is None else None,
-                rho_growth=config.rho_growth if config.rho_growth is not None else growth,
-                interval=config.admm_interval if config.admm_interval is not None else interval)
+    """ADMM for the trial's ADMM phase, with the mode's defaults (``TrialConfig.admm_settings``);
+    in decoupled mode the phase schedule of :meth:`ADMM.for_phase` fills what is not given."""
+    steps, settings = config.admm_steps, config.admm_settings()
+    interval, growth, max_updates = settings["interval"], settings["rho_growth"], None
+    if config.admm_mode == "decoupled":
+        phase_interval, phase_growth, updates = ADMM.schedule(steps, config.admm_updates, settings["rho"],
+                                                              settings["rho_max"])
+        max_updates = updates if interval is None else None
+        interval = interval if interval is not None else phase_interval
+        growth = growth if growth is not None else phase_growth
+    return ADMM(model, plan, rho=settings["rho"], rho_growth=growth, rho_max=settings["rho_max"], interval=interval,
+                last_step=steps, mode=config.admm_mode, max_updates=max_updates)

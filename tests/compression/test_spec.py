@@ -24,7 +24,7 @@ ROUND_TRIP = [
 ]
 
 
-@pytest.mark.parametrize("text,method", [("2:4:int4", "lsq"), ("2:4:int2", "lsq"), ("2:4:int8", "mse"),
+@pytest.mark.parametrize("text,method", [("2:4:int4", "lsq"), ("2:4:int2", "lsq"), ("2:4:int8", "lsq"),
                                          ("2:4:int4:max", "max"), ("2:4:int8:lsq", "lsq"), ("2:4:fp16", None),
                                          ("dense", None)])
 def test_scale_method_defaults_per_bit_width(text, method):

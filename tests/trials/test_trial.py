@@ -116,7 +116,8 @@ def test_nan_loss_is_reported(make_config, monkeypatch):
 @pytest.mark.parametrize(
     "changes,word",
     [(dict(steps=-1), "steps"), (dict(admm_fraction=1.5), "admm_fraction"), (dict(kd_alpha=2.0), "kd_alpha"),
-     (dict(rho=0.0), "rho"), (dict(batch_size=0), "batch_size")],
+     (dict(rho=0.0), "rho"), (dict(batch_size=0), "batch_size"), (dict(admm_mode="prox"), "admm_mode"),
+     (dict(admm_mode="decoupled", rho_max=2.0), "rho_max"), (dict(rho=2.0), "rho_max"), (dict(device="gpu"), "device")],
 )
 def test_bad_trial_config(make_config, changes, word):
     with pytest.raises(ValueError, match=word):
@@ -149,3 +150,44 @@ def test_warm_start_of_a_headless_checkpoint_is_reproducible(tmp_path, tiny_toke
     torch.manual_seed(456)
     b = finetune_dense(data, dense, tmp_path / "c2", progress=False)
     assert a.key == b.key and a.metrics == b.metrics
+
+
+ADMM_KEYS = {"admm_primal", "admm_dual", "admm_distance", "admm_mask_agreement", "admm_rho"}
+
+
+@pytest.mark.parametrize("mode", ["penalty", "decoupled"])
+def test_admm_diagnostics_are_reported_and_frozen_at_projection(make_config, mode):
+    rows = []
+    config = make_config(steps=40, eval_every=5, admm_interval=None, admm_mode=mode)
+    result = run_trial("2:4:int4", config, report=lambda row, state: rows.append(row))
+    admm_rows = [r for r in rows if r["phase"] == "admm"]
+    later = [r for r in rows if r["phase"] != "admm"]
+    assert admm_rows and later
+    for row in rows:
+        assert ADMM_KEYS <= set(row)
+    # after the projection every row carries the values measured just before it
+    assert all(r["admm_distance"] == result.admm_at_projection["admm_distance"] for r in later)
+    assert result.admm_residual == result.admm_at_projection["admm_primal"]
+    if mode == "decoupled":  # the short decoupled schedule reaches the set
+        assert admm_rows[0]["admm_distance"] > 0.1
+        assert result.admm_at_projection["admm_distance"] < 0.05
+        assert result.admm_at_projection["admm_mask_agreement"] > 0.99
+
+
+def test_lsq_scales_train_after_the_projection(make_config):
+    result = run_trial("2:4:int4:lsq", make_config(steps=8, admm_fraction=0.0), keep_model=True)
+    modules = compressed_modules(result.model)
+    trained = [m for m in modules.values() if m.scale is not None]
+    assert len(trained) == len(modules)
+    # the scales moved from their start (the max-abs of the projected weights) and still read back
+    moved = [float((m.scale - m.weight.detach().mul(m.mask).abs().amax(1) / 7).abs().max()) for m in trained]
+    assert max(moved) > 0
+    for m in trained:
+        w = m.effective_weight().detach()
+        q, scale = quantize_to_int(w, 4)
+        torch.testing.assert_close(q.float() * scale[:, None], w, rtol=0, atol=1e-6)
+
+
+def test_max_scales_have_no_trained_parameter(make_config):
+    result = run_trial("2:4:int4:max", make_config(steps=4, admm_fraction=0.0), keep_model=True)
+    assert all(m.scale is None for m in compressed_modules(result.model).values())
