@@ -142,8 +142,8 @@ def cmd_train(args) -> int:
     del probe
     steps = _steps_from(args, data, args.batch_size)
     config = TrialConfig(data=data, dense=dense_cfg, steps=steps, batch_size=args.batch_size, lr=args.lr,
-                         admm_fraction=args.admm_fraction, kd_alpha=args.kd_alpha, eval_every=args.eval_every,
-                         cache_dir=args.cache_dir, threads=args.threads)
+                         admm_fraction=args.admm_fraction, admm_mode=args.admm_mode, kd_alpha=args.kd_alpha,
+                         eval_every=args.eval_every, cache_dir=args.cache_dir, threads=args.threads)
     dense = DenseResult.load(args.dense) if args.dense else finetune_dense(data, dense_cfg, args.cache_dir, progress=True)
     _print_metrics("dense baseline:", dense.metrics)
     result = run_trial(plan, config, dense=dense, progress=True, keep_model=True,
@@ -153,8 +153,8 @@ def cmd_train(args) -> int:
         "task": args.task, "plan": plan.summary(), "steps": result.steps,
         "dense": dense.metrics, "compressed": result.metrics, "retention": result.retention,
         "ratio_paper": result.ratio_paper, "ratio_storage": result.ratio_storage,
-        "admm_residual": result.admm_residual, "wall_time": time.perf_counter() - start,
-        "trial_config": config.to_dict(), "history": result.history,
+        "admm_residual": result.admm_residual, "admm_at_projection": result.admm_at_projection,
+        "wall_time": time.perf_counter() - start, "trial_config": config.to_dict(), "history": result.history,
     }
     with atomic_output_dir(out) as tmp:
         model = to_dense_(result.model)
@@ -393,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_training_args(p, lr=1e-4)
     p.add_argument("--admm-fraction", type=float, default=0.5, help="share of the steps spent in the ADMM phase")
+    p.add_argument("--admm-mode", choices=("penalty", "decoupled"), default="penalty",
+                   help="penalty: in the loss (default, measured best); decoupled: proximal step that reaches the set")
     p.add_argument("--kd-alpha", type=float, default=0.0, help="weight of distillation from the dense model (0: off)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: phase ends only)")
     p.add_argument("--threads", type=int, help="torch threads")

@@ -33,7 +33,7 @@ from ..errors import NxmiError
 from ..trials.config import DataConfig, default_cache_dir
 from ..trials.data import get_task
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: projections use the spec's scale method (MSE-fitted clips by default)
 DEFAULT_MENU = ("dense", "dense:int8", "dense:int4", "2:4:fp16", "2:4:int8", "2:4:int4",
                 "4:8:int8", "4:8:int4", "1:4:int8", "2:8:int8", "1:4:int4")
 COLUMNS = ["module", "layer", "component", "out_features", "in_features", "option",

@@ -29,7 +29,7 @@ REFINE_EXPERIMENT = "refine"
 RESULT_COLUMNS = [
     "trial_id", "status", "error", "kind", "heuristic_score", "plan_json", "plan_summary", "ratio_paper",
     "ratio_storage", "meets_target", "primary", "retention", "dense_primary", "metrics_json", "steps",
-    "wall_time", "node_id",
+    "wall_time", "node_id", "admm_distance", "admm_mask_agreement",
 ]
 
 
@@ -428,6 +428,9 @@ def results_table(grid, config: SearchConfig, dense_primary: float) -> pd.DataFr
             "steps": int(metrics.get("step", 0) or 0),
             "wall_time": _num(metrics.get("time_total_s")),
             "node_id": str(metrics.get("node_id", "")),
+            # ||W - proj(W)|| / ||W|| and mask agreement at the hard projection (last report if earlier)
+            "admm_distance": _num(metrics.get("admm_distance")),
+            "admm_mask_agreement": _num(metrics.get("admm_mask_agreement")),
         })
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 

@@ -180,7 +180,7 @@ def test_lsq_scales_train_after_the_projection(make_config):
     trained = [m for m in modules.values() if m.scale is not None]
     assert len(trained) == len(modules)
     # the scales moved from their start (the max-abs of the projected weights) and still read back
-    moved = [float((m.scale - m.weight.detach().mul(m.mask).abs().amax(1) / 7).abs().max()) for m in trained]
+    moved = [float((m.scale.detach() - m.weight.detach().mul(m.mask).abs().amax(1) / 7).abs().max()) for m in trained]
     assert max(moved) > 0
     for m in trained:
         w = m.effective_weight().detach()
