@@ -30,7 +30,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/step_overhead.py
-	$(PY) bench/recovery.py
+	# the CPU-sized subset; the full table (4 plans x 3 methods x 3 scale methods x 2 seeds) is
+	# `bench/recovery.py --device cuda --jobs 12` on a GPU
+	$(PY) bench/recovery.py --specs 2:4:int8,2:4:int4 --scales lsq --seeds 0
 
 clean:
 	rm -rf $(VENV) build *.egg-info
