@@ -110,7 +110,7 @@ class ADMM:
     @classmethod
     def for_phase(
         cls, model: nn.Module, plan: CompressionPlan, steps: int, updates: int = 10,
-        rho: float = 0.01, rho_max: float = 0.5, mode: str = "decoupled",
+        rho: float = 1e-4, rho_max: float = 0.7, mode: str = "decoupled",
     ) -> "ADMM":
         """ADMM scheduled for a phase of ``steps`` optimizer steps: ``updates`` Z-steps (fewer when
         the phase is shorter), evenly spaced, none in the last interval, and ``rho`` growing
