@@ -6,8 +6,8 @@ uniform plan (2:4 INT8 = 87.5%, 2:4 INT4 = 93.75%, 1:4 INT4 and 2:4 INT2 = 96.87
 
 * one-shot   : hard projection of the dense weights, no training
 * masked QAT : one-shot mask, then STE-QAT for ``--steps`` steps (no ADMM)
-* ADMM+QAT   : ADMM with STE fake-quant for half the steps, hard projection, masked QAT
-* ADMM+QAT (penalty): the same with the penalty in the loss (the pre-decoupling form), for reference
+* ADMM+QAT   : ADMM with STE fake-quant for half the steps, hard projection, masked QAT (the
+               defaults: the penalty form); ``ADMM+QAT rho=...`` are the decoupled form
 
 Scale methods: ``max`` (max-abs), ``mse`` (MSE-optimal clip), ``lsq`` (MSE at projections, trained
 scales after hardening). Runs fan out over ``--jobs`` processes (one GPU fits many: ``--device
@@ -32,7 +32,8 @@ from _common import ROOT, add_data_dir  # noqa: E402  (also puts the repository 
 METHODS = {
     "one-shot": dict(steps=0),
     "masked QAT": dict(admm_fraction=0.0),
-    "ADMM+QAT": dict(admm_fraction=0.5),
+    "ADMM+QAT": dict(admm_fraction=0.5),  # the TrialConfig defaults (penalty form)
+    # the penalty form with its schedule spelled out (the default since it measured best)
     "ADMM+QAT (penalty)": dict(admm_fraction=0.5, admm_mode="penalty", rho=1e-3, rho_growth=1.3, rho_max=1.0,
                                admm_interval=20),
     "ADMM+QAT+KD": dict(admm_fraction=0.5, kd_alpha=0.5),
