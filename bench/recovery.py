@@ -38,10 +38,11 @@ METHODS = {
                                admm_interval=20),
     "ADMM+QAT+KD": dict(admm_fraction=0.5, kd_alpha=0.5),
     # slower starts of the decoupled pull: the soft (STE through the mask) phase lasts longer
-    "ADMM+QAT rho=1e-3": dict(admm_fraction=0.5, rho=1e-3),
-    "ADMM+QAT rho=1e-4": dict(admm_fraction=0.5, rho=1e-4),
-    "ADMM+QAT rho=1e-5": dict(admm_fraction=0.5, rho=1e-5),
-    "ADMM+QAT rho=1e-6": dict(admm_fraction=0.5, rho=1e-6),
+    "ADMM+QAT rho=5e-3": dict(admm_fraction=0.5, admm_mode="decoupled", rho=5e-3),
+    "ADMM+QAT rho=1e-3": dict(admm_fraction=0.5, admm_mode="decoupled", rho=1e-3),
+    "ADMM+QAT rho=1e-4": dict(admm_fraction=0.5, admm_mode="decoupled", rho=1e-4),
+    "ADMM+QAT rho=1e-5": dict(admm_fraction=0.5, admm_mode="decoupled", rho=1e-5),
+    "ADMM+QAT rho=1e-6": dict(admm_fraction=0.5, admm_mode="decoupled", rho=1e-6),
 }
 
 
