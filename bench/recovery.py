@@ -107,7 +107,7 @@ def main() -> int:
 
     hf_logging.set_verbosity_error()
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    torch.set_num_threads(max(threads, 1) if args.jobs > 1 else (os.cpu_count() or 1))
+    torch.set_num_threads(threads)  # the dense warm start in this process; each run sets its own
     data = DataConfig(task=args.task, data_dir=args.data_dir, max_length=args.max_length,
                       train_size=args.train_size, eval_size=args.eval_size, seed=0)
     dense_cfg = DenseConfig(model=args.model, epochs=args.dense_epochs, device=args.device)

@@ -111,13 +111,17 @@ class ADMM:
     def for_phase(
         cls, model: nn.Module, plan: CompressionPlan, steps: int, updates: int = 10,
         rho: float = 1e-4, rho_max: float = 0.7, mode: str = "decoupled",
+        interval: int | None = None, rho_growth: float | None = None,
     ) -> "ADMM":
         """ADMM scheduled for a phase of ``steps`` optimizer steps: ``updates`` Z-steps (fewer when
         the phase is shorter), evenly spaced, none in the last interval, and ``rho`` growing
-        geometrically from ``rho`` to ``rho_max`` over them."""
-        interval, growth, updates = cls.schedule(steps, updates, rho, rho_max)
-        return cls(model, plan, rho=rho, rho_growth=growth, rho_max=rho_max, interval=interval,
-                   last_step=steps, mode=mode, max_updates=updates)
+        geometrically from ``rho`` to ``rho_max`` by the third-to-last. A given ``interval`` or
+        ``rho_growth`` replaces the schedule's (and with ``interval`` the count is not capped)."""
+        phase_interval, phase_growth, updates = cls.schedule(steps, updates, rho, rho_max)
+        return cls(model, plan, rho=rho, rho_max=rho_max, last_step=steps, mode=mode,
+                   rho_growth=phase_growth if rho_growth is None else rho_growth,
+                   interval=phase_interval if interval is None else interval,
+                   max_updates=updates if interval is None else None)
 
     @staticmethod
     def schedule(steps: int, updates: int, rho: float, rho_max: float) -> tuple[int, float, int]:

@@ -10,7 +10,7 @@ from torch import nn
 from .masks import nm_mask
 from .modules import compressible_modules
 from .quant import (
-    fake_quantize, fake_quantize_activations, fit_clip, fp16_round_ste, lsq_quantize,
+    fake_quantize, fake_quantize_activations, fit_clip, fp16_round_ste, group_first_rows, lsq_quantize,
     projection_scales, qmax, weight_scales,
 )
 from .spec import CompressionPlan, LayerSpec
@@ -23,15 +23,13 @@ def project(weight: torch.Tensor, spec: LayerSpec, mask: torch.Tensor | None = N
     w = weight.detach()
     if spec.is_sparse:
         w = w * (nm_mask(w, spec.n, spec.m) if mask is None else mask)
-    if spec.is_integer:
-        scale = projection_scales(w, spec.bits, spec.group_size, spec.scale_method)
-        return fake_quantize(w, spec.bits, scale=scale, group_size=spec.group_size)
-    return _quantize(w, spec)
+    scale = projection_scales(w, spec.bits, spec.group_size, spec.scale_method) if spec.is_integer else None
+    return _quantize(w, spec, scale)
 
 
-def _quantize(w: torch.Tensor, spec: LayerSpec, clip: torch.Tensor | None = None) -> torch.Tensor:
+def _quantize(w: torch.Tensor, spec: LayerSpec, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``w`` on the spec's grid: integer specs with ``scale`` (default max-abs), fp16 rounding."""
     if spec.is_integer:
-        scale = weight_scales(w, spec.bits, spec.group_size, clip=clip)
         return fake_quantize(w, spec.bits, scale=scale, group_size=spec.group_size)
     if spec.bits == 16:
         return fp16_round_ste(w)
@@ -118,7 +116,8 @@ class CompressedLinear(nn.Linear):
                 w = w + (w.detach() * mask - w.detach())  # straight-through mask
         if self.scale is not None:
             return lsq_quantize(w, spec.bits, self.scale, spec.group_size)
-        return _quantize(w, spec, None if self.hardened else self.clip)
+        clip = None if self.hardened else self.clip
+        return _quantize(w, spec, weight_scales(w, spec.bits, spec.group_size, clip) if spec.is_integer else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec.act_bits is not None:
@@ -143,11 +142,9 @@ class CompressedLinear(nn.Linear):
         self.clip = None
         if spec.scale_method == "lsq":
             # start from the projection's scales: max-abs of the projected weights is clip * max-abs
-            rows = self.out_features
             per_row = weight_scales(self.weight if self.mask is None else self.weight * self.mask,
                                     spec.bits, spec.group_size)
-            starts = per_row[_first_rows(rows, spec.group_size)]
-            self.scale = nn.Parameter(starts.clone().to(self.weight.device))
+            self.scale = nn.Parameter(per_row[group_first_rows(self.out_features, spec.group_size)].clone())
         else:
             self.scale = None
 
@@ -160,15 +157,6 @@ class CompressedLinear(nn.Linear):
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear
-
-
-def _first_rows(rows: int, group_size: int | None) -> torch.Tensor:
-    """Index of the first row of every scale group."""
-    if group_size is None:
-        return torch.arange(rows)
-    if group_size == -1:
-        return torch.zeros(1, dtype=torch.long)
-    return torch.arange(0, rows, group_size)
 
 
 def scale_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -51,7 +51,7 @@ from ..outputs import atomic_output_dir, require_free_output
 from .accounting import DENSE_BITS, SCALE_BITS, index_bits, module_bits
 from .layer import CompressedLinear, compress_, harden_
 from .modules import compressible_modules
-from .quant import expand_scales, num_scales, qmax, weight_scales
+from .quant import expand_scales, group_first_rows, num_scales, qmax, weight_scales
 from .spec import CompressionPlan, LayerSpec
 
 PACK_FORMAT = "nxmiformer.packed"
@@ -125,15 +125,6 @@ def unpack_bits(data: torch.Tensor, bits: int, count: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- one weight
-
-
-def _scale_rows(spec: LayerSpec, rows: int) -> torch.Tensor:
-    """Indices of the rows whose (row-expanded) scale is stored: one per scale group."""
-    if spec.group_size is None:
-        return torch.arange(rows)
-    if spec.group_size == -1:
-        return torch.zeros(1, dtype=torch.long)
-    return torch.arange(0, rows, spec.group_size)
 
 
 def _kept_positions(groups: torch.Tensor, spec: LayerSpec, mask: torch.Tensor | None, name: str) -> torch.Tensor:
@@ -218,7 +209,7 @@ def encode_weight(
                 f"{float(off_grid.max()):.3g} of a grid step); pack a model hardened with this plan"
             )
         tensors["values"] = _pack((q + 2 ** (spec.bits - 1)).to(torch.uint8), spec.bits)
-        tensors["scales"] = scale[_scale_rows(spec, out_features)].contiguous()
+        tensors["scales"] = scale[group_first_rows(out_features, spec.group_size)].contiguous()
         error = float(miss.max()) if miss.numel() else 0.0
     else:
         dtype = torch.float16 if spec.bits == 16 else torch.float32

@@ -104,6 +104,16 @@ def expand_scales(scales: torch.Tensor, rows: int, group_size: int | None) -> to
     return scales.repeat_interleave(group_size)[:rows]
 
 
+def group_first_rows(rows: int, group_size: int | None) -> torch.Tensor:
+    """Index of the first row of every scale group: where a row-expanded scale tensor holds each
+    group's one scale (what the packed format stores and ``lsq`` trains)."""
+    if group_size is None:
+        return torch.arange(rows)
+    if group_size == -1:
+        return torch.zeros(1, dtype=torch.long)
+    return torch.arange(0, rows, group_size)
+
+
 def check_scale_method(method: str) -> None:
     if method not in SCALE_METHODS:
         raise NxmiError(f"scale method must be one of {', '.join(SCALE_METHODS)}, got {method!r}")
@@ -258,10 +268,10 @@ def lsq_quantize(
 
 
 def quantize_to_int(
-    weight: torch.Tensor, bits: int, group_size: int | None = None, method: str = "max"
+    weight: torch.Tensor, bits: int, group_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The integer codes (int8 tensor) and per-row scales ``[out]`` of ``weight``."""
-    scale = projection_scales(weight, bits, group_size, method)
+    scale = weight_scales(weight, bits, group_size)
     q = torch.clamp(torch.round(weight.detach().float() * (1.0 / scale[:, None])), -qmax(bits), qmax(bits))
     return q.to(torch.int8), scale
 

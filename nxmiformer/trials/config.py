@@ -113,7 +113,7 @@ class TrialConfig:
     # ADMM (compression/admm.py). Measured on bench/recovery.py (SST-2, 600 steps): the penalty form
     # (penalty in the loss, Adam-normalised: W stays near the dense weights, so the ADMM phase is a
     # soft-mask STE phase) recovers best at every ratio, although it does not reach the set; the
-    # decoupled form reaches it (distance ~1e-4, masks 100%) but retains 1.5-2.5 points less.
+    # decoupled form reaches it (distance ~1e-4, masks 100%) but retained 0.9-3.4 points less.
     admm_mode: str = field(default="penalty", metadata={"help": "penalty (in the loss) or decoupled (proximal step after the optimizer, reaches the set)"})
     rho: float | None = field(default=None, metadata={"help": "initial rho (None: 1e-3 penalty, 1e-4 decoupled)"})
     rho_max: float | None = field(default=None, metadata={"help": "cap on rho (None: 1.0 penalty, 0.7 decoupled)"})
@@ -142,8 +142,8 @@ class TrialConfig:
             raise NxmiError(f"admm_fraction must be in [0, 1], got {self.admm_fraction!r}")
         _positive_int("admm_interval", self.admm_interval, allow_none=True)
         _positive_int("admm_updates", self.admm_updates)
-        if self.admm_mode not in ("decoupled", "penalty"):
-            raise NxmiError(f"admm_mode must be decoupled or penalty, got {self.admm_mode!r}")
+        if self.admm_mode not in ADMM_DEFAULTS:
+            raise NxmiError(f"admm_mode must be one of {', '.join(ADMM_DEFAULTS)}, got {self.admm_mode!r}")
         admm = self.admm_settings()
         _positive_float("rho", admm["rho"])
         _positive_float("rho_max", admm["rho_max"])
@@ -164,7 +164,7 @@ class TrialConfig:
         """``rho``, ``rho_max``, ``rho_growth`` and ``interval`` with the mode's defaults filled in
         (``rho_growth``/``interval`` stay ``None`` in decoupled mode unless given: the phase
         schedule of :meth:`ADMM.for_phase` then sets them)."""
-        defaults = ADMM_DEFAULTS[self.admm_mode] if self.admm_mode in ADMM_DEFAULTS else ADMM_DEFAULTS["penalty"]
+        defaults = ADMM_DEFAULTS[self.admm_mode]
         given = {"rho": self.rho, "rho_max": self.rho_max, "rho_growth": self.rho_growth, "interval": self.admm_interval}
         return {k: (v if v is not None else defaults[k]) for k, v in given.items()}
 

@@ -241,13 +241,9 @@ def run_trial(
 def _make_admm(model, plan: CompressionPlan, config: TrialConfig) -> ADMM:
     """ADMM for the trial's ADMM phase, with the mode's defaults (``TrialConfig.admm_settings``);
     in decoupled mode the phase schedule of :meth:`ADMM.for_phase` fills what is not given."""
-    steps, settings = config.admm_steps, config.admm_settings()
-    interval, growth, max_updates = settings["interval"], settings["rho_growth"], None
+    s = config.admm_settings()
     if config.admm_mode == "decoupled":
-        phase_interval, phase_growth, updates = ADMM.schedule(steps, config.admm_updates, settings["rho"],
-                                                              settings["rho_max"])
-        max_updates = updates if interval is None else None
-        interval = interval if interval is not None else phase_interval
-        growth = growth if growth is not None else phase_growth
-    return ADMM(model, plan, rho=settings["rho"], rho_growth=growth, rho_max=settings["rho_max"], interval=interval,
-                last_step=steps, mode=config.admm_mode, max_updates=max_updates)
+        return ADMM.for_phase(model, plan, config.admm_steps, updates=config.admm_updates, rho=s["rho"],
+                              rho_max=s["rho_max"], interval=s["interval"], rho_growth=s["rho_growth"])
+    return ADMM(model, plan, rho=s["rho"], rho_growth=s["rho_growth"], rho_max=s["rho_max"], interval=s["interval"],
+                last_step=config.admm_steps, mode=config.admm_mode)
