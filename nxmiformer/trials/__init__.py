@@ -17,14 +17,15 @@ from nxmiformer.trials.data import (
 from nxmiformer.trials.metrics import compute_metrics, primary_metric
 from nxmiformer.trials.config import DataConfig, DenseConfig, TrialConfig, default_cache_dir
 from nxmiformer.trials.dense import DenseResult, finetune_dense
-from nxmiformer.trials.loop import evaluate
-from nxmiformer.trials.trial import NonFiniteLoss, TrialResult, run_trial
+from nxmiformer.trials.loop import NonFiniteLoss, evaluate
+from nxmiformer.trials.trial import Trial, TrialResult, run_trial
 
 __all__ = [
     "DataConfig",
     "DenseConfig",
     "DenseResult",
     "NonFiniteLoss",
+    "Trial",
     "TrialConfig",
     "TrialResult",
     "default_cache_dir",

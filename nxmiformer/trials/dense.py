@@ -24,7 +24,7 @@ from ..errors import NxmiError
 from ..models import load_model, load_tokenizer, model_fingerprint, resolve_model_path
 from .config import DataConfig, DenseConfig, default_cache_dir
 from .data import get_task, prepare_task_data
-from .loop import BatchStream, evaluate, model_inputs, resolve_device, set_seed, task_loss
+from .loop import BatchStream, evaluate, resolve_device, set_seed, train_step
 
 DENSE_CODE_VERSION = 1
 
@@ -101,16 +101,10 @@ def finetune_dense(
         schedule = get_linear_schedule_with_warmup(optimizer, int(dense.warmup_ratio * steps), steps)
         model.train()
         bar = tqdm(total=steps, desc=f"dense fine-tune {data.task}", disable=not progress, leave=False)
-        for step, batch in zip(range(steps), stream.from_step(0)):
-            loss = task_loss(model(**model_inputs(batch, device)).logits, batch["labels"].to(device),
-                             info.is_regression)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
+        for _, batch in zip(range(steps), stream.from_step(0)):
+            loss = train_step(model, batch, optimizer, schedule, info.is_regression)
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
         bar.close()
     metrics = evaluate(model, glue, tokenizer)
     wall = time.perf_counter() - start

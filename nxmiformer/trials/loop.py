@@ -1,10 +1,11 @@
 """Pieces shared by the dense fine-tune and the compression trials: seeding, a resumable batch
-stream, evaluation, and losses."""
+stream, the training step, evaluation, and losses."""
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -53,6 +54,51 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def train_step(
+    model: nn.Module,
+    batch: dict,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    regression: bool,
+    teacher: nn.Module | None = None,
+    kd_alpha: float = 0.0,
+    kd_temperature: float = 1.0,
+    penalty: Callable[[], torch.Tensor] | None = None,
+) -> float:
+    """One optimizer step on ``batch``: forward, loss, backward, gradient clipping to norm 1,
+    optimizer and schedule step.
+
+    The loss is the task loss, mixed with ``kd_alpha`` of the distillation loss from ``teacher``
+    when one is given, plus ``penalty()`` when given. Returns the loss without the penalty; raises
+    :class:`NonFiniteLoss` (before touching the weights) when the loss is not finite.
+    """
+    device = model_device(model)
+    inputs, labels = model_inputs(batch, device), batch["labels"].to(device)
+    logits = model(**inputs).logits
+    loss = task_loss(logits, labels, regression)
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = teacher(**inputs).logits
+        kd = distillation_loss(logits, teacher_logits, kd_temperature, regression)
+        loss = (1 - kd_alpha) * loss + kd_alpha * kd
+    reported = float(loss.detach())
+    if penalty is not None:
+        loss = loss + penalty()
+    total = float(loss.detach())
+    if not math.isfinite(total):  # the schedule counts the steps taken before this one
+        raise NonFiniteLoss(f"non-finite loss {total} at step {schedule.last_epoch}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    return reported
 
 
 @torch.no_grad()

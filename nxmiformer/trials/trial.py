@@ -1,14 +1,13 @@
 """One compression trial: ADMM + STE-QAT phase, hard projection, masked QAT phase.
 
-:func:`run_trial` is a plain function: the Ray Tune trainable (``trials.tune``), the search and
-``nxmi train`` all call it. It can report every evaluation, hand out its full state for a
-checkpoint, and resume from such a state.
+:class:`Trial` holds a trial in progress and runs its phases; :func:`run_trial` drives one from the
+dense warm start (or a checkpointed state) to the measured, hardened model. The Ray Tune trainable
+(``trials/trainable.py``), the search and ``nxmi train`` all call :func:`run_trial`.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,13 +24,12 @@ from ..models import load_model, load_tokenizer
 from .config import TrialConfig
 from .data import get_task, prepare_task_data
 from .dense import DenseResult, finetune_dense
-from .loop import BatchStream, distillation_loss, evaluate, model_inputs, resolve_device, set_seed, task_loss
+from .loop import BatchStream, evaluate, model_device, resolve_device, set_seed, train_step
 
 Report = Callable[[dict, Callable[[], dict]], None]
 
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
+# the keys of a measured row that are not metrics of the model (besides the admm_* diagnostics)
+ROW_KEYS = ("step", "phase", "retention", "loss", "ratio_paper", "ratio_storage")
 
 
 @dataclass
@@ -52,17 +50,188 @@ class TrialResult:
     model: Any = None
     admm_at_projection: dict[str, float] = field(default_factory=dict)
 
-    def summary(self) -> dict:
+    def summary(self, config: TrialConfig, dense: dict[str, float]) -> dict:
+        """The trial's record (``nxmi train`` writes it as ``metrics.json``), given the ``config``
+        it ran with and the metrics of its ``dense`` warm start."""
         return {
-            "primary": self.primary, "dense_primary": self.dense_primary, "retention": self.retention,
-            "ratio_paper": self.ratio_paper, "ratio_storage": self.ratio_storage, "steps": self.steps,
-            "admm_residual": self.admm_residual, "wall_time": self.wall_time, "metrics": self.metrics,
-            **self.admm_at_projection,
+            "task": config.data.task, "plan": self.plan.summary(), "steps": self.steps,
+            "dense": dense, "compressed": self.metrics, "retention": self.retention,
+            "ratio_paper": self.ratio_paper, "ratio_storage": self.ratio_storage,
+            "admm_residual": self.admm_residual, "admm_at_projection": self.admm_at_projection,
+            "wall_time": self.wall_time, "trial_config": config.to_dict(), "history": self.history,
         }
 
 
 def retention(primary: float, dense_primary: float) -> float:
     return primary / dense_primary if dense_primary else float("nan")
+
+
+class Trial:
+    """A trial in progress: the compressed model, its optimizer, schedule and ADMM, the step and
+    the rows measured so far.
+
+    Set up from the dense warm start, or from a :meth:`state` to resume. :meth:`run` trains the
+    steps that remain through :meth:`admm_phase`, :meth:`project` and :meth:`qat_phase`, then
+    measures the hardened model; every :meth:`measure` goes to ``report`` with :meth:`state`.
+    """
+
+    def __init__(self, plan: CompressionPlan | str, config: TrialConfig, dense: DenseResult,
+                 report: Report | None = None, resume: dict | None = None):
+        self.config, self.dense, self.report = config, dense, report
+        self.info = get_task(config.data.task)
+        seed = config.data.seed if config.seed is None else config.seed
+        set_seed(seed)
+        self.tokenizer = load_tokenizer(str(dense.path))
+        self.model = load_model(str(dense.path)).to(resolve_device(config.device))
+        self.plan = CompressionPlan.uniform(self.model, plan) if isinstance(plan, str) else plan
+        self.plan.validate(self.model)
+        self.ratios = {c: compression_ratio(self.model, self.plan, c) for c in ("paper", "storage")}
+        self.teacher = None
+        if config.kd_alpha > 0 and config.steps > 0:
+            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.data = prepare_task_data(
+            self.info, self.tokenizer, data_dir=config.data.data_dir, max_length=config.data.max_length,
+            train_size=config.data.train_size, eval_size=config.data.eval_size, seed=config.data.seed,
+            include_train=config.steps > 0, holdout_size=config.data.holdout_size)
+        compress_(self.model, self.plan)
+        self.admm = _make_admm(self.model, self.plan, config) if config.admm_steps > 0 else None
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: max(0.0, 1.0 - s / max(1, config.steps)))
+        self.step, self.history, self.hardened = 0, [], False
+        self.last_loss = float("nan")
+        self.admm_at_projection: dict[str, float] = {}
+        if resume is not None:
+            self._restore(resume)
+        elif self.admm is None:
+            self.project()  # one-shot projection of the dense weights; masks frozen from the start
+        self.batches = (BatchStream(self.data.train, self.tokenizer, config.batch_size, seed).from_step(self.step)
+                        if config.steps > 0 else iter(()))
+
+    def state(self) -> dict:
+        """Everything needed to continue this trial from where it stands (``resume``)."""
+        modules = compressed_modules(self.model)
+        return {
+            "step": self.step, "history": copy.deepcopy(self.history), "hardened": self.hardened,
+            "model": {k: v.clone() for k, v in self.model.state_dict().items()},
+            "masks": {n: m.mask.clone() for n, m in modules.items() if m.mask is not None},
+            "clips": {n: m.clip.clone() for n, m in modules.items() if m.clip is not None},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "schedule": copy.deepcopy(self.schedule.state_dict()),
+            "admm": self.admm.state_dict() if self.admm is not None else None, "rng": torch.get_rng_state(),
+            "admm_at_projection": dict(self.admm_at_projection), "loss": self.last_loss,
+        }
+
+    def _restore(self, state: dict) -> None:
+        self.step, self.history, self.hardened = state["step"], list(state["history"]), state["hardened"]
+        self.admm_at_projection = dict(state.get("admm_at_projection") or {})
+        self.last_loss = state.get("loss", float("nan"))
+        if self.hardened:
+            harden_(self.model, state["masks"], project_weights=False)
+            self._train_scales()
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.admm is not None and state.get("admm"):
+            self.admm.load_state_dict(state["admm"])
+        modules = compressed_modules(self.model)
+        for name, clip in (state.get("clips") or {}).items():  # the soft phase's fitted clip ratios
+            modules[name].clip = clip.to(model_device(self.model))
+        torch.set_rng_state(state["rng"])
+
+    def run(self, progress: bool = False) -> dict:
+        """Train the steps that remain, phase by phase, and measure the hardened model; returns
+        the final row."""
+        steps = self.config.steps
+        bar = tqdm(total=steps, initial=self.step, desc=f"trial {self.plan.summary()}"[:60], disable=not progress,
+                   leave=False)
+        self.model.train()
+        if not self.hardened:
+            self.admm_phase(bar)
+            self.project()
+            if self.step < steps:
+                self.measure("projected")
+        self.qat_phase(bar)
+        bar.close()
+        return self.measure("final")
+
+    def admm_phase(self, bar: tqdm) -> None:
+        """ADMM + STE-QAT up to the projection: the task loss plus ADMM's penalty, a proximal pull
+        every step and Z/U-steps on ADMM's schedule."""
+        while self.step < min(self.config.admm_steps, self.config.steps):
+            self._train_step(bar, penalty=self.admm.penalty)
+            if self.admm.step(self.step):
+                refit_clips_(self.model)  # the soft phase's clip ratios follow the weights
+            self._measure_on_schedule("admm")
+
+    def project(self) -> None:
+        """The hard projection: masks frozen, weights exactly N:M and on the grid. ADMM's
+        diagnostics just before it are kept: once hardened, W is in the constraint set, and
+        what tells how well ADMM converged is the state before."""
+        if self.admm is not None:
+            self.admm_at_projection = self.admm.diagnostics()
+        harden_(self.model)
+        self.hardened = True
+        self._train_scales()
+
+    def qat_phase(self, bar: tqdm) -> None:
+        """Masked QAT of the hardened model on the task loss, up to the last step."""
+        while self.step < self.config.steps:
+            self._train_step(bar)
+            self._measure_on_schedule("qat")
+
+    def measure(self, phase: str) -> dict:
+        """Evaluate the model; append the row to the history and hand it to ``report``."""
+        metrics = evaluate(self.model, self.data, self.tokenizer)
+        row = {
+            "step": self.step, "phase": phase, **metrics,
+            "retention": retention(metrics["primary"], self.dense.primary), "loss": self.last_loss,
+            "ratio_paper": self.ratios["paper"], "ratio_storage": self.ratios["storage"],
+            **self._admm_diagnostics(),
+        }
+        self.history.append(row)
+        if self.report is not None:
+            self.report(row, self.state)
+        return row
+
+    def result(self, final: dict, wall_time: float, keep_model: bool = False) -> TrialResult:
+        """The :class:`TrialResult` of the ``final`` row."""
+        return TrialResult(
+            plan=self.plan, metrics={k: v for k, v in final.items() if k not in ROW_KEYS and not k.startswith("admm_")},
+            primary=final["primary"], dense_primary=self.dense.primary, retention=final["retention"],
+            ratio_paper=self.ratios["paper"], ratio_storage=self.ratios["storage"], steps=self.step,
+            admm_residual=final["admm_residual"], wall_time=wall_time, history=self.history,
+            model=self.model if keep_model else None, admm_at_projection=dict(self.admm_at_projection),
+        )
+
+    def _train_scales(self) -> None:
+        # trained (lsq) scales exist from the hard projection on: train them too, without decay
+        scales = scale_parameters(self.model)
+        if scales:
+            lr = self.config.lr
+            self.optimizer.add_param_group({"params": scales, "weight_decay": 0.0, "lr": lr, "initial_lr": lr})
+            self.schedule.base_lrs.append(lr)
+            self.schedule.lr_lambdas.append(self.schedule.lr_lambdas[0])
+
+    def _train_step(self, bar: tqdm, penalty: Callable[[], torch.Tensor] | None = None) -> None:
+        config = self.config
+        self.last_loss = train_step(self.model, next(self.batches), self.optimizer, self.schedule,
+                                    self.info.is_regression, self.teacher, config.kd_alpha, config.kd_temperature,
+                                    penalty)
+        self.step += 1
+        bar.update()
+        bar.set_postfix(loss=f"{self.last_loss:.3f}", phase="qat" if self.hardened else "admm")
+
+    def _measure_on_schedule(self, phase: str) -> None:
+        every = self.config.eval_every
+        if every and self.step % every == 0 and self.step < self.config.steps:
+            self.measure(phase)
+
+    def _admm_diagnostics(self) -> dict:
+        if self.admm is None:
+            return {"admm_residual": None}
+        diag = self.admm_at_projection if self.hardened else self.admm.diagnostics()
+        return {"admm_residual": diag.get("admm_primal"), **diag}
 
 
 def run_trial(
@@ -83,8 +252,9 @@ def run_trial(
             metrics, ``primary``, ``retention``, ``loss``, ``ratio_paper``, ``ratio_storage``,
             ``admm_residual`` and, when ADMM runs, ``admm_primal``, ``admm_dual``, ``admm_distance``,
             ``admm_mask_agreement`` and ``admm_rho`` (see :meth:`ADMM.diagnostics`; after the hard
-            projection, their values just before it)) and a zero-argument function returning the full trial state, which
-            a caller may save as a checkpoint and pass back as ``resume``.
+            projection, their values just before it)) and a zero-argument function returning the
+            full trial state (:meth:`Trial.state`), which a caller may save as a checkpoint and pass
+            back as ``resume``.
         resume: a state from ``report``'s second argument: continue from there.
         dense: the warm start; computed (or read from its cache) when not given.
         progress: show a progress bar.
@@ -93,149 +263,11 @@ def run_trial(
     start = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
-    info = get_task(config.data.task)
     if dense is None:
         dense = finetune_dense(config.data, config.dense, config.cache_dir, progress=progress)
-    seed = config.data.seed if config.seed is None else config.seed
-    set_seed(seed)
-    device = resolve_device(config.device)
-    tokenizer = load_tokenizer(str(dense.path))
-    model = load_model(str(dense.path)).to(device)
-    if isinstance(plan, str):
-        plan = CompressionPlan.uniform(model, plan)
-    plan.validate(model)
-    ratios = {c: compression_ratio(model, plan, c) for c in ("paper", "storage")}
-    teacher = None
-    if config.kd_alpha > 0 and config.steps > 0:
-        teacher = copy.deepcopy(model).eval().requires_grad_(False)
-
-    data = prepare_task_data(info, tokenizer, data_dir=config.data.data_dir, max_length=config.data.max_length,
-                             train_size=config.data.train_size, eval_size=config.data.eval_size,
-                             seed=config.data.seed, include_train=config.steps > 0,
-                             holdout_size=config.data.holdout_size)
-    compress_(model, plan)
-    admm_steps = config.admm_steps
-    admm = _make_admm(model, plan, config) if admm_steps > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: max(0.0, 1.0 - s / max(1, config.steps)))
-
-    def after_hardening() -> None:
-        # trained (lsq) scales exist from the hard projection on: train them too, without decay
-        scales = scale_parameters(model)
-        if scales:
-            optimizer.add_param_group({"params": scales, "weight_decay": 0.0, "lr": config.lr,
-                                       "initial_lr": config.lr})
-            schedule.base_lrs.append(config.lr)
-            schedule.lr_lambdas.append(schedule.lr_lambdas[0])
-
-    step, history, hardened = 0, [], admm_steps == 0
-    if resume is not None:
-        step, history, hardened = resume["step"], list(resume["history"]), resume["hardened"]
-        if hardened:
-            harden_(model, resume["masks"], project_weights=False)
-            after_hardening()
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        schedule.load_state_dict(resume["schedule"])
-        if admm is not None and resume.get("admm"):
-            admm.load_state_dict(resume["admm"])
-        for name, clip in (resume.get("clips") or {}).items():  # the soft phase's fitted clip ratios
-            compressed_modules(model)[name].clip = clip.to(device)
-        torch.set_rng_state(resume["rng"])
-    elif hardened:
-        harden_(model)  # one-shot projection of the dense weights; masks frozen from the start
-        after_hardening()
-
-    def state() -> dict:
-        return {
-            "step": step, "history": copy.deepcopy(history), "hardened": hardened,
-            "model": {k: v.clone() for k, v in model.state_dict().items()},
-            "masks": {n: m.mask.clone() for n, m in compressed_modules(model).items() if m.mask is not None},
-            "clips": {n: m.clip.clone() for n, m in compressed_modules(model).items() if m.clip is not None},
-            "optimizer": copy.deepcopy(optimizer.state_dict()), "schedule": copy.deepcopy(schedule.state_dict()),
-            "admm": admm.state_dict() if admm is not None else None, "rng": torch.get_rng_state(),
-            "admm_at_projection": admm_at_projection,
-        }
-
-    last_loss = float("nan")
-    admm_at_projection = dict(resume.get("admm_at_projection") or {}) if resume else {}
-
-    def admm_state() -> dict:
-        # once hardened, W is in the constraint set; what tells how well ADMM converged is the
-        # state just before the hard projection
-        if admm is None:
-            return {"admm_residual": None}
-        diag = admm_at_projection if hardened else admm.diagnostics()
-        return {"admm_residual": diag.get("admm_primal"), **diag}
-
-    def measure(phase: str) -> dict:
-        metrics = evaluate(model, data, tokenizer)
-        row = {
-            "step": step, "phase": phase, **metrics,
-            "retention": retention(metrics["primary"], dense.primary), "loss": last_loss,
-            "ratio_paper": ratios["paper"], "ratio_storage": ratios["storage"],
-            **admm_state(),
-        }
-        history.append(row)
-        if report is not None:
-            report(row, state)
-        return row
-
-    stream = BatchStream(data.train, tokenizer, config.batch_size, seed) if config.steps > 0 else None
-    batches = stream.from_step(step) if stream is not None else iter(())
-    bar = tqdm(total=config.steps, initial=step, desc=f"trial {plan.summary()}"[:60], disable=not progress, leave=False)
-    model.train()
-    while step < config.steps:
-        if not hardened and step >= admm_steps:
-            admm_at_projection = admm.diagnostics()
-            harden_(model)  # hard projection: masks frozen, weights exactly N:M and on the grid
-            hardened = True
-            after_hardening()
-            measure("projected")
-            model.train()
-        batch = next(batches)
-        inputs, labels = model_inputs(batch, device), batch["labels"].to(device)
-        logits = model(**inputs).logits
-        loss = task_loss(logits, labels, info.is_regression)
-        if teacher is not None:
-            with torch.no_grad():
-                teacher_logits = teacher(**inputs).logits
-            kd = distillation_loss(logits, teacher_logits, config.kd_temperature, info.is_regression)
-            loss = (1 - config.kd_alpha) * loss + config.kd_alpha * kd
-        last_loss = float(loss.detach())
-        if not hardened:
-            loss = loss + admm.penalty()
-        if not math.isfinite(float(loss.detach())):
-            raise NonFiniteLoss(f"non-finite loss {float(loss.detach())} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        step += 1
-        if not hardened and admm.step(step):  # proximal pull every step, Z/U-steps on schedule
-            refit_clips_(model)  # the soft phase's clip ratios follow the weights
-        bar.update()
-        bar.set_postfix(loss=f"{last_loss:.3f}", phase="qat" if hardened else "admm")
-        if config.eval_every and step % config.eval_every == 0 and step < config.steps:
-            measure("qat" if hardened else "admm")
-            model.train()
-    bar.close()
-    if not hardened:
-        admm_at_projection = admm.diagnostics() if admm is not None else {}
-        harden_(model)
-        hardened = True
-    final = measure("final")
-    wall = time.perf_counter() - start
-    keys = [k for k in final if k not in ("step", "phase", "retention", "loss", "ratio_paper", "ratio_storage")
-            and not k.startswith("admm_")]
-    return TrialResult(
-        plan=plan, metrics={k: final[k] for k in keys}, primary=final["primary"], dense_primary=dense.primary,
-        retention=final["retention"], ratio_paper=ratios["paper"], ratio_storage=ratios["storage"],
-        steps=step, admm_residual=final["admm_residual"], wall_time=wall, history=history,
-        model=model if keep_model else None, admm_at_projection=dict(admm_at_projection),
-    )
+    trial = Trial(plan, config, dense, report, resume)
+    final = trial.run(progress)
+    return trial.result(final, time.perf_counter() - start, keep_model)
 
 
 def _make_admm(model, plan: CompressionPlan, config: TrialConfig) -> ADMM:

@@ -79,6 +79,34 @@ def test_resume_from_state_equals_uninterrupted(make_config, resume_at_phase):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=name)
 
 
+def test_resume_from_any_report(make_config):
+    """Every report's state resumes exactly, also the ADMM row just before the projection."""
+    config = make_config(eval_every=2)
+    rows, states = [], []
+    full = run_trial("2:4:int8", config, keep_model=True,
+                     report=lambda row, state: (rows.append(row), states.append(state())))
+    assert [(r["step"], r["phase"]) for r in rows] == [(2, "admm"), (4, "admm"), (4, "projected"), (6, "qat"), (8, "final")]
+    for state in states[:-1]:
+        resumed = run_trial("2:4:int8", config, keep_model=True, resume=state)
+        assert resumed.history == full.history
+        for (name, pa), (_, pb) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+            torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=name)
+
+
+def test_summary_is_the_trial_record(make_config):
+    config = make_config()
+    dense = finetune_dense(config.data, config.dense, config.cache_dir, progress=False)
+    result = run_trial("2:4:int8", config, dense=dense)
+    summary = json.loads(json.dumps(result.summary(config, dense=dense.metrics)))
+    assert list(summary) == ["task", "plan", "steps", "dense", "compressed", "retention", "ratio_paper",
+                             "ratio_storage", "admm_residual", "admm_at_projection", "wall_time", "trial_config",
+                             "history"]
+    assert summary["task"] == "sst2" and summary["plan"] == result.plan.summary() and summary["steps"] == 8
+    assert summary["dense"] == dense.metrics and summary["compressed"] == result.metrics
+    assert TrialConfig.from_dict(summary["trial_config"]) == config
+    assert [r["phase"] for r in summary["history"]] == ["admm", "projected", "qat", "final"]
+
+
 @pytest.mark.parametrize(
     "changes,phases",
     [(dict(steps=0), ["final"]),  # one-shot projection
@@ -106,11 +134,13 @@ def test_heterogeneous_plan(make_config, tiny_model_dir):
 
 
 def test_nan_loss_is_reported(make_config, monkeypatch):
-    import nxmiformer.trials.trial as trial_module
+    import nxmiformer.trials.loop as loop_module
 
-    monkeypatch.setattr(trial_module, "task_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
-    with pytest.raises(NonFiniteLoss, match="non-finite loss"):
-        run_trial("2:4:int8", make_config(kd_alpha=0.0))
+    config = make_config(kd_alpha=0.0)
+    dense = finetune_dense(config.data, config.dense, config.cache_dir, progress=False)
+    monkeypatch.setattr(loop_module, "task_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(NonFiniteLoss, match="non-finite loss nan at step 0"):
+        run_trial("2:4:int8", config, dense=dense)
 
 
 @pytest.mark.parametrize(
