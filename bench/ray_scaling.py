@@ -26,7 +26,7 @@ def run(concurrency: int, plans: list, trial_config, dense_path: str, storage: P
 
     tuner = tune.Tuner(
         tune.with_resources(trial_trainable, {"cpu": 1}),
-        param_space={"plan": tune.grid_search(plans), "trial": trial_config.to_dict(), "dense_path": dense_path},
+        param_space={"candidate": tune.grid_search(plans), "trial": trial_config.to_dict(), "dense_path": dense_path},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
         run_config=tune.RunConfig(name=f"c{concurrency}", storage_path=str(storage), verbose=0),
     )
@@ -49,7 +49,7 @@ def main() -> int:
     from transformers.utils import logging as hf_logging
 
     from nxmiformer.compression import CompressionPlan
-    from nxmiformer.search.profile import _skeleton
+    from nxmiformer.models import skeleton
     from nxmiformer.trials import DataConfig, DenseConfig, TrialConfig, finetune_dense
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -57,8 +57,8 @@ def main() -> int:
     cache = Path(args.cache_dir or tempfile.mkdtemp(prefix="nxmi-scaling-"))
     data = DataConfig(task="sst2", data_dir=args.data_dir, max_length=64, train_size=2000, eval_size=200, seed=0)
     dense = finetune_dense(data, DenseConfig(), cache, progress=True)
-    skeleton = _skeleton(dense.path)
-    plans = [CompressionPlan.uniform(skeleton, s).to_dict() for s in SPECS]
+    model = skeleton(dense.path)
+    plans = [{"plan": CompressionPlan.uniform(model, s).to_dict()} for s in SPECS]
     config = TrialConfig(data=data, steps=args.steps, cache_dir=str(cache), threads=1)
     storage = Path(tempfile.mkdtemp(prefix="nxmi-scaling-runs-"))
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -1,11 +1,14 @@
-"""Output directories that are either complete or absent: used by the CLI and the packed export."""
+"""Outputs that are either complete or absent (directories and single files), and reading the
+JSON files they hold: used by the CLI, the search, analysis and the packed export."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,3 +39,37 @@ def atomic_output_dir(out: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; it replaces ``path`` only if the block
+    succeeds, so a reader (another trial, a resumed search) never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> Path:
+    """``data`` as a JSON file, atomically (see :func:`atomic_file`); returns the path."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=indent) + "\n")
+    return Path(path)
+
+
+def read_json(path: str | os.PathLike, missing: str) -> dict:
+    """The JSON object in ``path``; ``missing`` is the error when there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        raise NxmiError(missing)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise NxmiError(f"malformed {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise NxmiError(f"malformed {path}: expected a JSON object, got {type(data).__name__}")
+    return data

@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 from .. import __version__
-from ..compression import CompressionPlan
+from ..compression import CompressionPlan, RatioTarget
 from ..errors import NxmiError
 from .pareto import select
-from .results import check_convention, check_metric, check_target_ratio, provenance, read_search_config
+from .results import check_metric, provenance, read_search_config
 
 # search.json field -> nxmi train flag; full training keeps the search's data and warm start
 # settings but drops its --train-size / --eval-size / --steps limits
@@ -99,10 +99,9 @@ def export_plan(results: pd.DataFrame, target_ratio: float, convention: str, out
             :func:`~nxmiformer.analysis.select`; nothing is written then.
     """
     out = _check_out(out)
-    check_target_ratio(target_ratio)
-    check_convention(convention)
+    target = RatioTarget.of(target_ratio, convention)
     check_metric(metric)
-    row = select(results, target_ratio, convention, metric, include_stopped)
+    row = select(results, target, metric=metric, include_stopped=include_stopped)
     if "search_dir" not in row.index:
         raise NxmiError("the results lack the search_dir column; read them with nxmiformer.analysis.load_results")
     config = read_search_config(row["search_dir"])
@@ -115,7 +114,7 @@ def export_plan(results: pd.DataFrame, target_ratio: float, convention: str, out
         "exported_by": f"nxmiformer {__version__} (nxmi export)",
         "ratio_paper": float(row["ratio_paper"]),
         "ratio_storage": float(row["ratio_storage"]),
-        "selection": {"target_ratio": float(target_ratio), "convention": convention, "metric": metric,
+        "selection": {"target_ratio": target.value, "convention": target.convention, "metric": metric,
                       "include_stopped": include_stopped},
         "search": search,
         "trial": _trial_meta(row),

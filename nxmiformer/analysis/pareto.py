@@ -22,10 +22,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..compression.accounting import RatioTarget
 from ..errors import NxmiError
-from .results import (
-    RATIO_TOLERANCE, check_metric, check_results, check_target_ratio, ratio_column,
-)
+from .results import check_metric, check_results, ratio_column
 
 RATIO_DECIMALS = 9
 DISPLAY_COLUMNS = ("trial_id", "kind", "ratio_paper", "ratio_storage", "primary", "retention", "plan_summary")
@@ -83,9 +82,11 @@ def pareto_front(results: pd.DataFrame, convention: str = "paper", metric: str =
     return front.sort_values([column, metric, "trial_id"], ascending=[True, False, True], kind="mergesort")
 
 
-def select(results: pd.DataFrame, target_ratio: float, convention: str = "paper", metric: str = "primary",
-           include_stopped: bool = False) -> pd.Series:
-    """The best eligible trial whose ``ratio_<convention>`` meets ``target_ratio`` (within 1e-9).
+def select(results: pd.DataFrame, target_ratio: "RatioTarget | float", convention: str = "paper",
+           metric: str = "primary", include_stopped: bool = False) -> pd.Series:
+    """The best eligible trial whose ``ratio_<convention>`` meets the target (a
+    :class:`~nxmiformer.compression.RatioTarget`, or a ratio under ``convention``). The one
+    selection rule: ``nxmi search`` reports and ``nxmi export`` writes the trial it returns.
 
     Best means: the highest ``metric``; ties go to the higher ratio, then to the first by
     ``search`` (when present) and ``trial_id``. The chosen trial is always on the Pareto front.
@@ -95,8 +96,8 @@ def select(results: pd.DataFrame, target_ratio: float, convention: str = "paper"
             eligible trial, or no eligible trial meeting the target (the message names the highest
             ratio reached).
     """
-    target = check_target_ratio(target_ratio)
-    column = ratio_column(convention)
+    target = RatioTarget.of(target_ratio, convention)
+    convention, column = target.convention, target.column
     check_metric(metric)
     check_results(results, ("status", "trial_id", column, metric))
     pool = eligible(results, convention, metric, include_stopped)
@@ -105,9 +106,9 @@ def select(results: pd.DataFrame, target_ratio: float, convention: str = "paper"
         counts = ", ".join(f"{n} {status}" for status, n in results["status"].value_counts().items())
         allowed = "completed or stopped" if include_stopped else "completed"
         raise NxmiError(f"no {allowed} trial with a finite {column} and {metric} in the results ({counts})")
-    meets = pool[pool[column] >= target - RATIO_TOLERANCE]
+    meets = pool[target.is_met(pool[column])]
     if meets.empty:
-        raise NxmiError(f"no eligible trial meets the target ratio {target} ({convention}): "
+        raise NxmiError(f"no eligible trial meets the target ratio {target}: "
                         f"the highest reached is {pool[column].max():.4f}")
     keys = [metric, column] + [c for c in ("search", "trial_id") if c in meets.columns]
     ranked = meets.sort_values(keys, ascending=[False, False] + [True] * (len(keys) - 2), kind="mergesort")

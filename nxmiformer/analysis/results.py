@@ -1,14 +1,13 @@
 """Loading search results: one or several search output directories into one table.
 
-A search output directory (``nxmi search --out DIR``) holds ``results.parquet`` (one row per
-trial, the columns of ``nxmiformer.search.runner.RESULT_COLUMNS``) and ``search.json`` (the
-``SearchConfig`` fields, plus an optional ``provenance`` object with ``model_fingerprint`` and
-``dense_primary``). This module reads those files only; it never imports the search machinery.
+A search output directory (``nxmi search --out DIR``) holds ``results.parquet`` (one
+:class:`~nxmiformer.records.TrialRecord` per trial) and ``search.json`` (the ``SearchConfig``
+fields, plus an optional ``provenance`` object with ``model_fingerprint`` and ``dense_primary``).
+This module reads those files only; it never imports the search machinery.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable
@@ -16,30 +15,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..compression.accounting import check_convention as _check_convention
+from ..compression.accounting import RatioTarget, check_convention
 from ..errors import NxmiError
+from ..outputs import read_json
+from ..records import REQUIRED_COLUMNS, read_records
 
 RESULTS_FILE = "results.parquet"
 SEARCH_FILE = "search.json"
 METRICS = ("primary", "retention")
-STATUSES = ("completed", "stopped", "error")
-# the columns this package reads; a subset of the runner's RESULT_COLUMNS (a test checks it)
-REQUIRED_COLUMNS = (
-    "trial_id", "status", "kind", "plan_json", "plan_summary", "ratio_paper", "ratio_storage", "primary",
-    "retention", "dense_primary", "steps",
-)
 # columns load_results adds, after the runner's
 SEARCH_COLUMNS = ("search", "search_dir", "task", "model", "model_fingerprint", "failed")
-# the same tolerance as the runner's ``meets_target``
-RATIO_TOLERANCE = 1e-9
 
 PathLike = str | os.PathLike
-
-
-def check_convention(convention: str) -> str:
-    """``convention`` if it is one of :data:`~nxmiformer.compression.CONVENTIONS`, else an error."""
-    _check_convention(convention)
-    return convention
 
 
 def check_metric(metric: str) -> str:
@@ -50,11 +37,9 @@ def check_metric(metric: str) -> str:
 
 
 def check_target_ratio(target_ratio: float) -> float:
-    """``target_ratio`` as a float if it is a number in (0, 1), else an error."""
-    ok = isinstance(target_ratio, (int, float)) and not isinstance(target_ratio, bool) and 0 < target_ratio < 1
-    if not ok:
-        raise NxmiError(f"target ratio must be a number in (0, 1), got {target_ratio!r}")
-    return float(target_ratio)
+    """``target_ratio`` as a float if it is a number in (0, 1), else an error (see
+    :class:`~nxmiformer.compression.RatioTarget`)."""
+    return RatioTarget(target_ratio).value
 
 
 def check_results(results: pd.DataFrame, needed: Iterable[str] = REQUIRED_COLUMNS) -> pd.DataFrame:
@@ -76,16 +61,8 @@ def ratio_column(convention: str) -> str:
 
 def read_search_config(search_dir: PathLike) -> dict:
     """The parsed ``search.json`` of a search output directory."""
-    path = Path(search_dir) / SEARCH_FILE
-    if not path.is_file():
-        raise NxmiError(f"{search_dir} is not a search output directory: no {SEARCH_FILE} (see nxmi search --out)")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise NxmiError(f"malformed {path}: {exc}") from None
-    if not isinstance(config, dict):
-        raise NxmiError(f"malformed {path}: expected a JSON object, got {type(config).__name__}")
-    return config
+    return read_json(Path(search_dir) / SEARCH_FILE,
+                     f"{search_dir} is not a search output directory: no {SEARCH_FILE} (see nxmi search --out)")
 
 
 def provenance(config: dict) -> dict:
@@ -102,12 +79,9 @@ def _read_one(search_dir: Path) -> tuple[pd.DataFrame, dict]:
         raise NxmiError(f"no {RESULTS_FILE} in {search_dir}: the search has not finished "
                         f"(run nxmi search --resume --out {search_dir})")
     config = read_search_config(search_dir)
-    table = pd.read_parquet(table_path)
+    table = read_records(table_path)
     if table.empty:
         raise NxmiError(f"no trials in {table_path}: the results table is empty")
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise NxmiError(f"{table_path} lacks column(s) {', '.join(missing)}; is it a search's results table?")
     return table, config
 
 

@@ -4,7 +4,7 @@ specs and plans, ratio accounting, ADMM state, and applying a plan to a Hugging 
 Knows nothing of training loops, data or Ray.
 """
 
-from .accounting import CONVENTIONS, compression_ratio, module_bits, ratio_table
+from .accounting import CONVENTIONS, DENSE_BITS, RatioTarget, compression_ratio, dense_bits, module_bits, ratio_table
 from .admm import ADMM
 from .layer import CompressedLinear, compress_, compressed_modules, current_plan, harden_, project, to_dense_
 from .masks import nm_mask
@@ -23,6 +23,8 @@ __all__ = [
     "ADMM",
     "COMPONENTS",
     "CONVENTIONS",
+    "DENSE_BITS",
+    "RatioTarget",
     "CompressedLinear",
     "CompressibleModule",
     "CompressionPlan",
@@ -33,6 +35,7 @@ __all__ = [
     "compressible_modules",
     "compression_ratio",
     "current_plan",
+    "dense_bits",
     "encoder_blocks",
     "fake_quantize",
     "fake_quantize_activations",

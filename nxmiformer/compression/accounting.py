@@ -6,11 +6,17 @@ weights (biases, embeddings, pooler and classifier are not counted), dense = 32-
 * ``paper``: kept values only; N:M with ``b`` bits costs ``(N/M) * b`` bits per weight.
 * ``storage``: what a packed file holds: kept values, N:M index metadata
   (``ceil(log2(M))`` bits per kept value; 2 for 2:4) and one 16-bit scale per scale group.
+
+A constraint on the ratio is a :class:`RatioTarget` (value + convention); every layer that asks
+whether a plan, a candidate or a trial meets it asks the target, with its one tolerance.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pandas as pd
 from torch import nn
@@ -44,9 +50,81 @@ def module_bits(spec: LayerSpec, out_features: int, in_features: int, convention
     return bits
 
 
-def check_convention(convention: str) -> None:
+def check_convention(convention: str) -> str:
+    """``convention`` if it is one of :data:`CONVENTIONS`, else an error naming the allowed ones."""
     if convention not in CONVENTIONS:
         raise NxmiError(f"unknown ratio convention {convention!r}; allowed: {', '.join(CONVENTIONS)}")
+    return convention
+
+
+def dense_bits(modules) -> float:
+    """Bits of the compressible weights as 32-bit floats: of a model's compressible linears, of
+    a table with ``out_features`` and ``in_features`` columns (one row per module), or given."""
+    if isinstance(modules, numbers.Real):
+        return float(modules)
+    if isinstance(modules, nn.Module):
+        return float(sum(cm.numel for cm in compressible_modules(modules)) * DENSE_BITS)
+    return float((modules["out_features"].astype("int64") * modules["in_features"].astype("int64")).sum() * DENSE_BITS)
+
+
+@dataclass(frozen=True)
+class RatioTarget:
+    """A least encoder compression ratio under one convention: the constraint of a search.
+
+    ``is_met`` and ``budget_bits`` share one absolute tolerance on the ratio,
+    :attr:`TOLERANCE`, so that exact hits (uniform 2:4:int8 at 0.875 paper) meet the target
+    whether the check is made on a ratio or on summed bits.
+
+    Raises:
+        NxmiError: a value outside (0, 1) or an unknown convention.
+    """
+
+    value: float
+    convention: str = "paper"
+    TOLERANCE: ClassVar[float] = 1e-9
+
+    @classmethod
+    def of(cls, target: "RatioTarget | float", convention: str = "paper") -> "RatioTarget":
+        """``target`` itself if it is a :class:`RatioTarget`, else ``RatioTarget(target, convention)``."""
+        return target if isinstance(target, cls) else cls(target, convention)
+
+    def __post_init__(self):
+        value = self.value
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+                and 0 < value < 1):
+            raise NxmiError(f"target ratio must be a number in (0, 1), got {value!r}")
+        object.__setattr__(self, "value", float(value))
+        check_convention(self.convention)
+
+    @property
+    def column(self) -> str:
+        """The results column of this target's convention: ``ratio_paper`` or ``ratio_storage``."""
+        return f"ratio_{self.convention}"
+
+    def is_met(self, ratio):
+        """Whether a ratio (under this target's convention) meets the target; NaN never does.
+        Element-wise for an array or Series of ratios."""
+        return ratio >= self.value - self.TOLERANCE
+
+    def budget_bits(self, modules) -> float:
+        """The most compressed bits the modules (a model, a modules table or their dense bits; see
+        :func:`dense_bits`) may take under this convention: a plan meets the target iff its
+        summed :func:`module_bits` are at most this."""
+        return (1.0 - self.value + self.TOLERANCE) * dense_bits(modules)
+
+    def check_reachable(self, highest: float, how: str = "") -> float:
+        """``highest`` (the best ratio the options can reach) if it meets the target, else an
+        error naming it; ``how`` says how it is reached (e.g. every module at its cheapest)."""
+        if self.is_met(highest):
+            return highest
+        shown = f"{highest:.4f}"
+        if float(shown) >= self.value:  # rounding must not make the reachable look like enough
+            shown = f"{highest:.12g}"
+        raise NxmiError(f"target ratio {self.value:g} ({self.convention}) is infeasible with this menu: the highest "
+                        f"reachable is {shown}{f' ({how})' if how else ''}; lower the target or add cheaper options")
+
+    def __str__(self) -> str:
+        return f"{self.value:g} ({self.convention})"
 
 
 def ratio_table(model: nn.Module, plan: CompressionPlan) -> pd.DataFrame:

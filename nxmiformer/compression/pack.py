@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from ..errors import NxmiError
-from ..outputs import atomic_output_dir, require_free_output
+from ..outputs import atomic_output_dir, read_json, require_free_output
 from .accounting import DENSE_BITS, SCALE_BITS, index_bits, module_bits
 from .layer import CompressedLinear, compress_, harden_
 from .modules import compressible_modules
@@ -513,15 +513,10 @@ def read_manifest(packed_dir: str | Path) -> dict[str, Any]:
     """The checked ``pack.json`` of a packed directory."""
     packed_dir = Path(packed_dir)
     path = packed_dir / MANIFEST_FILE
-    if not path.is_file():
-        raise NxmiError(f"{packed_dir} is not a packed model directory: no {MANIFEST_FILE} (make one with nxmi pack)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise NxmiError(f"malformed {path}: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != PACK_FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise NxmiError(f"{path} is not a packed model manifest: format is {got!r}, expected {PACK_FORMAT!r}")
+    manifest = read_json(path, f"{packed_dir} is not a packed model directory: no {MANIFEST_FILE} (make one with nxmi pack)")
+    if manifest.get("format") != PACK_FORMAT:
+        raise NxmiError(f"{path} is not a packed model manifest: format is {manifest.get('format')!r}, "
+                        f"expected {PACK_FORMAT!r}")
     if manifest.get("version") != PACK_VERSION:
         raise NxmiError(f"unsupported packed format version {manifest.get('version')!r}; "
                         f"this nxmiformer reads version {PACK_VERSION}")
@@ -529,22 +524,6 @@ def read_manifest(packed_dir: str | Path) -> dict[str, Any]:
         if not (packed_dir / name).is_file():
             raise NxmiError(f"packed model directory {packed_dir} is missing {name}")
     return manifest
-
-
-def _model_from_config(packed_dir: Path) -> nn.Module:
-    import transformers
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    try:
-        config = AutoConfig.from_pretrained(packed_dir)
-    except (OSError, ValueError) as exc:
-        raise NxmiError(f"cannot read {packed_dir / CONFIG_FILE}: {str(exc).strip().splitlines()[0]}") from exc
-    # the class that was saved (save_pretrained records it), else a sequence classifier
-    architectures = getattr(config, "architectures", None) or []
-    cls = getattr(transformers, architectures[0], None) if architectures else None
-    if isinstance(cls, type) and issubclass(cls, nn.Module):
-        return cls(config)
-    return AutoModelForSequenceClassification.from_config(config)
 
 
 @torch.no_grad()
@@ -559,6 +538,8 @@ def load_packed(packed_dir: str | Path, wrap: bool = True) -> nn.Module:
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from ..models import skeleton
 
     packed_dir = Path(packed_dir)
     manifest = read_manifest(packed_dir)
@@ -578,7 +559,7 @@ def load_packed(packed_dir: str | Path, wrap: bool = True) -> nn.Module:
         state[f"{name}.weight"] = weight.to(getattr(torch, entry.get("dtype", "float32")))
         if mask is not None:
             masks[name] = mask
-    model = _model_from_config(packed_dir)
+    model = skeleton(packed_dir, device=None)  # the class that was packed (config.json records it)
     missing, unexpected = (sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict())))
     if missing or unexpected:
         raise NxmiError(f"packed tensors do not fit the {type(model).__name__} of config.json: "

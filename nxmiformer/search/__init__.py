@@ -1,10 +1,11 @@
 """The search for heterogeneous per-layer compression plans: sensitivity profiling (cached in
 Parquet), candidate generation under the ratio constraint, and the Ray Tune runner."""
 
-from .heuristic import Candidate, generate_candidates, modules_frame, plan_ratio, solve_mckp
+from .heuristic import Candidate, check_reachable, generate_candidates, modules_frame, plan_ratio, solve_mckp
 from .refine import GroupSpace
 from .profile import DEFAULT_MENU, ProfileResult, parse_menu, profile_sensitivity
-from .runner import SearchConfig, SearchResult, best_trial, check_feasible, run_search, select_candidates
+from .cluster import ray_session
+from .runner import SearchConfig, SearchResult, check_feasible, run_search, select_candidates
 
 __all__ = [
     "Candidate",
@@ -13,8 +14,9 @@ __all__ = [
     "ProfileResult",
     "SearchConfig",
     "SearchResult",
-    "best_trial",
+    "ray_session",
     "check_feasible",
+    "check_reachable",
     "generate_candidates",
     "modules_frame",
     "parse_menu",

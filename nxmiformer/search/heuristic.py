@@ -18,15 +18,15 @@ grid     one option per component type (query, key, ... ffn_out) shared by all l
 uniform  the same option everywhere: the baselines the heterogeneous plans must beat
 ======== ====================================================================================
 
-The budget follows DESIGN.md's accounting: ``sum(module_bits) <= (1 - target) * sum(32 * numel)``
-under the requested convention (``paper`` or ``storage``), with a relative tolerance of
-:data:`REL_TOL` so that exact hits (uniform 2:4:int8 at 0.875 paper) count as meeting it.
+The budget follows DESIGN.md's accounting: ``sum(module_bits) <= RatioTarget.budget_bits(modules)``,
+that is ``(1 - target) * sum(32 * numel)`` under the target's convention (``paper`` or
+``storage``) plus the target's one tolerance, so exact hits (uniform 2:4:int8 at 0.875 paper)
+count as meeting it.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,18 +42,21 @@ from nxmiformer.compression import (
     CONVENTIONS,
     CompressionPlan,
     LayerSpec,
+    RatioTarget,
     compressible_modules,
+    dense_bits,
     module_bits,
 )
+from nxmiformer.compression.accounting import check_convention
 from nxmiformer.errors import NxmiError
 
 __all__ = [
     "KINDS",
     "MODULE_COLUMNS",
-    "REL_TOL",
     "SENSITIVITY_COLUMNS",
     "Candidate",
     "CandidateProblem",
+    "check_reachable",
     "cost_matrix",
     "generate_candidates",
     "modules_frame",
@@ -61,8 +64,6 @@ __all__ = [
     "solve_mckp",
 ]
 
-REL_TOL = 1e-9
-DENSE_BITS = 32
 KINDS = ("optimal", "diverse", "grid", "uniform")
 MODULE_COLUMNS = ("module", "layer", "component", "out_features", "in_features")
 SENSITIVITY_COLUMNS = ("module", "option", "score")
@@ -156,7 +157,7 @@ def cost_matrix(modules: pd.DataFrame, menu: Sequence["str | LayerSpec"], conven
     ``inf`` where the option cannot be applied: the module's input width is not a multiple of
     the option's ``m``.
     """
-    _check_convention(convention)
+    check_convention(convention)
     modules = _check_modules(modules)
     specs = [LayerSpec.parse(option) for option in menu]
     out = np.empty((len(modules), len(specs)))
@@ -172,16 +173,14 @@ def plan_ratio(plan: CompressionPlan, modules: pd.DataFrame, convention: str = "
 
     The table-based twin of ``compression_ratio(model, plan)``, for when no model is at hand.
     """
-    _check_convention(convention)
+    check_convention(convention)
     modules = _check_modules(modules)
     unknown = sorted(set(plan) - set(modules["module"]))
     if unknown:
         raise NxmiError(f"plan names module(s) not in the modules table: {', '.join(unknown[:5])}")
-    compressed = dense = 0.0
-    for name, n_out, n_in in zip(modules["module"], modules["out_features"], modules["in_features"]):
-        compressed += module_bits(plan.spec_for(name), int(n_out), int(n_in), convention)
-        dense += DENSE_BITS * int(n_out) * int(n_in)
-    return float(1.0 - compressed / dense)
+    compressed = sum(module_bits(plan.spec_for(name), int(n_out), int(n_in), convention)
+                     for name, n_out, n_in in zip(modules["module"], modules["out_features"], modules["in_features"]))
+    return float(1.0 - compressed / dense_bits(modules))
 
 
 def solve_mckp(
@@ -201,7 +200,7 @@ def solve_mckp(
 
     Args:
         costs, scores: ``[N, K]`` arrays; ``inf`` in either marks an option a row may not take.
-        budget: the cost cap; met with a relative tolerance of :data:`REL_TOL`.
+        budget: the cost cap (any tolerance is the caller's, e.g. :meth:`RatioTarget.budget_bits`).
         forbidden: earlier choice vectors (length ``N``, option index per row) to exclude.
         min_hamming: how many rows must differ from each forbidden vector (>= 1).
 
@@ -228,10 +227,9 @@ def solve_mckp(
             )
 
     allowed = np.isfinite(costs) & np.isfinite(scores)
-    tol = REL_TOL * abs(budget)
     if not allowed.any(axis=1).all():
         return None
-    if np.where(allowed, costs, np.inf).min(axis=1).sum() > budget + tol:
+    if np.where(allowed, costs, np.inf).min(axis=1).sum() > budget:
         return None
     if forbidden and min_hamming > n_rows:
         return None
@@ -249,7 +247,7 @@ def solve_mckp(
     one_per_row = sparse.csr_array((np.ones(n_vars), (rows, np.arange(n_vars))), shape=(n_rows, n_vars))
     base = [
         LinearConstraint(one_per_row, 1, 1),
-        LinearConstraint(costs[rows, cols][None, :] / cost_scale, -np.inf, (budget + tol) / cost_scale),
+        LinearConstraint(costs[rows, cols][None, :] / cost_scale, -np.inf, budget / cost_scale),
     ]
     var_index = {(int(i), int(j)): v for v, (i, j) in enumerate(zip(rows, cols))}
 
@@ -277,7 +275,7 @@ def solve_mckp(
         x = np.zeros((n_rows, n_opts))
         x[rows, cols] = res.x
         choice = np.argmax(x, axis=1)
-        if costs[np.arange(n_rows), choice].sum() <= budget + tol:
+        if costs[np.arange(n_rows), choice].sum() <= budget:
             return choice
         # HiGHS accepted a choice over budget within its own feasibility tolerance: exclude
         # exactly that vector (Hamming 1) and ask again, which keeps the answer exact.
@@ -288,7 +286,7 @@ def solve_mckp(
 def generate_candidates(
     sensitivity: pd.DataFrame,
     modules: pd.DataFrame,
-    target_ratio: float,
+    target_ratio: "RatioTarget | float",
     convention: str = "paper",
     n_best: int = 8,
     min_hamming: int | None = None,
@@ -304,8 +302,9 @@ def generate_candidates(
             it can take; an option whose ``m`` does not divide a module's input width is
             simply not offered to that module.
         modules: columns :data:`MODULE_COLUMNS`, e.g. from :func:`modules_frame`.
-        target_ratio: the least compression ratio, in ``(0, 1)``.
-        convention: ``paper`` or ``storage`` (see DESIGN.md, "Compression-ratio accounting").
+        target_ratio: a :class:`RatioTarget`, or the least compression ratio in ``(0, 1)``
+            under ``convention``: ``paper`` or ``storage`` (DESIGN.md, "Compression-ratio
+            accounting"); ``convention`` is ignored when a target is given.
         n_best: how many knapsack plans: the optimum plus up to ``n_best - 1`` diverse ones
             (fewer when the cuts leave no feasible plan).
         min_hamming: how many modules each diverse plan must change against every earlier one;
@@ -322,14 +321,8 @@ def generate_candidates(
         NxmiError: bad target, convention or tables, missing (module, option) scores, or a target
             the menu cannot reach (the message names the highest reachable ratio).
     """
-    if (
-        not isinstance(target_ratio, numbers.Real)
-        or isinstance(target_ratio, bool)
-        or not math.isfinite(target_ratio)
-        or not 0 < target_ratio < 1
-    ):
-        raise NxmiError(f"target_ratio must be a number in (0, 1), got {target_ratio!r}")
-    _check_convention(convention)
+    target = RatioTarget.of(target_ratio, convention)
+    convention = target.convention
     for name, value, least in (("n_best", n_best, 1), ("grid_top", grid_top, 0)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
             raise NxmiError(f"{name} must be an integer >= {least}, got {value!r}")
@@ -341,8 +334,8 @@ def generate_candidates(
         raise NxmiError(f"min_hamming must be None or an integer >= 1, got {min_hamming!r}")
 
     costs = problem.costs[convention]
-    budget = (1.0 - target_ratio) * problem.dense_bits
-    _check_reachable(problem, costs, budget, target_ratio, convention)
+    budget = target.budget_bits(problem.dense_bits)
+    check_reachable(problem.modules, problem.menu, target, problem.scores)
 
     found: dict[tuple[int, ...], list[str]] = {}
 
@@ -350,7 +343,7 @@ def generate_candidates(
         found.setdefault(tuple(int(k) for k in choice), []).append(kind)
 
     optimum = solve_mckp(costs, problem.scores, budget)
-    if optimum is None:  # _check_reachable ruled this out
+    if optimum is None:  # check_reachable ruled this out
         raise RuntimeError("the knapsack is infeasible although the cheapest plan meets the budget")
     add(optimum, "optimal")
     previous = [optimum]
@@ -371,7 +364,7 @@ def generate_candidates(
     for key, kinds in found.items():
         choice = np.asarray(key)
         total = costs[np.arange(n_modules), choice].sum()
-        if not total <= budget * (1 + REL_TOL):
+        if not total <= budget:
             raise AssertionError(f"{kinds[0]} candidate uses {total} bits, over the budget of {budget}")
         ratios = {conv: problem.ratio(choice, conv) for conv in CONVENTIONS}
         score = problem.score(choice)
@@ -380,7 +373,7 @@ def generate_candidates(
             "kinds": list(kinds),
             "score": score,
             "convention": convention,
-            "target_ratio": float(target_ratio),
+            "target_ratio": target.value,
             "ratio_paper": ratios["paper"],
             "ratio_storage": ratios["storage"],
         }
@@ -458,15 +451,14 @@ def build_problem(sensitivity: pd.DataFrame, modules: pd.DataFrame) -> Candidate
             f"a score for every option of the menu ({', '.join(labels)})"
         )
     scores[~fits] = np.inf
-    dense_bits = float(DENSE_BITS * (modules["out_features"] * modules["in_features"]).sum())
-    return CandidateProblem(modules=modules, menu=menu, scores=scores, costs=costs, dense_bits=dense_bits)
+    return CandidateProblem(modules=modules, menu=menu, scores=scores, costs=costs, dense_bits=dense_bits(modules))
 
 
 def _uniform_choices(problem: CandidateProblem, costs: np.ndarray, budget: float) -> list[np.ndarray]:
     n_modules = len(problem.modules)
     totals = costs.sum(axis=0)
     scores = problem.scores.sum(axis=0)
-    ok = [k for k in range(len(problem.menu)) if np.isfinite(scores[k]) and totals[k] <= budget * (1 + REL_TOL)]
+    ok = [k for k in range(len(problem.menu)) if np.isfinite(scores[k]) and totals[k] <= budget]
     ok.sort(key=lambda k: scores[k])
     return [np.full(n_modules, k) for k in ok]
 
@@ -497,12 +489,11 @@ def _grid_choices(problem: CandidateProblem, costs: np.ndarray, budget: float, t
 
     trail_cost = outer_sum(type_cost[n_leading:])
     trail_score = outer_sum(type_score[n_leading:])
-    limit = budget * (1 + REL_TOL)
     best: list[tuple[float, tuple[int, ...]]] = []
     for lead in itertools.product(range(n_opts), repeat=n_leading):
         lead_cost = sum(type_cost[t, k] for t, k in enumerate(lead))
         lead_score = sum(type_score[t, k] for t, k in enumerate(lead))
-        feasible = np.flatnonzero((lead_cost + trail_cost <= limit) & np.isfinite(trail_score))
+        feasible = np.flatnonzero((lead_cost + trail_cost <= budget) & np.isfinite(trail_score))
         if not np.isfinite(lead_score) or not len(feasible):
             continue
         score = lead_score + trail_score[feasible]
@@ -517,27 +508,23 @@ def _grid_choices(problem: CandidateProblem, costs: np.ndarray, budget: float, t
     return [np.asarray(combo)[type_of_module] for _, combo in best]
 
 
-def _check_reachable(
-    problem: CandidateProblem, costs: np.ndarray, budget: float, target: float, convention: str
-) -> None:
-    allowed = np.isfinite(costs) & np.isfinite(problem.scores)
-    cheapest_cost = np.where(allowed, costs, np.inf)
+def check_reachable(modules: pd.DataFrame, menu: Sequence["str | LayerSpec"], target: RatioTarget,
+                    scores: np.ndarray | None = None) -> float:
+    """The highest ratio the menu reaches on the modules (every module at its cheapest option it
+    can take; with ``scores``, options scored ``inf`` are not offered); an error naming it and
+    those options when it misses ``target``. The one feasibility check of a search."""
+    modules = _check_modules(modules)
+    labels = [str(LayerSpec.parse(option)) for option in menu]
+    costs = cost_matrix(modules, menu, target.convention)
+    allowed = np.isfinite(costs) & (np.isfinite(scores) if scores is not None else True)
     if not allowed.any(axis=1).all():
-        stuck = problem.modules["module"][~allowed.any(axis=1)].tolist()
-        raise NxmiError(f"no option of the menu ({', '.join(problem.labels)}) applies to module(s) {_some(stuck)}")
+        stuck = modules["module"][~allowed.any(axis=1)].tolist()
+        raise NxmiError(f"no option of the menu ({', '.join(labels)}) applies to module(s) {_some(stuck)}")
+    cheapest_cost = np.where(allowed, costs, np.inf)
     cheapest = cheapest_cost.argmin(axis=1)
-    total = cheapest_cost.min(axis=1).sum()
-    if total <= budget * (1 + REL_TOL):
-        return
-    highest = 1.0 - total / problem.dense_bits
-    shown = f"{highest:.4f}"
-    if float(shown) >= target:  # rounding must not make the reachable look like enough
-        shown = f"{highest:.12g}"
-    options = ", ".join(problem.labels[k] for k in dict.fromkeys(cheapest.tolist()))
-    raise NxmiError(
-        f"target ratio {target:g} ({convention}) is infeasible with this menu: the highest reachable is "
-        f"{shown} (every module at its cheapest option: {options}); lower the target or add cheaper options"
-    )
+    options = ", ".join(labels[k] for k in dict.fromkeys(cheapest.tolist()))
+    return target.check_reachable(1.0 - cheapest_cost.min(axis=1).sum() / dense_bits(modules),
+                                  f"every module at its cheapest option: {options}")
 
 
 def _check_modules(modules: pd.DataFrame) -> pd.DataFrame:
@@ -560,11 +547,6 @@ def _check_modules(modules: pd.DataFrame) -> pd.DataFrame:
     out["out_features"] = out["out_features"].astype("int64")
     out["in_features"] = out["in_features"].astype("int64")
     return out
-
-
-def _check_convention(convention: str) -> None:
-    if convention not in CONVENTIONS:
-        raise NxmiError(f"unknown ratio convention {convention!r}; allowed: {', '.join(CONVENTIONS)}")
 
 
 def _some(items: Sequence, limit: int = 5) -> str:

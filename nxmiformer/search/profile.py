@@ -30,6 +30,7 @@ from torch import nn
 
 from ..compression import LayerSpec, compressible_modules, encoder_blocks, project
 from ..errors import NxmiError
+from ..models import skeleton
 from ..trials.config import DataConfig, default_cache_dir
 from ..trials.data import get_task
 
@@ -240,9 +241,9 @@ def profile_sensitivity(
     path = Path(cache_dir or default_cache_dir()) / "profiles" / f"{data.task}-{key}.parquet"
     table = _read_cache(path)
 
-    skeleton = _skeleton(model_dir)
-    modules = compressible_modules(skeleton)
-    check_options_fit(skeleton, menu)
+    architecture = skeleton(model_dir)
+    modules = compressible_modules(architecture)
+    check_options_fit(architecture, menu)
     have = set() if table is None else set(zip(table["module"], table["option"]))
     missing_options = [o for o in menu if any((cm.name, o) not in have for cm in modules)]
     computed = 0
@@ -275,15 +276,6 @@ def check_options_fit(model: nn.Module, options: Sequence[str]) -> None:
         if bad:
             raise NxmiError(f"option {option} does not fit {bad[0].name}: input width {bad[0].in_features} "
                             f"is not a multiple of m={spec.m}")
-
-
-def _skeleton(model_dir: Path) -> nn.Module:
-    """The architecture without weights (meta device): enough to list the modules, instantly."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    config = AutoConfig.from_pretrained(model_dir)
-    with torch.device("meta"):
-        return AutoModelForSequenceClassification.from_config(config)
 
 
 def _gather(refs, progress: bool) -> list[dict]:

@@ -21,22 +21,27 @@ that leaves budget unused is also **filled** the other way (the move with the la
 decrease per bit added, while it fits). It is off by default: measured on SST-2
 (``bench/search_quality.py``), filling pulled both Optuna samples back onto a stage-1 plan
 (duplicate trials), because it trusts the same one-shot model the heuristic stage already
-optimised. Both are deterministic, so the driver can rebuild any trial's plan from its sampled
-parameters.
+optimised. Both are deterministic; the trial reports the repaired plan it trained.
+
+The space travels to the trials as a JSON file under the search's storage path
+(:meth:`GroupSpace.save`), not inside every trial's Tune config.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..compression import CONVENTIONS, COMPONENTS, CompressionPlan
+from ..compression import COMPONENTS, CompressionPlan, RatioTarget
 from ..errors import NxmiError
-from .heuristic import REL_TOL, CandidateProblem
+from ..outputs import write_json
+from .heuristic import CandidateProblem
 
 REFINED = "refined"
 
@@ -47,19 +52,17 @@ class GroupSpace:
 
     modules: tuple[str, ...]
     labels: tuple[str, ...]
-    costs: np.ndarray  # [module, option] bits under ``convention``
+    costs: np.ndarray  # [module, option] bits under the target's convention
     scores: np.ndarray  # [module, option] sensitivity, inf where not allowed
     dense_bits: float
     groups: dict  # parameter name -> tuple of module row indices
-    target_ratio: float
-    convention: str
+    target: RatioTarget
     fill_slack: bool = False
 
     @classmethod
-    def build(cls, problem: CandidateProblem, target_ratio: float, convention: str = "paper",
+    def build(cls, problem: CandidateProblem, target: "RatioTarget | float", convention: str = "paper",
               layer_groups: int = 2, fill_slack: bool = False) -> "GroupSpace":
-        if convention not in CONVENTIONS:
-            raise NxmiError(f"unknown ratio convention {convention!r}; allowed: {', '.join(CONVENTIONS)}")
+        target = RatioTarget.of(target, convention)
         if isinstance(layer_groups, bool) or not isinstance(layer_groups, int) or layer_groups < 1:
             raise NxmiError(f"layer groups must be a positive integer, got {layer_groups!r}")
         frame = problem.modules.reset_index(drop=True)
@@ -74,9 +77,9 @@ class GroupSpace:
                 rows = tuple(int(i) for i in frame.index[in_block & (frame["component"] == component)])
                 if rows:
                     groups[f"{component}.{span}"] = rows
-        return cls(modules=tuple(frame["module"]), labels=tuple(problem.labels), costs=problem.costs[convention],
-                   scores=problem.scores, dense_bits=problem.dense_bits, groups=groups,
-                   target_ratio=float(target_ratio), convention=convention, fill_slack=bool(fill_slack))
+        return cls(modules=tuple(frame["module"]), labels=tuple(problem.labels), costs=problem.costs[target.convention],
+                   scores=problem.scores, dense_bits=problem.dense_bits, groups=groups, target=target,
+                   fill_slack=bool(fill_slack))
 
     # -- the Optuna space ----------------------------------------------------------------------
     def choices(self, group: str) -> list[str]:
@@ -147,8 +150,7 @@ class GroupSpace:
         return float(1.0 - self.costs[np.arange(len(choice)), choice].sum() / self.dense_bits)
 
     def _budget(self) -> float:
-        budget = (1.0 - self.target_ratio) * self.dense_bits
-        return budget + REL_TOL * abs(budget)
+        return self.target.budget_bits(self.dense_bits)
 
     def fill(self, choice: np.ndarray) -> tuple[np.ndarray, int]:
         """Spend the budget a plan leaves unused: while a single-module move to an option with a
@@ -185,8 +187,7 @@ class GroupSpace:
             damage = np.maximum(self.scores - self.scores[rows, choice][:, None], 0.0)
             ok = allowed & (saving > 0)
             if not ok.any():
-                raise NxmiError(f"cannot repair the plan to the target ratio {self.target_ratio} "
-                                f"({self.convention}): no cheaper option is left")
+                raise NxmiError(f"cannot repair the plan to the target ratio {self.target}: no cheaper option is left")
             i, k = np.nonzero(ok)
             rate = damage[i, k] / saving[i, k]
             best = np.lexsort((k, i, -saving[i, k], rate))[0]
@@ -194,20 +195,28 @@ class GroupSpace:
             moves += 1
         return choice, moves
 
-    # -- transport through a Tune config ---------------------------------------------------------
+    # -- transport to the trials -------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"modules": list(self.modules), "labels": list(self.labels), "costs": self.costs.tolist(),
                 "scores": self.scores.tolist(), "dense_bits": self.dense_bits,
-                "groups": {g: list(r) for g, r in self.groups.items()}, "target_ratio": self.target_ratio,
-                "convention": self.convention, "fill_slack": self.fill_slack}
+                "groups": {g: list(r) for g, r in self.groups.items()}, "target_ratio": self.target.value,
+                "convention": self.target.convention, "fill_slack": self.fill_slack}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "GroupSpace":
         return cls(modules=tuple(data["modules"]), labels=tuple(data["labels"]),
                    costs=np.asarray(data["costs"], dtype=float), scores=np.asarray(data["scores"], dtype=float),
                    dense_bits=float(data["dense_bits"]), groups={g: tuple(r) for g, r in data["groups"].items()},
-                   target_ratio=float(data["target_ratio"]), convention=data["convention"],
+                   target=RatioTarget(float(data["target_ratio"]), data["convention"]),
                    fill_slack=bool(data.get("fill_slack", False)))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the space as JSON (atomically: a trial never reads half a file); returns the path."""
+        return write_json(path, self.to_dict(), indent=None)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "GroupSpace":
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def seed_points(space: GroupSpace, stage1: pd.DataFrame, enqueue: int = 2) -> tuple[list[tuple[dict, float, bool]], list[dict]]:
@@ -257,11 +266,12 @@ def make_searcher(space: GroupSpace, told, enqueued, seed: int = 0, startup_tria
 
 def refine_trainable(config: dict) -> None:
     """The Tune trainable of a refinement trial: group parameters -> repaired plan -> the
-    ordinary trial trainable."""
+    ordinary trial trainable (which reports the plan). ``config["space"]`` is the path of the
+    saved :class:`GroupSpace`."""
     from ..trials.trainable import trial_trainable
 
-    space = GroupSpace.from_dict(config["space"])
+    space = GroupSpace.load(config["space"])
     params = {group: config[group] for group in space.groups}
     plan = space.plan_for(params)
     rest = {k: v for k, v in config.items() if k not in space.groups and k != "space"}
-    trial_trainable(rest | {"plan": plan.to_dict()})
+    trial_trainable(rest | {"candidate": {"plan": plan.to_dict(), "kind": REFINED}})

@@ -1,10 +1,12 @@
 """The search: warm start -> profile (cached) -> candidates -> parallel short trials on Ray Tune
 -> results table in Parquet -> the best plan that meets the constraint.
 
-Everything lives under one storage path (``SearchConfig.out``): the Tune experiment (so an
+Everything lives under one storage path (``SearchConfig.out``): the Tune experiments (so an
 interrupted search resumes with ``resume=True`` and loses no finished trial), ``search.json``
-(the configuration), ``candidates.parquet`` and ``results.parquet``. Ray starts embedded unless
-``address`` (or ``RAY_ADDRESS``) names a cluster.
+(the configuration, written once the warm start and data have loaded), ``candidates.parquet``
+and ``results.parquet`` (one :class:`~nxmiformer.records.TrialRecord` per trial, as reported by
+the trainable). The best plan is the one :func:`nxmiformer.analysis.select` picks, the same as
+``nxmi export``'s. Ray starts embedded unless ``address`` (or ``RAY_ADDRESS``) names a cluster.
 """
 
 from __future__ import annotations
@@ -13,67 +15,97 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from ..compression import CONVENTIONS, CompressionPlan
+from ..analysis.pareto import select
+from ..compression import RatioTarget
 from ..errors import NxmiError
+from ..outputs import atomic_file, write_json
+from ..records import TrialRecord, records_frame, write_records
 from ..trials.config import DataConfig, DenseConfig, TrialConfig, default_cache_dir
 from ..trials.data import get_task
+from .cluster import cluster_cpus, ray_session
 from .profile import DEFAULT_MENU, parse_menu
 
 EXPERIMENT = "trials"
 REFINE_EXPERIMENT = "refine"
-RESULT_COLUMNS = [
-    "trial_id", "status", "error", "kind", "heuristic_score", "plan_json", "plan_summary", "ratio_paper",
-    "ratio_storage", "meets_target", "primary", "retention", "dense_primary", "metrics_json", "steps",
-    "wall_time", "node_id", "admm_distance", "admm_mask_agreement",
-]
+SPACE_FILE = "refine_space.json"
+# a trainable -> the trainable Tune runs (e.g. one that injects faults, in tests)
+Wrapper = Callable[[Callable[[dict], None]], Callable[[dict], None]]
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Named :class:`SearchConfig` field values; fields given explicitly override them."""
+
+    description: str
+    fields: dict
+
+
+PRESETS = {
+    # about 10 minutes on 2 CPU cores with the MiniLM default (dense warm start included)
+    "quick": Preset("a ~10 minute search on 2 cores (3 candidates + 2 Optuna trials x 60 steps)",
+                    {"trials": 3, "refine_trials": 2, "steps": 60, "train_size": 2000, "eval_size": 300,
+                     "calib_size": 128, "max_length": 64, "dense_epochs": 1.0}),
+}
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """A search for plans with encoder compression >= ``target_ratio`` (under ``convention``)."""
+    """A search for plans with encoder compression >= ``target_ratio`` (under ``convention``).
 
-    out: str
-    task: str = "sst2"
-    target_ratio: float = 0.875
-    convention: str = "paper"
-    model: str = "default"
-    data_dir: str | None = None
-    max_length: int = 64
-    train_size: int | None = 4000
-    eval_size: int | None = 500
-    seed: int = 0
-    trials: int = field(default=8, metadata={"help": "candidate plans to train as short trials"})
-    steps: int = field(default=200, metadata={"help": "optimizer steps per short trial"})
-    batch_size: int = 32
-    lr: float = 1e-4
-    kd_alpha: float = 0.0
-    concurrency: int | None = field(default=None, metadata={"help": "concurrent trials (default: CPUs / cpus_per_trial)"})
-    cpus_per_trial: int = 1
-    options: tuple[str, ...] = DEFAULT_MENU
-    calib_size: int = 256
-    dense_epochs: float = 1.0
-    asha: bool = True
-    kinds: tuple[str, ...] = field(default=("optimal", "diverse", "grid", "uniform"),
-                                   metadata={"help": "candidate kinds to train (see search.heuristic.KINDS)"})
-    refine_trials: int = field(default=0, metadata={"help": "stage 2: Optuna-sampled per-group plans after the candidates"})
-    refine_fill: bool = field(default=False, metadata={"help": "stage 2: fill unused budget by the additive model"})
-    refine_layer_groups: int = field(default=2, metadata={"help": "stage 2: layer blocks per component type (groups)"})
-    profile_workers: int | None = field(default=None, metadata={"help": "Ray tasks for profiling (None: cluster CPUs; 0: in-process)"})
-    cache_dir: str | None = None
-    address: str | None = None
-    inject_failure: dict | None = field(default=None, metadata={"help": "testing: fault injection passed to the trainable (see trials.trainable)"})
+    Every field is an ``nxmi search`` flag of the same name (``--target-ratio`` ...), with the
+    ``help`` of its metadata."""
+
+    out: str = field(metadata=_help("storage path of the search (results, Tune experiments, search.json)"))
+    task: str = field(default="sst2", metadata=_help("GLUE task: cola sst2 mrpc qqp stsb mnli qnli rte wnli"))
+    target_ratio: float = field(default=0.875, metadata=_help("minimum encoder compression ratio, in (0, 1)"))
+    convention: str = field(default="paper", metadata=_help("ratio convention: paper or storage"))
+    model: str = field(default="default", metadata=_help("'default' (embedded MiniLM), a directory, or a hub name"))
+    data_dir: str | None = field(default=None, metadata=_help(
+        "directory of <task>/<split>.parquet (default: $NXMI_GLUE_DIR, else the hub)"))
+    max_length: int = field(default=64, metadata=_help("truncation length in tokens"))
+    train_size: int | None = field(default=4000, metadata=_help("training rows to draw (None: all)"))
+    eval_size: int | None = field(default=500, metadata=_help("rows of each validation split (None: all)"))
+    seed: int = field(default=0, metadata=_help("seed of the row draws and of Optuna's sampler"))
+    trials: int = field(default=8, metadata=_help("candidate plans to train as short trials"))
+    steps: int = field(default=200, metadata=_help("optimizer steps per short trial"))
+    batch_size: int = field(default=32, metadata=_help("batch size of the trials"))
+    lr: float = field(default=1e-4, metadata=_help("learning rate of the trials"))
+    kd_alpha: float = field(default=0.0, metadata=_help("weight of distillation from the dense model (0: off)"))
+    concurrency: int | None = field(default=None, metadata=_help("concurrent trials (default: CPUs / cpus_per_trial)"))
+    cpus_per_trial: int = field(default=1, metadata=_help("CPUs (and torch threads) per trial"))
+    options: tuple[str, ...] = field(default=DEFAULT_MENU, metadata=_help("comma-separated option menu"))
+    calib_size: int = field(default=256, metadata=_help("calibration rows held out of the training split"))
+    dense_epochs: float = field(default=1.0, metadata=_help("epochs of the dense warm start"))
+    asha: bool = field(default=True, metadata=_help("stop weak trials early at the hard projection (ASHA)"))
+    kinds: tuple[str, ...] = field(default=("optimal", "diverse", "grid", "uniform"), metadata=_help(
+        "candidate kinds to train, comma-separated: optimal,diverse,grid,uniform"))
+    refine_trials: int = field(default=0, metadata=_help(
+        "stage 2: this many Optuna-sampled per-group plans, seeded with the candidates' results"))
+    refine_fill: bool = field(default=False, metadata=_help(
+        "stage 2: spend budget a sampled plan leaves unused, by the sensitivity model"))
+    refine_layer_groups: int = field(default=2, metadata=_help(
+        "stage 2: layer blocks per component type (one Optuna choice per block and component)"))
+    profile_workers: int | None = field(default=None, metadata=_help(
+        "Ray tasks for profiling (default: cluster CPUs; 0: in-process)"))
+    cache_dir: str | None = field(default=None, metadata=_help(
+        "cache of warm starts and profiles (default: $NXMI_CACHE_DIR or ~/.cache/nxmiformer; share it on a cluster)"))
+    address: str | None = field(default=None, metadata=_help("Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)"))
+    fail_fast: bool = field(default=False, metadata=_help(
+        "stop the search at the first trial failure instead of restarting the trial (continue with --resume)"))
 
     def __post_init__(self):
         get_task(self.task)
-        if not (isinstance(self.target_ratio, (int, float)) and 0 < self.target_ratio < 1):
-            raise NxmiError(f"target ratio must be in (0, 1), got {self.target_ratio!r}")
-        if self.convention not in CONVENTIONS:
-            raise NxmiError(f"unknown ratio convention {self.convention!r}; allowed: {', '.join(CONVENTIONS)}")
+        self.target  # validates target_ratio and convention
         for name in ("trials", "cpus_per_trial", "batch_size", "calib_size", "refine_layer_groups"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -102,6 +134,10 @@ class SearchConfig:
             object.__setattr__(self, "cache_dir", str(Path(self.cache_dir).expanduser().resolve()))
         self.trial_config()
 
+    @property
+    def target(self) -> RatioTarget:
+        return RatioTarget(self.target_ratio, self.convention)
+
     def data_config(self) -> DataConfig:
         return DataConfig(task=self.task, data_dir=self.data_dir, max_length=self.max_length, train_size=self.train_size,
                           eval_size=self.eval_size, seed=self.seed, holdout_size=self.calib_size)
@@ -122,6 +158,23 @@ class SearchConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"options": list(self.options), "kinds": list(self.kinds)}
 
+    @classmethod
+    def preset(cls, name: str | None, **fields) -> "SearchConfig":
+        """The configuration of preset ``name`` (None: none) with ``fields`` on top."""
+        if name is not None and name not in PRESETS:
+            raise NxmiError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+        return cls(**(PRESETS[name].fields if name else {}) | fields)
+
+    @classmethod
+    def load(cls, out: str | os.PathLike, **changes) -> "SearchConfig":
+        """The configuration stored in ``out/search.json``, with ``changes`` (e.g. the address)."""
+        state_file = Path(out) / "search.json"
+        if not state_file.is_file():
+            raise NxmiError(f"nothing to resume in {out}: no search.json (start a search with this --out first)")
+        stored = json.loads(state_file.read_text())
+        known = {f.name for f in dataclasses.fields(cls)}  # provenance, and keys of older versions, are not fields
+        return cls(**({k: v for k, v in stored.items() if k in known} | changes))
+
 
 @dataclass
 class SearchResult:
@@ -134,19 +187,6 @@ class SearchResult:
 def _say(progress: bool, message: str) -> None:
     if progress:
         print(message, flush=True)
-
-
-def _connect_ray(config: SearchConfig):
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = config.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    return True
 
 
 def select_candidates(candidates: list, budget: int) -> list:
@@ -213,12 +253,8 @@ def _make_tuner(config: SearchConfig, trainable, param_space: dict, storage: Pat
     if config.asha and config.steps >= 4:
         scheduler = ASHAScheduler(time_attr="step", metric="primary", mode="max", max_t=config.steps,
                                   grace_period=max(1, config.steps // 2), reduction_factor=2)  # the rung is the projection
-    concurrency = config.concurrency
-    if concurrency is None:
-        import ray
-
-        concurrency = max(1, int(ray.cluster_resources().get("CPU", 1) // config.cpus_per_trial))
-    fail_fast = "raise" if (config.inject_failure or {}).get("marker") else False
+    concurrency = config.concurrency or max(1, cluster_cpus() // config.cpus_per_trial)
+    fail_fast = "raise" if config.fail_fast else False
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -242,131 +278,118 @@ def _fit(tuner, config: SearchConfig):
                         f"run it again with --resume --out {config.out} to continue") from exc
 
 
-def run_search(config: SearchConfig, resume: bool = False, progress: bool = True) -> SearchResult:
-    """Run (or with ``resume=True`` continue) a search; see the module docstring."""
+def run_search(config: SearchConfig, resume: bool = False, progress: bool = True,
+               wrap_trainable: Wrapper | None = None) -> SearchResult:
+    """Run (or with ``resume=True`` continue) a search; see the module docstring.
+
+    ``wrap_trainable`` (optional) wraps each stage's Tune trainable, e.g. to inject faults.
+    Nothing is written to ``config.out`` until the warm start and its data have loaded."""
     start = time.perf_counter()
     out = Path(config.out).resolve()
     state_file = out / "search.json"
     if resume:
-        if not state_file.is_file():
-            raise NxmiError(f"nothing to resume in {out}: no search.json (start a search with this --out first)")
-        stored = json.loads(state_file.read_text())
-        stored.pop("provenance", None)
-        config = SearchConfig(**(stored | {"address": config.address, "inject_failure": None}))
+        config = SearchConfig.load(out, address=config.address)
     else:
         check_feasible(config)
         if out.exists() and any(out.iterdir()):
             raise NxmiError(f"output directory {out} already exists and is not empty; use --resume to continue it or choose another --out")
-        out.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    wrap = wrap_trainable or (lambda trainable: trainable)
 
-    started_ray = _connect_ray(config)
-    try:
+    from ..models import skeleton
+    from ..trials.dense import finetune_dense
+
+    data = config.data_config()
+    _say(progress, f"[1/4] dense warm start: {config.model} on {config.task}")
+    dense = finetune_dense(data, config.dense_config(), config.cache_root(), progress=progress)
+    if not resume:  # the inputs have loaded: from here on the search has state to resume
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(state_file, config.to_dict())
+    _record_provenance(state_file, dense)
+    _say(progress, f"      dense {dense.metrics.get('primary'):.4f} ({'cached' if dense.cached else f'{dense.wall_time:.0f}s'}) at {dense.path}")
+
+    with ray_session(config.address):
         from ray import tune
 
-        from ..trials.dense import finetune_dense
         from ..trials.trainable import trial_trainable
         from .heuristic import generate_candidates, modules_frame
-        from .profile import _skeleton, profile_sensitivity
-
-        import ray
-
-        data = config.data_config()
-        _say(progress, f"[1/4] dense warm start: {config.model} on {config.task}")
-        dense = finetune_dense(data, config.dense_config(), config.cache_root(), progress=progress)
-        _record_provenance(state_file, dense)
-        _say(progress, f"      dense {dense.metrics.get('primary'):.4f} ({'cached' if dense.cached else f'{dense.wall_time:.0f}s'}) at {dense.path}")
+        from .profile import profile_sensitivity
 
         _say(progress, f"[2/4] sensitivity profile: {len(config.options)} options, {config.calib_size} calibration rows")
-        workers = config.profile_workers
-        if workers is None:
-            workers = int(ray.cluster_resources().get("CPU", 1))
+        workers = config.profile_workers if config.profile_workers is not None else cluster_cpus()
         profile = profile_sensitivity(dense.path, data, config.options, config.calib_size, cache_dir=config.cache_root(),
                                       workers=workers, progress=progress)
         _say(progress, f"      {profile.computed} computed, {profile.cached} from cache ({profile.wall_time:.1f}s)")
 
-        modules = modules_frame(_skeleton(dense.path))
+        modules = modules_frame(skeleton(dense.path))
         candidates_file = out / "candidates.parquet"
         if resume and candidates_file.is_file():
             cand_frame = pd.read_parquet(candidates_file)
         else:
-            candidates = generate_candidates(profile.table, modules, config.target_ratio, config.convention,
-                                             n_best=max(2, config.trials))
+            candidates = generate_candidates(profile.table, modules, config.target, n_best=max(2, config.trials))
             chosen = select_candidates(_of_kinds(candidates, config.kinds), config.trials)
             cand_frame = pd.DataFrame([{
                 "kind": c.kind, "score": c.score, "ratio_paper": c.ratio_paper, "ratio_storage": c.ratio_storage,
                 "plan_json": c.plan.to_json(indent=None), "plan_summary": c.plan.summary()} for c in chosen])
-            cand_frame.to_parquet(candidates_file, index=False)
-        _say(progress, f"[3/4] {len(cand_frame)} candidates for target {config.target_ratio} ({config.convention}): "
+            with atomic_file(candidates_file) as tmp:
+                cand_frame.to_parquet(tmp, index=False)
+        _say(progress, f"[3/4] {len(cand_frame)} candidates for target {config.target}: "
                        + ", ".join(f"{k} x{v}" for k, v in cand_frame["kind"].value_counts().items()))
 
-        plans = []
-        for i, row in cand_frame.iterrows():
-            plan = CompressionPlan.from_json(row["plan_json"])
-            plan.meta.update({"kind": row["kind"], "heuristic_score": float(row["score"]), "candidate_index": int(i)})
-            plans.append(plan.to_dict())
-        param_space = {"plan": tune.grid_search(plans), "trial": config.trial_config().to_dict(),
-                       "dense_path": str(dense.path)}
-        if config.inject_failure:
-            param_space["inject_failure"] = config.inject_failure
+        candidates = [{"plan": json.loads(row["plan_json"]), "kind": row["kind"], "heuristic_score": float(row["score"]),
+                       "ratio_paper": float(row["ratio_paper"]), "ratio_storage": float(row["ratio_storage"])}
+                      for _, row in cand_frame.iterrows()]
+        shared = {"trial": config.trial_config().to_dict(), "dense_path": str(dense.path)}
         restore = resume and tune.Tuner.can_restore(str(out / EXPERIMENT))
-        _say(progress, f"[4/4] {'resuming' if restore else 'running'} {len(plans)} short trials "
+        _say(progress, f"[4/4] {'resuming' if restore else 'running'} {len(candidates)} short trials "
                        f"({config.steps} steps each) on Ray Tune" + (" (stage 1 of 2)" if config.refine_trials else ""))
-        tuner = _make_tuner(config, trial_trainable, param_space, out, EXPERIMENT, len(plans), progress, restore)
-        results = results_table(_fit(tuner, config), config, dense.primary)
+        tuner = _make_tuner(config, wrap(trial_trainable), shared | {"candidate": tune.grid_search(candidates)}, out,
+                            EXPERIMENT, len(candidates), progress, restore)
+        results = results_table(_fit(tuner, config), config.target, dense.primary)
         if config.refine_trials:
-            _write_parquet(results, out / "stage1.parquet")
-            refined = _refine(config, results, profile.table, modules, param_space, out, resume, dense.primary, progress)
+            write_records(results, out / "stage1.parquet")
+            refined = _refine(config, results, profile.table, modules, shared, out, resume, dense.primary, progress, wrap)
             results = pd.concat([results, refined], ignore_index=True)
-        _write_parquet(results, out / "results.parquet")
-    finally:
-        if started_ray:
-            import ray
+        write_records(results, out / "results.parquet")
 
-            ray.shutdown()
-
-    best = best_trial(results, config.target_ratio, config.convention)
+    try:
+        best = select(results, config.target)
+    except NxmiError:  # no completed trial meets the target
+        best = None
     return SearchResult(results, best, out, time.perf_counter() - start)
 
 
 def _refine(config: SearchConfig, stage1: pd.DataFrame, sensitivity: pd.DataFrame, modules: pd.DataFrame,
-            param_space: dict, out: Path, resume: bool, dense_primary: float, progress: bool) -> pd.DataFrame:
+            shared: dict, out: Path, resume: bool, dense_primary: float, progress: bool, wrap: Wrapper) -> pd.DataFrame:
     """Stage 2 (``refine_trials`` > 0): Optuna over per-group choices, seeded with stage 1."""
     from ray import tune
 
     from .heuristic import build_problem
     from .refine import GroupSpace, make_searcher, refine_trainable, seed_points
 
-    space = GroupSpace.build(build_problem(sensitivity, modules), config.target_ratio, config.convention,
-                             config.refine_layer_groups, fill_slack=config.refine_fill)
+    space = GroupSpace.build(build_problem(sensitivity, modules), config.target,
+                             layer_groups=config.refine_layer_groups, fill_slack=config.refine_fill)
+    space_file = space.save(out / SPACE_FILE)
     told, enqueued = seed_points(space, stage1)
     restore = resume and tune.Tuner.can_restore(str(out / REFINE_EXPERIMENT))
     _say(progress, f"      stage 2: {'resuming ' if restore else ''}{config.refine_trials} Optuna trials over "
                    f"{len(space.groups)} groups ({len(told)} stage-1 results told, {len(enqueued)} seeds enqueued)")
     searcher = None if restore else make_searcher(space, told, enqueued, seed=config.seed)
-    stage2_space = {k: v for k, v in param_space.items() if k != "plan"} | {"space": space.to_dict()}
-    tuner = _make_tuner(config, refine_trainable, stage2_space, out, REFINE_EXPERIMENT, config.refine_trials,
-                        progress, restore, search_alg=searcher)
-    return results_table(_fit(tuner, config), config, dense_primary)
+    tuner = _make_tuner(config, wrap(refine_trainable), shared | {"space": str(space_file)}, out, REFINE_EXPERIMENT,
+                        config.refine_trials, progress, restore, search_alg=searcher)
+    return results_table(_fit(tuner, config), config.target, dense_primary)
 
 
 def check_feasible(config: SearchConfig) -> float:
     """Raise unless the menu can reach the target on this architecture; return the highest ratio.
 
     Runs before anything is trained or written, on the architecture alone."""
-    from ..models import resolve_model_path
-    from .heuristic import cost_matrix, modules_frame
-    from .profile import _skeleton, check_options_fit
+    from ..models import skeleton
+    from .heuristic import check_reachable, modules_frame
+    from .profile import check_options_fit
 
-    skeleton = _skeleton(Path(resolve_model_path(config.model)))
-    check_options_fit(skeleton, config.options)
-    modules = modules_frame(skeleton)
-    dense = float((32 * modules["out_features"] * modules["in_features"]).sum())
-    best = 1 - float(cost_matrix(modules, config.options, config.convention).min(axis=1).sum()) / dense
-    if best < config.target_ratio - 1e-9:
-        raise NxmiError(f"target ratio {config.target_ratio} ({config.convention}) is infeasible with this menu: "
-                        f"the highest reachable is {best:.4f} (every module at its cheapest option)")
-    return best
+    model = skeleton(config.model)
+    check_options_fit(model, config.options)
+    return check_reachable(modules_frame(model), config.options, config.target)
 
 
 def _record_provenance(state_file: Path, dense) -> None:
@@ -374,96 +397,24 @@ def _record_provenance(state_file: Path, dense) -> None:
     state = json.loads(state_file.read_text())
     state["provenance"] = {"dense_path": str(dense.path), "dense_key": dense.key, "dense_primary": dense.primary,
                            "model_fingerprint": dense.model_fingerprint}
-    tmp = state_file.with_name(f".{state_file.name}.tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, state_file)
+    write_json(state_file, state)
 
 
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _num(value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-    return value
-
-
-def results_table(grid, config: SearchConfig, dense_primary: float) -> pd.DataFrame:
-    """One row per trial of a Tune ``ResultGrid``: status (completed / stopped / error), plan,
-    ratios, metrics, retention, steps, wall time."""
-    rows = []
+def results_table(grid, target: RatioTarget, dense_primary: float) -> pd.DataFrame:
+    """One :class:`TrialRecord` per trial of a Tune ``ResultGrid``, from the trial's last report
+    (a trial that failed before reporting keeps the candidate it was given)."""
+    records = []
     for result in grid:
-        plan_dict = _plan_of(result.config or {})
-        plan = CompressionPlan.from_dict(plan_dict) if plan_dict else CompressionPlan()
-        metrics = result.metrics or {}
-        status = "error" if result.error else ("completed" if metrics.get("phase") == "final" else "stopped")
-        task_metrics = {k: v for k, v in metrics.items()
-                        if k in ("accuracy", "f1", "mcc", "pearson", "spearmanr", "combined", "eval_loss")
-                        or k.startswith("validation_")}
-        ratio_paper = metrics.get("ratio_paper")
-        ratio_storage = metrics.get("ratio_storage")
-        if ratio_paper is None:  # a trial that failed before reporting: compute from the plan
-            ratio_paper, ratio_storage = _plan_ratios(plan, config)
-        ratio = ratio_paper if config.convention == "paper" else ratio_storage
-        rows.append({
-            "trial_id": metrics.get("trial_id") or Path(result.path).name,
-            "status": status,
-            "error": (str(result.error).strip().splitlines() or [""])[-1] if result.error else "",
-            "kind": plan.meta.get("kind", ""),
-            "heuristic_score": _num(plan.meta.get("heuristic_score")),
-            "plan_json": json.dumps(plan_dict),
-            "plan_summary": plan.summary(),
-            "ratio_paper": _num(ratio_paper),
-            "ratio_storage": _num(ratio_storage),
-            "meets_target": bool(_num(ratio) >= config.target_ratio - 1e-9),
-            "primary": _num(metrics.get("primary")),
-            "retention": _num(metrics.get("retention")),
-            "dense_primary": dense_primary,
-            "metrics_json": json.dumps(task_metrics),
-            "steps": int(metrics.get("step", 0) or 0),
-            "wall_time": _num(metrics.get("time_total_s")),
-            "node_id": str(metrics.get("node_id", "")),
-            # ||W - proj(W)|| / ||W|| and mask agreement at the hard projection (last report if earlier)
-            "admm_distance": _num(metrics.get("admm_distance")),
-            "admm_mask_agreement": _num(metrics.get("admm_mask_agreement")),
-        })
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+        report = result.metrics or {}
+        status = "error" if result.error else ("completed" if report.get("phase") == "final" else "stopped")
+        given = (result.config or {}).get("candidate")
+        fallback = {"dense_primary": dense_primary}
+        if given and "plan_json" not in report:
+            from ..trials.trainable import candidate_fields
 
-
-def _plan_of(trial_config: dict) -> dict:
-    """The plan dict of a trial: given (stage 1) or rebuilt from its sampled groups (stage 2)."""
-    if "plan" in trial_config:
-        return trial_config["plan"]
-    if "space" in trial_config:
-        from .refine import GroupSpace
-
-        space = GroupSpace.from_dict(trial_config["space"])
-        if all(group in trial_config for group in space.groups):
-            return space.plan_for({group: trial_config[group] for group in space.groups}).to_dict()
-    return {}
-
-
-def _plan_ratios(plan: CompressionPlan, config: SearchConfig) -> tuple[float, float]:
-    from ..compression import compression_ratio
-    from ..models import resolve_model_path
-    from .profile import _skeleton
-
-    try:
-        model = _skeleton(Path(resolve_model_path(config.model)))
-        return compression_ratio(model, plan, "paper"), compression_ratio(model, plan, "storage")
-    except Exception:
-        return float("nan"), float("nan")
-
-
-def best_trial(results: pd.DataFrame, target_ratio: float, convention: str = "paper") -> pd.Series | None:
-    """The completed trial with the highest primary metric among those meeting the target."""
-    column = f"ratio_{convention}"
-    ok = results[(results["status"] == "completed") & (results[column] >= target_ratio - 1e-9)]
-    if ok.empty:
-        return None
-    return ok.sort_values(["primary", column], ascending=False).iloc[0]
+            fallback |= candidate_fields(given)
+        record = TrialRecord.from_report(
+            report, trial_id=report.get("trial_id") or Path(result.path).name, status=status,
+            error=(str(result.error).strip().splitlines() or [""])[-1] if result.error else "", fallback=fallback)
+        records.append(dataclasses.replace(record, meets_target=bool(target.is_met(getattr(record, target.column)))))
+    return records_frame(records)

@@ -45,12 +45,12 @@ def _check_device(device) -> None:
 class DataConfig:
     """Which data a run sees. Shared by the dense warm start and the trials."""
 
-    task: str = "sst2"
+    task: str = field(default="sst2", metadata={"help": "GLUE task: cola sst2 mrpc qqp stsb mnli qnli rte wnli"})
     data_dir: str | None = field(default=None, metadata={"help": "GLUE parquet directory (else $NXMI_GLUE_DIR, else the hub)"})
     max_length: int = field(default=128, metadata={"help": "truncation length in tokens"})
     train_size: int | None = field(default=None, metadata={"help": "training rows to draw (None: all)"})
     eval_size: int | None = field(default=None, metadata={"help": "rows of each validation split (None: all)"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seed of the row draws"})
     holdout_size: int = field(default=0, metadata={"help": "training rows set aside (e.g. the search's calibration rows)"})
 
     def __post_init__(self):
@@ -68,13 +68,13 @@ class DataConfig:
 class DenseConfig:
     """Hyper-parameters of the dense task fine-tune that every trial starts from."""
 
-    model: str = "default"
-    epochs: float = 1.0
-    steps: int | None = field(default=None, metadata={"help": "overrides epochs when given"})
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
+    model: str = field(default="default", metadata={"help": "'default' (embedded MiniLM), a directory, or a hub name"})
+    epochs: float = field(default=1.0, metadata={"help": "epochs over the training rows"})
+    steps: int | None = field(default=None, metadata={"help": "optimizer steps; overrides epochs when given"})
+    batch_size: int = field(default=32, metadata={"help": "batch size"})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate (linear warm-up and decay)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "share of the steps spent warming up the learning rate"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda[:N] or auto (not part of the cache key)"})
 
     def __post_init__(self):
@@ -105,11 +105,11 @@ class TrialConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     dense: DenseConfig = field(default_factory=DenseConfig)
-    steps: int = 600
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    admm_fraction: float = 0.5
+    steps: int = field(default=600, metadata={"help": "optimizer steps in all (ADMM phase + masked QAT)"})
+    batch_size: int = field(default=32, metadata={"help": "batch size"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    admm_fraction: float = field(default=0.5, metadata={"help": "share of the steps spent in the ADMM phase"})
     # ADMM (compression/admm.py). Measured on bench/recovery.py (SST-2, 600 steps): the penalty form
     # (penalty in the loss, Adam-normalised: W stays near the dense weights, so the ADMM phase is a
     # soft-mask STE phase) recovers best at every ratio, although it does not reach the set; the
@@ -122,7 +122,7 @@ class TrialConfig:
     admm_updates: int = field(default=10, metadata={"help": "decoupled: Z-steps in the ADMM phase (fewer when it is shorter)"})
     # measured by bench/recovery.py on SST-2: KD did not help (87.5%: 99.21% vs 99.74%; 93.75%: 98.81% vs 98.94%)
     kd_alpha: float = field(default=0.0, metadata={"help": "weight of the distillation loss from the dense model (0: off)"})
-    kd_temperature: float = 2.0
+    kd_temperature: float = field(default=2.0, metadata={"help": "softmax temperature of the distillation loss"})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: at phase ends only)"})
     threads: int | None = field(default=None, metadata={"help": "torch threads (None: leave as is)"})
     cache_dir: str | None = field(default=None, metadata={"help": "where dense warm starts are cached"})

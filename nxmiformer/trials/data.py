@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from nxmiformer.errors import NxmiError
+from nxmiformer.models import first_line, hub_errors, quiet_hub
 
 __all__ = [
     "GLUE_DIR_ENV",
@@ -157,6 +158,20 @@ def _resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:
     return None if data_dir is None else Path(data_dir)
 
 
+def _hub_unavailable(info: TaskInfo, exc: BaseException) -> NxmiError:
+    """The one-line error for a GLUE task the hub cannot serve: what was tried and the fixes."""
+    offline = bool(datasets.config.HF_HUB_OFFLINE)  # HF_DATASETS_OFFLINE, else HF_HUB_OFFLINE
+    if offline:
+        state = "offline mode is on (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE) and it is not in the Hugging Face cache"
+    else:
+        state = f"no network or hub unreachable at {datasets.config.HF_ENDPOINT}"
+    return NxmiError(
+        f"cannot load GLUE {info.name} from the Hugging Face hub ({HUB_DATASET}; {state}: {first_line(exc)}); "
+        f"pass --data-dir DIR with {info.name}/<split>.parquet files, or set ${GLUE_DIR_ENV}, or fill the "
+        f"Hugging Face cache once online and use it with HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1"
+    )
+
+
 def load_glue(
     task: str | TaskInfo,
     data_dir: str | os.PathLike[str] | None = None,
@@ -176,7 +191,9 @@ def load_glue(
 
     Raises:
         NxmiError: unknown task; the task directory or a split file is missing (the message names
-            the path); a split file lacks required columns (the message names them and the file).
+            the path); a split file lacks required columns (the message names them and the file);
+            the hub cannot serve the task (no network, unreachable endpoint, offline mode without
+            a cached copy): one line naming the task and ``--data-dir`` / ``$NXMI_GLUE_DIR``.
     """
     info = get_task(task)
     splits = ("train", *info.validation_splits) if splits is None else tuple(splits)
@@ -184,7 +201,11 @@ def load_glue(
         raise NxmiError("splits must name at least one split, got an empty sequence")
     root = _resolve_data_dir(data_dir)
     if root is None:
-        hub = datasets.load_dataset(HUB_DATASET, info.name)
+        try:
+            with quiet_hub():
+                hub = datasets.load_dataset(HUB_DATASET, info.name)
+        except hub_errors() as exc:
+            raise _hub_unavailable(info, exc) from exc
         return datasets.DatasetDict({split: hub[split] for split in splits})
 
     task_dir = root / info.name

@@ -10,15 +10,11 @@ import pandas as pd
 import pytest
 
 from nxmiformer.compression import CompressionPlan
+from nxmiformer.records import RECORD_VERSION, TrialRecord
 from tests.conftest import SPECIAL_TOKENS, WORDS, tiny_bert, write_synthetic_task
 
 MENU = ("dense", "dense:int8", "2:4:int8", "2:4:int4", "4:8:int4", "1:4:int8")
-# the columns of nxmiformer.search.runner.RESULT_COLUMNS, in its order
-RESULT_COLUMNS = [
-    "trial_id", "status", "error", "kind", "heuristic_score", "plan_json", "plan_summary", "ratio_paper",
-    "ratio_storage", "meets_target", "primary", "retention", "dense_primary", "metrics_json", "steps",
-    "wall_time", "node_id", "admm_distance", "admm_mask_agreement",
-]
+RESULT_COLUMNS = TrialRecord.columns()
 KINDS = ("optimal", "diverse", "grid", "uniform")
 PLAN = CompressionPlan({"bert.encoder.layer.0.attention.self.query": "2:4:int8",
                         "bert.encoder.layer.1.output.dense": "dense:int4"})
@@ -50,6 +46,7 @@ def synthetic_results(seed: int, n: int = 30, ratio_levels: int | None = 5, metr
         "ratio_paper": paper, "ratio_storage": storage, "meets_target": paper >= 0.875, "primary": primary,
         "retention": primary / 0.9, "dense_primary": 0.9, "metrics_json": "{}", "steps": 8, "wall_time": 1.0,
         "node_id": "", "admm_distance": rng.uniform(0, 0.5, n), "admm_mask_agreement": rng.uniform(0.7, 1.0, n),
+        "record_version": RECORD_VERSION,
     })
     copies = frame.sample(duplicates, random_state=seed).assign(trial_id=lambda f: f["trial_id"] + "-copy")
     return pd.concat([frame, copies], ignore_index=True)[RESULT_COLUMNS]

@@ -14,11 +14,38 @@ from nxmiformer.errors import NxmiError
 from tests.analysis.conftest import RESULT_COLUMNS, synthetic_results, write_search_dir
 
 
-def test_required_columns_are_the_runners():
-    from nxmiformer.search.runner import RESULT_COLUMNS as RUNNER_COLUMNS
+def test_the_schema_is_one_typed_definition_with_a_meaning_per_column():
+    from nxmiformer.records import TrialRecord
 
-    assert set(REQUIRED_COLUMNS) <= set(RUNNER_COLUMNS)
-    assert RESULT_COLUMNS == RUNNER_COLUMNS  # the synthetic tables follow the runner
+    schema = TrialRecord.describe()
+    assert schema["column"].tolist() == RESULT_COLUMNS == TrialRecord.columns()
+    assert set(REQUIRED_COLUMNS) <= set(RESULT_COLUMNS)
+    assert schema["meaning"].str.len().gt(10).all() and schema["dtype"].isin(["object", "float64", "int64", "bool"]).all()
+
+
+def test_a_results_table_of_the_previous_version_is_read(tmp_path):
+    old = synthetic_results(0).drop(columns=["record_version", "admm_distance", "admm_mask_agreement"])
+    results = load_results(write_search_dir(tmp_path / "v1", old))
+    assert results["record_version"].eq(1).all() and results["admm_distance"].isna().all()
+    assert results["primary"].equals(synthetic_results(0)["primary"])
+
+
+def test_a_results_table_of_a_newer_version_is_refused_naming_it(tmp_path):
+    new = synthetic_results(0).assign(record_version=3)
+    with pytest.raises(NxmiError, match="trial-record version 3"):
+        load_results(write_search_dir(tmp_path / "v3", new))
+
+
+def test_the_search_writes_and_analysis_reads_the_same_records(tmp_path):
+    from nxmiformer.records import TrialRecord, read_records, records_frame, write_records
+
+    record = TrialRecord.from_report({"primary": 0.8, "step": 8, "plan_json": "{}", "accuracy": 0.8, "node_id": "n"},
+                                     trial_id="t0", status="completed", fallback={"dense_primary": 0.9, "kind": "grid"})
+    path = write_records(records_frame([record]), tmp_path / "results.parquet")
+    back = read_records(path)
+    assert back.dtypes.to_dict() == records_frame([record]).dtypes.to_dict()
+    pd.testing.assert_frame_equal(back, records_frame([record]))
+    assert back.iloc[0]["metrics_json"] == '{"accuracy": 0.8}' and back.iloc[0]["kind"] == "grid"
 
 
 def test_importing_analysis_leaves_search_and_trials_alone():

@@ -200,11 +200,15 @@ def test_solve_mckp_matches_brute_force(n, k, integer_costs, inf_rate):
             assert scores[rows, got].sum() == pytest.approx(ref[0][0], abs=1e-9)
 
 
-def test_solve_mckp_counts_an_exact_hit_despite_float_rounding():
-    costs = np.array([[0.1, 1.0], [0.2, 1.0]])  # 0.1 + 0.2 = 0.30000000000000004
+def test_a_target_budget_counts_an_exact_hit_despite_float_rounding():
+    from nxmiformer.compression import RatioTarget
+
+    costs = np.array([[0.1, 1.0], [0.2, 1.0]])  # 0.1 + 0.2 = 0.30000000000000004 > 0.3
     scores = np.array([[1.0, 0.0], [1.0, 0.0]])
-    assert solve_mckp(costs, scores, 0.3).tolist() == [0, 0]
-    assert solve_mckp(costs, scores, 0.29) is None
+    assert solve_mckp(costs, scores, 0.3) is None  # the knapsack itself is exact
+    budget = RatioTarget(0.7).budget_bits(1.0)  # the target's one tolerance lets the exact hit in
+    assert solve_mckp(costs, scores, budget).tolist() == [0, 0]
+    assert solve_mckp(costs, scores, RatioTarget(0.71).budget_bits(1.0)) is None
 
 
 @pytest.mark.parametrize("n,k,integer_costs,inf_rate", MCKP_CASES)
@@ -484,7 +488,7 @@ def test_infeasible_target_names_the_highest_reachable_ratio(table, convention, 
 @pytest.mark.parametrize("target", [0, 1, -0.5, 1.5, float("nan"), True, "0.9"])
 def test_target_outside_open_unit_interval(table, target):
     modules, sensitivity = table
-    with pytest.raises(NxmiError, match=r"target_ratio.*\(0, 1\)"):
+    with pytest.raises(NxmiError, match=r"target ratio.*\(0, 1\)"):
         generate_candidates(sensitivity, modules, target)
 
 

@@ -13,6 +13,7 @@ from nxmiformer.search import SearchConfig, run_search
 from tests.conftest import SPECIAL_TOKENS, WORDS, tiny_bert, write_synthetic_task
 
 ray = pytest.importorskip("ray")
+from tests.faults import inject  # noqa: E402  (needs ray)
 
 MENU = ("dense", "dense:int8", "2:4:int8", "2:4:int4", "4:8:int4", "1:4:int8")
 
@@ -62,6 +63,12 @@ def test_search_end_to_end(local_ray, assets, tmp_path):
         CompressionPlan.from_dict(json.loads(plan_json))  # every row carries a loadable plan
     assert result.best is not None and result.best["status"] == "completed"
     assert result.best["primary"] == table.loc[table["status"] == "completed", "primary"].max()
+    # nxmi search and nxmi export name the same plan: one selection rule
+    from nxmiformer.analysis import export_plan, load_results
+
+    exported = export_plan(load_results(tmp_path / "run"), cfg.target_ratio, cfg.convention, tmp_path / "best.json")
+    assert exported.meta["trial"]["trial_id"] == result.best["trial_id"]
+    assert exported.to_json() == CompressionPlan(CompressionPlan.from_json(result.best["plan_json"]), meta=exported.meta).to_json()
     # a second search with the same model and task pays nothing for warm start and profile
     from nxmiformer.search import profile_sensitivity
     from nxmiformer.trials import finetune_dense
@@ -76,12 +83,13 @@ def test_search_end_to_end(local_ray, assets, tmp_path):
 def test_interrupted_search_resumes_without_losing_finished_trials(local_ray, assets, tmp_path):
     out = tmp_path / "run"
     marker, starts = tmp_path / "failed-once", tmp_path / "starts.log"
-    failure = {"marker": str(marker), "after_reports": 2, "candidate_index": 1, "start_log": str(starts)}
+    faults = inject(out, marker=marker, after_reports=2, candidate=1, start_log=starts)
     with pytest.raises(ValueError, match="--resume"):
-        run_search(config(assets, out, concurrency=1, asha=False, inject_failure=failure), progress=False)
+        run_search(config(assets, out, concurrency=1, asha=False, fail_fast=True), progress=False, wrap_trainable=faults)
     assert marker.exists() and not (out / "results.parquet").exists()
-    # the resumed search keeps logging starts: the harness reads the same param space from disk
-    result = run_search(config(assets, out, concurrency=1, asha=False), resume=True, progress=False)
+    # the resumed search reads its configuration (fail_fast included) from search.json
+    result = run_search(config(assets, out, concurrency=1, asha=False), resume=True, progress=False,
+                        wrap_trainable=faults)
     table = result.results
     assert len(table) == 4 and set(table["status"]) == {"completed"}
     assert table["trial_id"].is_unique
@@ -93,13 +101,13 @@ def test_interrupted_search_resumes_without_losing_finished_trials(local_ray, as
 def test_a_search_interrupted_in_the_optuna_stage_resumes_it(local_ray, assets, tmp_path):
     out = tmp_path / "run"
     marker, starts = tmp_path / "failed-once", tmp_path / "starts.log"
-    failure = {"marker": str(marker), "after_reports": 1, "kind": "refined", "start_log": str(starts)}
+    faults = inject(out, marker=marker, after_reports=1, kind="refined", start_log=starts)
     with pytest.raises(ValueError, match="--resume"):
-        run_search(config(assets, out, trials=2, refine_trials=2, concurrency=1, asha=False, inject_failure=failure),
-                   progress=False)
+        run_search(config(assets, out, trials=2, refine_trials=2, concurrency=1, asha=False, fail_fast=True),
+                   progress=False, wrap_trainable=faults)
     assert marker.exists() and (out / "stage1.parquet").exists() and not (out / "results.parquet").exists()
     result = run_search(config(assets, out, trials=2, refine_trials=2, concurrency=1, asha=False), resume=True,
-                        progress=False)
+                        progress=False, wrap_trainable=faults)
     table = result.results
     assert len(table) == 4 and set(table["status"]) == {"completed"} and table["trial_id"].is_unique
     assert table["kind"].tolist().count("refined") == 2
@@ -110,8 +118,9 @@ def test_a_search_interrupted_in_the_optuna_stage_resumes_it(local_ray, assets, 
 
 
 def test_a_trial_with_a_nan_loss_is_recorded_and_the_search_goes_on(local_ray, assets, tmp_path):
-    failure = {"nonfinite": True, "candidate_index": 1}
-    result = run_search(config(assets, tmp_path / "run", trials=3, asha=False, inject_failure=failure), progress=False)
+    out = tmp_path / "run"
+    result = run_search(config(assets, out, trials=3, asha=False), progress=False,
+                        wrap_trainable=inject(out, candidate=1, nonfinite=True))
     assert len(result.results) == 3
     failed = result.results[result.results["status"] == "error"]
     assert len(failed) == 1 and "non-finite loss" in failed["error"].iloc[0]
@@ -188,6 +197,8 @@ def test_kinds_filter_relabels_plans_found_by_several_generators():
 @pytest.mark.parametrize("extra,expected", [
     ([], {"trials": 3, "refine_trials": 2, "steps": 60, "train_size": 2000}),
     (["--steps", "9", "--refine-trials=0"], {"trials": 3, "refine_trials": 0, "steps": 9, "train_size": 2000}),
+    # argparse abbreviations are explicit flags too
+    (["--step", "9", "--train-s=100"], {"trials": 3, "refine_trials": 2, "steps": 9, "train_size": 100}),
 ])
 def test_quick_preset_fills_what_the_user_did_not_give(extra, expected, assets, tmp_path, monkeypatch):
     import nxmiformer.search.runner as runner

@@ -24,6 +24,7 @@ from nxmiformer.trials import (
 )
 
 from tests.conftest import HUB_SCHEMA, SPLIT_ROWS
+from tests.test_models import DEAD_ENDPOINT, make_hub_unreachable
 
 REAL_GLUE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "glue"
 ALL_TASKS = tuple(HUB_SCHEMA)
@@ -150,6 +151,27 @@ def test_missing_directory_names_the_path(tmp_path):
     with pytest.raises(NxmiError) as excinfo:
         load_glue("cola", tmp_path / "nowhere")
     assert str(tmp_path / "nowhere" / "cola") in str(excinfo.value)
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["unreachable", "offline"])
+def test_hub_the_library_cannot_reach_is_one_line_naming_the_fixes(offline, monkeypatch, tmp_path, tiny_tokenizer):
+    """No data_dir, no $NXMI_GLUE_DIR, and a hub that cannot answer (a dead endpoint, or offline
+    mode with empty caches): one NxmiError line that names the task and the ways around it."""
+    hosts = make_hub_unreachable(monkeypatch, tmp_path, offline)
+    for load in (lambda: load_glue("sst2"),
+                 lambda: prepare_task_data("sst2", tiny_tokenizer, train_size=8, eval_size=8)):
+        with pytest.raises(NxmiError) as excinfo:
+            load()
+        message = str(excinfo.value)
+        assert "\n" not in message
+        assert message.startswith("cannot load GLUE sst2 from the Hugging Face hub (nyu-mll/glue; ")
+        assert "--data-dir DIR with sst2/<split>.parquet files" in message
+        assert f"${GLUE_DIR_ENV}" in message and "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1" in message
+        if offline:
+            assert "offline mode is on" in message and hosts == []
+        else:
+            assert f"hub unreachable at {DEAD_ENDPOINT}" in message
+            assert hosts and set(hosts) == {"127.0.0.1"}  # really tried, and only the dead endpoint
 
 
 @pytest.mark.parametrize("split", ["test", "validation_matched"])

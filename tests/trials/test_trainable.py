@@ -13,6 +13,8 @@ from tests.conftest import SPECIAL_TOKENS, WORDS
 ray = pytest.importorskip("ray")
 from ray import tune  # noqa: E402
 
+from tests.faults import inject  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -36,9 +38,9 @@ def setup(tmp_path_factory, tiny_tokenizer, synthetic_glue_dir):
     return root, model, config, dense
 
 
-def _tuner(trainable_config, storage, name, max_failures=0):
+def _tuner(trainable_config, storage, name, max_failures=0, trainable=trial_trainable):
     return tune.Tuner(
-        tune.with_resources(trial_trainable, {"cpu": 1}),
+        tune.with_resources(trainable, {"cpu": 1}),
         param_space=trainable_config,
         tune_config=tune.TuneConfig(max_concurrent_trials=2),
         run_config=tune.RunConfig(storage_path=str(storage), name=name, verbose=0,
@@ -49,8 +51,8 @@ def _tuner(trainable_config, storage, name, max_failures=0):
 
 def test_two_trials_run_concurrently_with_one_thread_each(local_ray, setup):
     root, model, config, dense = setup
-    plans = [CompressionPlan.uniform(model, s).to_dict() for s in ("2:4:int8", "4:8:int4")]
-    results = _tuner({"plan": tune.grid_search(plans), "trial": config.to_dict(), "dense_path": str(dense.path)},
+    plans = [{"plan": CompressionPlan.uniform(model, s).to_dict(), "kind": "uniform"} for s in ("2:4:int8", "4:8:int4")]
+    results = _tuner({"candidate": tune.grid_search(plans), "trial": config.to_dict(), "dense_path": str(dense.path)},
                      root / "runs", "concurrent").fit()
     assert not results.errors
     frame = results.get_dataframe()
@@ -58,6 +60,9 @@ def test_two_trials_run_concurrently_with_one_thread_each(local_ray, setup):
     assert set(frame["phase"]) == {"final"} and set(frame["step"]) == {12}
     assert sorted(frame["ratio_paper"]) == [0.875, 0.9375]
     assert set(frame["threads"]) == {1}
+    # each trial reports the plan it trained, in the trial record's field names
+    assert sorted(frame["plan_summary"]) == sorted(CompressionPlan.from_dict(p["plan"]).summary() for p in plans)
+    assert set(frame["kind"]) == {"uniform"}
     starts = frame["timestamp"] - frame["time_total_s"]
     assert starts.max() < frame["timestamp"].min()  # the two trials overlapped in time
 
@@ -65,9 +70,10 @@ def test_two_trials_run_concurrently_with_one_thread_each(local_ray, setup):
 def test_crashed_trial_restarts_from_its_checkpoint(local_ray, setup):
     root, model, config, dense = setup
     marker = root / "crashed-once"
-    space = {"plan": CompressionPlan.uniform(model, "2:4:int8").to_dict(), "trial": config.to_dict(),
-             "dense_path": str(dense.path), "inject_failure": {"marker": str(marker), "after_reports": 2}}
-    results = _tuner(space, root / "runs", "crash", max_failures=1).fit()
+    space = {"candidate": {"plan": CompressionPlan.uniform(model, "2:4:int8").to_dict()}, "trial": config.to_dict(),
+             "dense_path": str(dense.path)}
+    results = _tuner(space, root / "runs", "crash", max_failures=1,
+                     trainable=inject(marker=marker, after_reports=2)(trial_trainable)).fit()
     assert marker.exists()  # it did crash
     assert not results.errors
     final = results[0].metrics

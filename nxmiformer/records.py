@@ -1,0 +1,155 @@
+"""The trial record: one row of a search's ``results.parquet``, defined once.
+
+The trainable reports the fields it knows (the plan it trained, its ratios, its metrics) under
+these names; the search collects one :class:`TrialRecord` per trial and writes them with
+:func:`records_frame`; analysis reads them with :func:`read_records`. Neither side renames or
+re-derives a column, and analysis never imports the search to know the schema.
+
+Versions: ``record_version`` 2 is this schema. Version 1 files (written before the column
+existed, with the same columns less ``record_version``) are read and upgraded; a file of a
+newer version is refused with a message naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import NxmiError
+from .outputs import atomic_file
+
+RECORD_VERSION = 2
+# the columns every version has; a table without them is not a search's results table
+REQUIRED_COLUMNS = (
+    "trial_id", "status", "kind", "plan_json", "plan_summary", "ratio_paper", "ratio_storage", "primary",
+    "retention", "dense_primary", "steps",
+)
+STATUSES = ("completed", "stopped", "error")
+# the task metrics a trial reports (validation split), kept in ``metrics_json``
+TASK_METRICS = ("accuracy", "f1", "mcc", "pearson", "spearmanr", "combined", "eval_loss")
+
+
+def _doc(text: str, dtype: str) -> dict:
+    return {"doc": text, "dtype": dtype}
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial of a search. Field metadata holds each column's pandas dtype and meaning."""
+
+    trial_id: str = field(metadata=_doc("Tune's trial id, unique within a search", "object"))
+    status: str = field(metadata=_doc("completed, stopped (early, by ASHA) or error", "object"))
+    error: str = field(default="", metadata=_doc("last line of the error of a failed trial, else empty", "object"))
+    kind: str = field(default="", metadata=_doc(
+        "the generator of the plan: optimal, diverse, grid, uniform (stage 1) or refined (Optuna stage)", "object"))
+    heuristic_score: float = field(default=math.nan, metadata=_doc(
+        "summed one-shot sensitivity of the plan (lower is better); NaN for refined plans", "float64"))
+    plan_json: str = field(default="", metadata=_doc("the plan the trial trained (CompressionPlan JSON)", "object"))
+    plan_summary: str = field(default="", metadata=_doc("the plan in one line", "object"))
+    ratio_paper: float = field(default=math.nan, metadata=_doc("encoder compression ratio, paper convention", "float64"))
+    ratio_storage: float = field(default=math.nan, metadata=_doc(
+        "encoder compression ratio, storage convention", "float64"))
+    meets_target: bool = field(default=False, metadata=_doc(
+        "whether the ratio under the search's convention meets its RatioTarget", "bool"))
+    primary: float = field(default=math.nan, metadata=_doc(
+        "the task's primary metric on the validation rows at the last report", "float64"))
+    retention: float = field(default=math.nan, metadata=_doc("primary / dense_primary", "float64"))
+    dense_primary: float = field(default=math.nan, metadata=_doc("primary metric of the dense warm start", "float64"))
+    metrics_json: str = field(default="{}", metadata=_doc("every task metric at the last report (JSON object)", "object"))
+    steps: int = field(default=0, metadata=_doc("optimizer steps done", "int64"))
+    wall_time: float = field(default=math.nan, metadata=_doc("seconds the trial ran", "float64"))
+    node_id: str = field(default="", metadata=_doc("Ray node the trial ran on", "object"))
+    admm_distance: float = field(default=math.nan, metadata=_doc(
+        "||W - proj(W)|| / ||W|| at the hard projection (last report if earlier)", "float64"))
+    admm_mask_agreement: float = field(default=math.nan, metadata=_doc(
+        "share of N:M mask entries unchanged by the hard projection", "float64"))
+    record_version: int = field(default=RECORD_VERSION, metadata=_doc("schema version of this record", "int64"))
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def dtypes(cls) -> dict[str, str]:
+        return {f.name: f.metadata["dtype"] for f in fields(cls)}
+
+    @classmethod
+    def describe(cls) -> pd.DataFrame:
+        """The schema as a table: column, dtype, meaning."""
+        return pd.DataFrame([{"column": f.name, "dtype": f.metadata["dtype"], "meaning": f.metadata["doc"]}
+                             for f in fields(cls)])
+
+    @classmethod
+    def from_report(cls, report: Mapping, *, trial_id: str, status: str, error: str = "",
+                    meets_target: bool = False, fallback: Mapping | None = None) -> "TrialRecord":
+        """The record of a trial from its last report (a trainable's metrics dict, in these
+        field names plus ``step`` and Tune's ``time_total_s``). ``fallback`` supplies fields a
+        trial that failed before its first report could not report (e.g. its plan)."""
+        given = dict(fallback or {}) | {k: v for k, v in report.items() if v is not None}
+        metrics = {k: v for k, v in report.items() if k in TASK_METRICS or k.startswith("validation_")}
+        return cls(
+            trial_id=trial_id, status=status, error=error, meets_target=bool(meets_target),
+            kind=str(given.get("kind", "")), heuristic_score=_num(given.get("heuristic_score")),
+            plan_json=str(given.get("plan_json", "")), plan_summary=str(given.get("plan_summary", "")),
+            ratio_paper=_num(given.get("ratio_paper")), ratio_storage=_num(given.get("ratio_storage")),
+            primary=_num(given.get("primary")), retention=_num(given.get("retention")),
+            dense_primary=_num(given.get("dense_primary")), metrics_json=json.dumps(metrics),
+            steps=int(_num(given.get("step")) if math.isfinite(_num(given.get("step"))) else 0),
+            wall_time=_num(given.get("time_total_s")), node_id=str(given.get("node_id", "")),
+            admm_distance=_num(given.get("admm_distance")), admm_mask_agreement=_num(given.get("admm_mask_agreement")),
+        )
+
+
+def _num(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def records_frame(records: Iterable[TrialRecord]) -> pd.DataFrame:
+    """The records as a table in the schema's column order and dtypes."""
+    frame = pd.DataFrame([asdict(r) for r in records], columns=TrialRecord.columns())
+    return frame.astype(TrialRecord.dtypes())
+
+
+def write_records(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a records table as Parquet, atomically (a reader never sees half a file)."""
+    with atomic_file(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return Path(path)
+
+
+def upgrade_records(table: pd.DataFrame, source: str = "the results table") -> pd.DataFrame:
+    """``table`` in this schema: a version-1 table gains ``record_version`` (and the defaults of
+    the optional columns it lacks); a newer version, or a table without the
+    :data:`REQUIRED_COLUMNS`, is an error naming them."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise NxmiError(f"{source} lacks column(s) {', '.join(missing)}; is it a search's results table?")
+    if "record_version" in table.columns and len(table):
+        versions = sorted({int(v) for v in table["record_version"].dropna()})
+        newer = [v for v in versions if v > RECORD_VERSION]
+        if newer:
+            raise NxmiError(f"{source} was written with trial-record version {newer[0]}; this nxmiformer reads "
+                            f"versions 1 to {RECORD_VERSION} (upgrade nxmiformer)")
+    table = table.copy()
+    if "record_version" not in table.columns:
+        table["record_version"] = 1
+    defaults = {f.name: f.default for f in fields(TrialRecord)}
+    for column in TrialRecord.columns():
+        if column not in table.columns:
+            table[column] = defaults[column]
+    extra = [c for c in table.columns if c not in defaults]
+    return table[TrialRecord.columns() + extra].astype(TrialRecord.dtypes())
+
+
+def read_records(path: str | os.PathLike) -> pd.DataFrame:
+    """A ``results.parquet`` in this schema (see :func:`upgrade_records`)."""
+    return upgrade_records(pd.read_parquet(path), str(path))

@@ -1,0 +1,38 @@
+"""Where a search's Ray work runs: the one connection policy of ``nxmi search`` and ``nxmi profile``.
+
+An already-initialised Ray is used as it is. Otherwise ``address`` (or ``$RAY_ADDRESS``) joins a
+cluster, and without either Ray starts embedded on this machine's CPUs. Ray is shut down on the
+way out only if this session started it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def ray_session(address: str | None = None) -> Iterator[None]:
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def cluster_cpus() -> int:
+    """CPUs of the connected Ray cluster (at least 1)."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
