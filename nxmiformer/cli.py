@@ -119,8 +119,10 @@ def cmd_finetune(args) -> int:
 
 
 def _steps_from(args, data, batch_size: int) -> int:
-    """--steps wins; else --epochs over the training rows."""
+    """--steps, or --epochs (default 1) over the training rows."""
     if "steps" in vars(args):
+        if args.epochs is not None:
+            raise NxmiError("give --steps or --epochs, not both")
         return args.steps
     import math
 
@@ -129,10 +131,11 @@ def _steps_from(args, data, batch_size: int) -> int:
     rows = data.train_size
     if rows is None:
         rows = len(load_glue(data.task, data_dir=data.data_dir, splits=["train"])["train"])
-    return max(1, math.ceil(args.epochs * rows / batch_size))
+    return max(1, math.ceil((args.epochs or 1.0) * rows / batch_size))
 
 
 def cmd_train(args) -> int:
+    import dataclasses
     import time
 
     from .models import skeleton
@@ -145,9 +148,10 @@ def cmd_train(args) -> int:
     plan = parse_plan_arg(args.plan, skeleton(args.dense or dense_cfg.model))  # checked before any training
     config = TrialConfig(**given(args, TrialConfig, exclude=("data", "dense"), rename=TRIAL_OF_TRAIN),
                          data=data, dense=dense_cfg)
-    config = config.replace(steps=_steps_from(args, data, config.batch_size))
+    config = config.replace(steps=_steps_from(args, data, config.batch_size),
+                            dense=dataclasses.replace(dense_cfg, device=config.device))  # the warm start runs there too
     dense = (DenseResult.load(args.dense) if args.dense
-             else finetune_dense(data, dense_cfg, config.cache_dir, progress=True))
+             else finetune_dense(data, config.dense, config.cache_dir, progress=True))
     _print_metrics("dense baseline:", dense.metrics)
     result = run_trial(plan, config, dense=dense, progress=True, keep_model=True,
                        report=lambda row, _: print(f"step {row['step']:>6} {row['phase']:<9} primary {row['primary']:.4f} "
@@ -308,6 +312,7 @@ TRIAL_OF_TRAIN = {"seed": "trial_seed"}
 PROFILE_FIELDS = ("model", "dense_epochs", "task", "data_dir", "max_length", "train_size", "eval_size", "seed",
                   "options", "calib_size", "profile_workers", "cache_dir", "address")
 PROFILE_DEFAULTS = {"profile_workers": 0, "train_size": None, "eval_size": None}
+PROFILE_HELPS = {"profile_workers": "Ray tasks in parallel, on --address or embedded Ray (0: in-process, the default)"}
 DATA_FIELDS = ("task", "data_dir", "max_length", "train_size", "eval_size", "seed")
 EVALUATE_FIELDS = ("task", "data_dir", "max_length", "eval_size", "seed")
 
@@ -350,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", cmd_train, "full ADMM+QAT training of a plan from the dense warm start")
     p.add_argument("--plan", required=True, help="a plan.json (e.g. from nxmi export) or a spec such as 2:4:int8")
     p.add_argument("--dense", help="an existing warm start directory (from nxmi finetune) instead of computing one")
-    p.add_argument("--epochs", type=float, default=1.0, help="epochs over the training rows when --steps is not given (default 1)")
+    p.add_argument("--epochs", type=float, help="epochs over the training rows instead of --steps (default 1)")
     add_fields(p, DataConfig, DATA_FIELDS, required=("task",))
     add_fields(p, DenseConfig, DENSE_OF_TRAIN, rename=DENSE_OF_TRAIN)
     add_fields(p, TrialConfig, exclude=("data", "dense"), rename=TRIAL_OF_TRAIN, defaults={"steps": "from --epochs"})
@@ -358,10 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("profile", cmd_profile, "per-module sensitivity of every option (cached in Parquet)")
     p.add_argument("--dense", help="an existing warm start directory (from nxmi finetune)")
-    add_fields(p, SearchConfig, PROFILE_FIELDS, required=("task",), defaults=PROFILE_DEFAULTS)
+    add_fields(p, SearchConfig, PROFILE_FIELDS, required=("task",), defaults=PROFILE_DEFAULTS, helps=PROFILE_HELPS)
 
     p = command("search", cmd_search, "search heterogeneous per-layer plans under a compression-ratio constraint")
-    add_fields(p, SearchConfig, required=("out", "target_ratio"))
+    add_fields(p, SearchConfig, required=("out", "task", "target_ratio"))
     p.add_argument("--preset", choices=sorted(PRESETS), help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
                    + " (flags given explicitly win)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")

@@ -12,23 +12,33 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 # names a command gives some fields (field -> flag name without dashes)
 Rename = Mapping[str, str]
 
 
-def _flag_type(hint) -> tuple[type, bool]:
-    """The argparse type of an annotation, and whether it is a boolean switch."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+def _flag_type(hint) -> tuple[Callable[[str], Any], bool]:
+    """The argparse type of an annotation, and whether it is a boolean switch. An optional
+    field (``int | None``) also takes ``none``."""
+    optional = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    if optional:
         (hint,) = [h for h in typing.get_args(hint) if h is not type(None)]
     if hint is bool:
         return bool, True
     if typing.get_origin(hint) is tuple:  # a comma-separated list; the config parses it
-        return str, False
-    if hint in (int, float, str):
+        hint = str
+    if hint not in (int, float, str):
+        raise TypeError(f"no flag type for {hint!r}")
+    if not optional:
         return hint, False
-    raise TypeError(f"no flag type for {hint!r}")
+
+    def or_none(value: str):
+        return None if value.lower() == "none" else hint(value)
+
+    or_none.__name__ = f"{hint.__name__} or none"  # argparse names the type in its error
+    return or_none, False
 
 
 def _fields(cls, names: Iterable[str] | None, exclude: Iterable[str]) -> list[dataclasses.Field]:
@@ -42,14 +52,15 @@ def _fields(cls, names: Iterable[str] | None, exclude: Iterable[str]) -> list[da
 
 def add_fields(parser: argparse.ArgumentParser, cls, names: Iterable[str] | None = None, *,
                exclude: Iterable[str] = (), required: Iterable[str] = (), rename: Rename | None = None,
-               defaults: Mapping | None = None) -> None:
+               defaults: Mapping | None = None, helps: Mapping | None = None) -> None:
     """Add one flag per field of the dataclass ``cls`` (all of them, or ``names``, less
     ``exclude``). ``defaults`` overrides the defaults shown in the help (and applied by the
-    command through :func:`given`); ``required`` fields must be given."""
+    command through :func:`given`), ``helps`` a field's help where the command gives it another
+    meaning; ``required`` fields must be given."""
     hints = typing.get_type_hints(cls)
-    rename, defaults, required = dict(rename or {}), dict(defaults or {}), set(required)
+    rename, defaults, required, helps = dict(rename or {}), dict(defaults or {}), set(required), dict(helps or {})
     for f in _fields(cls, names, exclude):
-        text = f.metadata.get("help")
+        text = helps.get(f.name, f.metadata.get("help"))
         if not text:
             raise TypeError(f"{cls.__name__}.{f.name} has no help metadata, so it cannot be a flag")
         kind, switch = _flag_type(hints[f.name])

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import NxmiError
+from .errors import NxmiError, first_line
 
 DEFAULT_MODEL = "default"
 
@@ -97,12 +97,6 @@ def from_hub_failure(exc: BaseException) -> bool:
     return False
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name when the message is empty)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 @contextmanager
 def quiet_hub() -> Iterator[None]:
     """Hold back ``huggingface_hub``'s warnings (one per retry of an unreachable endpoint) for the
@@ -169,7 +163,7 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
         raise _load_error("the tokenizer of", name_or_path, path, exc) from exc
 
 
-def skeleton(name_or_path, device="meta") -> nn.Module:
+def skeleton(name_or_path, device="meta", saved_class: bool = False) -> nn.Module:
     """The architecture of a save_pretrained directory / ``'default'`` / hub name, with no
     weights loaded.
 
@@ -179,6 +173,7 @@ def skeleton(name_or_path, device="meta") -> nn.Module:
     module names agree with it also for a bare encoder such as the embedded default (saved as
     ``BertModel``). ``device="meta"`` (the default) allocates nothing and lists the modules
     instantly; ``device=None`` or ``"cpu"`` gives a model whose weights are loaded afterwards.
+    ``saved_class=True`` builds ``architectures[0]`` whatever it is (e.g. a packed ``BertModel``).
 
     Raises:
         NxmiError: the config cannot be read (one line naming the path), or the hub cannot serve it.
@@ -198,7 +193,8 @@ def skeleton(name_or_path, device="meta") -> nn.Module:
     classifiers = {name for names in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()
                    for name in ((names,) if isinstance(names, str) else names)}
     architectures = getattr(config, "architectures", None) or []
-    cls = getattr(transformers, architectures[0], None) if architectures and architectures[0] in classifiers else None
+    wanted = architectures and (saved_class or architectures[0] in classifiers)
+    cls = getattr(transformers, architectures[0], None) if wanted else None
     with torch.device(device) if device is not None else nullcontext():
         if isinstance(cls, type) and issubclass(cls, nn.Module):
             return cls(config)

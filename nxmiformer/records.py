@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import NxmiError
+from .errors import NxmiError, first_line
 from .outputs import atomic_file
 
 RECORD_VERSION = 2
@@ -30,7 +30,6 @@ REQUIRED_COLUMNS = (
     "trial_id", "status", "kind", "plan_json", "plan_summary", "ratio_paper", "ratio_storage", "primary",
     "retention", "dense_primary", "steps",
 )
-STATUSES = ("completed", "stopped", "error")
 # the task metrics a trial reports (validation split), kept in ``metrics_json``
 TASK_METRICS = ("accuracy", "f1", "mcc", "pearson", "spearmanr", "combined", "eval_loss")
 
@@ -87,14 +86,15 @@ class TrialRecord:
 
     @classmethod
     def from_report(cls, report: Mapping, *, trial_id: str, status: str, error: str = "",
-                    meets_target: bool = False, fallback: Mapping | None = None) -> "TrialRecord":
+                    fallback: Mapping | None = None) -> "TrialRecord":
         """The record of a trial from its last report (a trainable's metrics dict, in these
         field names plus ``step`` and Tune's ``time_total_s``). ``fallback`` supplies fields a
-        trial that failed before its first report could not report (e.g. its plan)."""
+        trial that failed before its first report could not report (e.g. its plan).
+        ``meets_target`` is the caller's to set (it knows the target)."""
         given = dict(fallback or {}) | {k: v for k, v in report.items() if v is not None}
         metrics = {k: v for k, v in report.items() if k in TASK_METRICS or k.startswith("validation_")}
         return cls(
-            trial_id=trial_id, status=status, error=error, meets_target=bool(meets_target),
+            trial_id=trial_id, status=status, error=error,
             kind=str(given.get("kind", "")), heuristic_score=_num(given.get("heuristic_score")),
             plan_json=str(given.get("plan_json", "")), plan_summary=str(given.get("plan_summary", "")),
             ratio_paper=_num(given.get("ratio_paper")), ratio_storage=_num(given.get("ratio_storage")),
@@ -143,11 +143,17 @@ def upgrade_records(table: pd.DataFrame, source: str = "the results table") -> p
     if "record_version" not in table.columns:
         table["record_version"] = 1
     defaults = {f.name: f.default for f in fields(TrialRecord)}
-    for column in TrialRecord.columns():
+    for column, dtype in TrialRecord.dtypes().items():
         if column not in table.columns:
             table[column] = defaults[column]
+        elif dtype in ("int64", "bool", "object"):  # no NaN in these: a missing value takes the default
+            table[column] = table[column].where(table[column].notna(), defaults[column])
+        try:
+            table[column] = table[column].astype(dtype)
+        except (TypeError, ValueError) as exc:
+            raise NxmiError(f"{source}: column {column} does not hold {dtype} values ({first_line(exc)})") from None
     extra = [c for c in table.columns if c not in defaults]
-    return table[TrialRecord.columns() + extra].astype(TrialRecord.dtypes())
+    return table[TrialRecord.columns() + extra]
 
 
 def read_records(path: str | os.PathLike) -> pd.DataFrame:

@@ -559,7 +559,7 @@ def load_packed(packed_dir: str | Path, wrap: bool = True) -> nn.Module:
         state[f"{name}.weight"] = weight.to(getattr(torch, entry.get("dtype", "float32")))
         if mask is not None:
             masks[name] = mask
-    model = skeleton(packed_dir, device=None)  # the class that was packed (config.json records it)
+    model = skeleton(packed_dir, device=None, saved_class=True)  # the class that was packed (config.json records it)
     missing, unexpected = (sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict())))
     if missing or unexpected:
         raise NxmiError(f"packed tensors do not fit the {type(model).__name__} of config.json: "

@@ -145,6 +145,13 @@ class GroupSpace:
                                    "fill_moves": fills, "ratio": self.ratio(choice)}
         return CompressionPlan(specs, meta=meta)
 
+    def candidate(self, trial: Mapping) -> dict | None:
+        """What a refinement trial with Tune config ``trial`` trains: its repaired plan and kind
+        (None when the config lacks a group)."""
+        if not all(group in trial for group in self.groups):
+            return None
+        return {"plan": self.plan_for({group: trial[group] for group in self.groups}).to_dict(), "kind": REFINED}
+
     # -- the constraint ----------------------------------------------------------------------------
     def ratio(self, choice: np.ndarray) -> float:
         return float(1.0 - self.costs[np.arange(len(choice)), choice].sum() / self.dense_bits)
@@ -271,7 +278,5 @@ def refine_trainable(config: dict) -> None:
     from ..trials.trainable import trial_trainable
 
     space = GroupSpace.load(config["space"])
-    params = {group: config[group] for group in space.groups}
-    plan = space.plan_for(params)
     rest = {k: v for k, v in config.items() if k not in space.groups and k != "space"}
-    trial_trainable(rest | {"candidate": {"plan": plan.to_dict(), "kind": REFINED}})
+    trial_trainable(rest | {"candidate": space.candidate(config)})

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..analysis.pareto import select
-from ..compression import RatioTarget
+from ..compression import CONVENTIONS, CompressionPlan, RatioTarget
 from ..errors import NxmiError
 from ..outputs import atomic_file, write_json
 from ..records import TrialRecord, records_frame, write_records
@@ -34,6 +34,8 @@ from .profile import DEFAULT_MENU, parse_menu
 EXPERIMENT = "trials"
 REFINE_EXPERIMENT = "refine"
 SPACE_FILE = "refine_space.json"
+# search.json's layout and the trials' Tune configs: a search of another version is not resumed
+STATE_VERSION = 2
 # a trainable -> the trainable Tune runs (e.g. one that injects faults, in tests)
 Wrapper = Callable[[Callable[[dict], None]], Callable[[dict], None]]
 
@@ -172,6 +174,11 @@ class SearchConfig:
         if not state_file.is_file():
             raise NxmiError(f"nothing to resume in {out}: no search.json (start a search with this --out first)")
         stored = json.loads(state_file.read_text())
+        version = stored.get("state_version", 1)
+        if version != STATE_VERSION:
+            raise NxmiError(f"the search in {out} was started by another nxmiformer (search state version {version}, "
+                            f"this one resumes version {STATE_VERSION}); start a new search with another --out "
+                            f"(nxmi pareto/export still read its results.parquet, if it finished)")
         known = {f.name for f in dataclasses.fields(cls)}  # provenance, and keys of older versions, are not fields
         return cls(**({k: v for k, v in stored.items() if k in known} | changes))
 
@@ -282,13 +289,14 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
                wrap_trainable: Wrapper | None = None) -> SearchResult:
     """Run (or with ``resume=True`` continue) a search; see the module docstring.
 
-    ``wrap_trainable`` (optional) wraps each stage's Tune trainable, e.g. to inject faults.
-    Nothing is written to ``config.out`` until the warm start and its data have loaded."""
+    ``wrap_trainable`` (optional) wraps each stage's Tune trainable, e.g. to inject faults (a
+    resumed search needs the same wrapper). Nothing is written to ``config.out`` until the warm
+    start, Ray and the sensitivity profile are up: a search that fails before has no state."""
     start = time.perf_counter()
     out = Path(config.out).resolve()
     state_file = out / "search.json"
     if resume:
-        config = SearchConfig.load(out, address=config.address)
+        config = SearchConfig.load(out, address=config.address, fail_fast=config.fail_fast)
     else:
         check_feasible(config)
         if out.exists() and any(out.iterdir()):
@@ -301,10 +309,6 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
     data = config.data_config()
     _say(progress, f"[1/4] dense warm start: {config.model} on {config.task}")
     dense = finetune_dense(data, config.dense_config(), config.cache_root(), progress=progress)
-    if not resume:  # the inputs have loaded: from here on the search has state to resume
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(state_file, config.to_dict())
-    _record_provenance(state_file, dense)
     _say(progress, f"      dense {dense.metrics.get('primary'):.4f} ({'cached' if dense.cached else f'{dense.wall_time:.0f}s'}) at {dense.path}")
 
     with ray_session(config.address):
@@ -319,6 +323,10 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         profile = profile_sensitivity(dense.path, data, config.options, config.calib_size, cache_dir=config.cache_root(),
                                       workers=workers, progress=progress)
         _say(progress, f"      {profile.computed} computed, {profile.cached} from cache ({profile.wall_time:.1f}s)")
+        if not resume:  # the inputs have loaded: from here on the search has state to resume
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(state_file, config.to_dict() | {"state_version": STATE_VERSION})
+        _record_provenance(state_file, dense)
 
         modules = modules_frame(skeleton(dense.path))
         candidates_file = out / "candidates.parquet"
@@ -344,17 +352,16 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
                        f"({config.steps} steps each) on Ray Tune" + (" (stage 1 of 2)" if config.refine_trials else ""))
         tuner = _make_tuner(config, wrap(trial_trainable), shared | {"candidate": tune.grid_search(candidates)}, out,
                             EXPERIMENT, len(candidates), progress, restore)
-        results = results_table(_fit(tuner, config), config.target, dense.primary)
+        results = results_table(_fit(tuner, config), config.target, dense.primary, modules,
+                                lambda trial: trial.get("candidate"))
         if config.refine_trials:
             write_records(results, out / "stage1.parquet")
             refined = _refine(config, results, profile.table, modules, shared, out, resume, dense.primary, progress, wrap)
             results = pd.concat([results, refined], ignore_index=True)
         write_records(results, out / "results.parquet")
 
-    try:
-        best = select(results, config.target)
-    except NxmiError:  # no completed trial meets the target
-        best = None
+    done = results[(results["status"] == "completed") & config.target.is_met(results[config.target.column])]
+    best = select(results, config.target) if done["primary"].notna().any() else None
     return SearchResult(results, best, out, time.perf_counter() - start)
 
 
@@ -376,7 +383,7 @@ def _refine(config: SearchConfig, stage1: pd.DataFrame, sensitivity: pd.DataFram
     searcher = None if restore else make_searcher(space, told, enqueued, seed=config.seed)
     tuner = _make_tuner(config, wrap(refine_trainable), shared | {"space": str(space_file)}, out, REFINE_EXPERIMENT,
                         config.refine_trials, progress, restore, search_alg=searcher)
-    return results_table(_fit(tuner, config), config.target, dense_primary)
+    return results_table(_fit(tuner, config), config.target, dense_primary, modules, space.candidate)
 
 
 def check_feasible(config: SearchConfig) -> float:
@@ -400,19 +407,23 @@ def _record_provenance(state_file: Path, dense) -> None:
     write_json(state_file, state)
 
 
-def results_table(grid, target: RatioTarget, dense_primary: float) -> pd.DataFrame:
-    """One :class:`TrialRecord` per trial of a Tune ``ResultGrid``, from the trial's last report
-    (a trial that failed before reporting keeps the candidate it was given)."""
+def results_table(grid, target: RatioTarget, dense_primary: float, modules: pd.DataFrame,
+                  candidate_of: Callable[[dict], dict | None]) -> pd.DataFrame:
+    """One :class:`TrialRecord` per trial of a Tune ``ResultGrid``, from the trial's last report.
+    A trial that failed before its first report keeps the candidate its Tune config gave it
+    (``candidate_of(config)``), with the ratios of that plan on ``modules``."""
+    from ..trials.trainable import candidate_fields
+    from .heuristic import plan_ratio
+
     records = []
     for result in grid:
         report = result.metrics or {}
         status = "error" if result.error else ("completed" if report.get("phase") == "final" else "stopped")
-        given = (result.config or {}).get("candidate")
         fallback = {"dense_primary": dense_primary}
-        if given and "plan_json" not in report:
-            from ..trials.trainable import candidate_fields
-
-            fallback |= candidate_fields(given)
+        given = candidate_of(result.config or {}) if "plan_json" not in report else None
+        if given:
+            plan = CompressionPlan.from_dict(given["plan"])
+            fallback |= {f"ratio_{c}": plan_ratio(plan, modules, c) for c in CONVENTIONS} | candidate_fields(given)
         record = TrialRecord.from_report(
             report, trial_id=report.get("trial_id") or Path(result.path).name, status=status,
             error=(str(result.error).strip().splitlines() or [""])[-1] if result.error else "", fallback=fallback)

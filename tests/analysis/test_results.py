@@ -30,6 +30,15 @@ def test_a_results_table_of_the_previous_version_is_read(tmp_path):
     assert results["primary"].equals(synthetic_results(0)["primary"])
 
 
+def test_missing_values_take_the_schema_defaults_and_bad_types_are_one_line(tmp_path):
+    table = synthetic_results(0).astype({"meets_target": object, "steps": float})
+    table.loc[0, "meets_target"], table.loc[0, "steps"] = None, np.nan
+    results = load_results(write_search_dir(tmp_path / "holes", table))
+    assert results.loc[0, "meets_target"] == False and results.loc[0, "steps"] == 0  # noqa: E712
+    with pytest.raises(NxmiError, match="column steps does not hold int64"):
+        load_results(write_search_dir(tmp_path / "bad", synthetic_results(0).assign(steps="eight")))
+
+
 def test_a_results_table_of_a_newer_version_is_refused_naming_it(tmp_path):
     new = synthetic_results(0).assign(record_version=3)
     with pytest.raises(NxmiError, match="trial-record version 3"):

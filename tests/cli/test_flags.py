@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from nxmiformer.cli import DATA_FIELDS, DENSE_OF_TRAIN, PROFILE_FIELDS, TRIAL_OF_TRAIN, build_parser
+from nxmiformer.cli import DATA_FIELDS, DENSE_OF_TRAIN, PROFILE_FIELDS, PROFILE_HELPS, TRIAL_OF_TRAIN, build_parser
 from nxmiformer.search.runner import PRESETS, SearchConfig
 from nxmiformer.trials import DataConfig, DenseConfig, TrialConfig
 
@@ -27,23 +27,24 @@ def _fields(cls, names=None, exclude=(), rename=None):
 
 
 CASES = [
-    ("search", SearchConfig, None, (), None),
-    ("finetune", DataConfig, DATA_FIELDS, (), None),
-    ("finetune", DenseConfig, None, (), None),
-    ("train", DataConfig, DATA_FIELDS, (), None),
-    ("train", DenseConfig, DENSE_OF_TRAIN, (), DENSE_OF_TRAIN),
-    ("train", TrialConfig, None, ("data", "dense"), TRIAL_OF_TRAIN),
-    ("profile", SearchConfig, PROFILE_FIELDS, (), None),
+    ("search", SearchConfig, None, (), None, {}),
+    ("finetune", DataConfig, DATA_FIELDS, (), None, {}),
+    ("finetune", DenseConfig, None, (), None, {}),
+    ("train", DataConfig, DATA_FIELDS, (), None, {}),
+    ("train", DenseConfig, DENSE_OF_TRAIN, (), DENSE_OF_TRAIN, {}),
+    ("train", TrialConfig, None, ("data", "dense"), TRIAL_OF_TRAIN, {}),
+    ("profile", SearchConfig, PROFILE_FIELDS, (), None, PROFILE_HELPS),
 ]
 
 
-@pytest.mark.parametrize("command,cls,names,exclude,rename", CASES, ids=[f"{c[0]}-{c[1].__name__}" for c in CASES])
-def test_every_field_is_a_flag_with_its_help(command, cls, names, exclude, rename):
+@pytest.mark.parametrize("command,cls,names,exclude,rename,helps", CASES,
+                         ids=[f"{c[0]}-{c[1].__name__}" for c in CASES])
+def test_every_field_is_a_flag_with_its_help(command, cls, names, exclude, rename, helps):
     options = _options(command)
     for dest, f in _fields(cls, names, exclude, rename).items():
         action = options[dest]
         assert action.option_strings[0] == "--" + dest.replace("_", "-")
-        assert action.help.startswith(f.metadata["help"])
+        assert action.help.startswith(helps.get(f.name, f.metadata["help"]))
         assert action.default is argparse.SUPPRESS  # unset flags leave the config's (or preset's) value
 
 

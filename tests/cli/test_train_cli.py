@@ -17,6 +17,13 @@ def _common(glue_dir, cache):
     return ["--task", "sst2", "--data-dir", str(glue_dir), "--max-length", "16", "--cache-dir", str(cache)]
 
 
+def test_train_takes_steps_or_epochs_not_both(tiny_model_dir, synthetic_glue_dir, tmp_path, capsys):
+    argv = ["train", "--plan", "2:4:int8", "--model", str(tiny_model_dir), *_common(synthetic_glue_dir, tmp_path),
+            "--steps", "6", "--epochs", "2", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "--steps or --epochs, not both" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_finetune_train_evaluate_round_trip(tiny_model_dir, synthetic_glue_dir, tmp_path, capsys):
     common = _common(synthetic_glue_dir, tmp_path / "cache")
     assert main(["finetune", "--model", str(tiny_model_dir), *common, "--steps", "3", "--batch-size", "8",

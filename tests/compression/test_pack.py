@@ -298,3 +298,17 @@ def test_load_packed_rejects_other_directories(tiny_model_dir, tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(NxmiError, match=f"packs {name} as 2:4:int4 but plan.json says 2:4:int8"):
         load_packed(tmp_path / "packed")
+
+
+def test_a_packed_bare_encoder_loads_as_its_own_class(tmp_path):
+    from transformers import BertModel
+
+    model = BertModel(tiny_bert().config).eval()
+    plan = CompressionPlan.uniform(model, "2:4:int8")
+    compress_(model, plan)
+    harden_(model)
+    pack_model(model, plan, tmp_path / "packed")
+    loaded = load_packed(tmp_path / "packed", wrap=False)
+    assert type(loaded) is BertModel
+    ids = torch.tensor([[1, 5, 7, 2]])
+    assert (loaded(input_ids=ids).last_hidden_state - model(input_ids=ids).last_hidden_state).abs().max() <= 1e-4

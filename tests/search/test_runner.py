@@ -130,6 +130,26 @@ def test_a_trial_with_a_nan_loss_is_recorded_and_the_search_goes_on(local_ray, a
     assert pd.read_parquet(tmp_path / "run" / "results.parquet")["status"].tolist().count("error") == 1
 
 
+def test_a_refined_trial_that_fails_before_reporting_keeps_its_plan(local_ray, assets, tmp_path):
+    out = tmp_path / "run"
+    result = run_search(config(assets, out, trials=2, refine_trials=1, asha=False), progress=False,
+                        wrap_trainable=inject(out, kind="refined", nonfinite=True))
+    failed = result.results[result.results["status"] == "error"]
+    assert len(failed) == 1 and failed["kind"].iloc[0] == "refined" and "non-finite loss" in failed["error"].iloc[0]
+    assert failed["plan_summary"].iloc[0] and failed["meets_target"].iloc[0]  # the repaired plan it was given
+    CompressionPlan.from_json(failed["plan_json"].iloc[0])
+
+
+def test_a_search_of_another_version_is_not_resumed(assets, tmp_path, capsys):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "search.json").write_text(json.dumps(config(assets, out).to_dict() | {"inject_failure": None}))
+    root, model_dir = assets
+    assert main(["search", "--model", str(model_dir), "--task", "sst2", "--target-ratio", "0.8", "--resume",
+                 "--out", str(out)]) == 2
+    assert "search state version 1" in capsys.readouterr().err
+
+
 def test_search_places_trials_on_both_nodes_of_a_cluster(assets, tmp_path):
     from ray.cluster_utils import Cluster
 
@@ -199,6 +219,7 @@ def test_kinds_filter_relabels_plans_found_by_several_generators():
     (["--steps", "9", "--refine-trials=0"], {"trials": 3, "refine_trials": 0, "steps": 9, "train_size": 2000}),
     # argparse abbreviations are explicit flags too
     (["--step", "9", "--train-s=100"], {"trials": 3, "refine_trials": 2, "steps": 9, "train_size": 100}),
+    (["--train-size", "none", "--no-asha"], {"train_size": None, "asha": False, "steps": 60}),
 ])
 def test_quick_preset_fills_what_the_user_did_not_give(extra, expected, assets, tmp_path, monkeypatch):
     import nxmiformer.search.runner as runner
