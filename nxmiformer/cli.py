@@ -240,6 +240,7 @@ def _print_selected(title: str, row) -> None:
 
 def cmd_pareto(args) -> int:
     from .analysis import check_target_ratio, format_trials, load_results, pareto_front, plot_pareto, plot_plan, select
+    from .analysis.results import search_objective
 
     for flag, value in (("--plot", args.plot), ("--heatmap", args.heatmap)):
         if value and Path(value).suffix.lower() != ".png":
@@ -256,9 +257,10 @@ def cmd_pareto(args) -> int:
         print(format_trials(front))
     chosen = None
     if args.target_ratio is not None:
-        chosen = select(results, args.target_ratio, args.convention, args.metric, args.include_stopped)
+        objective = args.selection_metric or search_objective(results)
+        chosen = select(results, args.target_ratio, args.convention, objective, args.include_stopped)
         print()
-        _print_selected(f"selected for >= {args.target_ratio:.2%} ({args.convention})", chosen)
+        _print_selected(f"selected on {objective} for >= {args.target_ratio:.2%} ({args.convention})", chosen)
     heat = chosen if chosen is not None else (front.iloc[0] if len(front) else None)
     if args.heatmap and heat is None:
         raise NxmiError("no completed trial with finite metrics, so no plan to draw for --heatmap")
@@ -275,7 +277,7 @@ def cmd_export(args) -> int:
     from .analysis import export_plan, load_results
 
     results = load_results(args.results)
-    plan = export_plan(results, args.target_ratio, args.convention, args.out, metric=args.metric,
+    plan = export_plan(results, args.target_ratio, args.convention, args.out, metric=args.selection_metric,
                        include_stopped=args.include_stopped)
     trial = plan.meta["trial"]
     print(f"exported trial {trial['trial_id']} [{trial['kind']}] to {args.out}: {plan.summary()}")
@@ -317,10 +319,13 @@ DATA_FIELDS = ("task", "data_dir", "max_length", "train_size", "eval_size", "see
 EVALUATE_FIELDS = ("task", "data_dir", "max_length", "eval_size", "seed")
 
 
-def _add_selection_args(p) -> None:
+def _add_selection_args(p, front: bool) -> None:
     p.add_argument("--results", nargs="+", required=True, metavar="DIR", help="search output directories (nxmi search --out)")
     p.add_argument("--convention", default="paper", help="ratio convention: paper or storage")
-    p.add_argument("--metric", default="primary", help="accuracy axis: primary (the task metric) or retention")
+    if front:
+        p.add_argument("--metric", default="primary", help="accuracy axis of the front: primary (the task metric) or retention")
+    p.add_argument("--selection-metric", help="what the selection ranks on (default: the search's objective, "
+                   "as nxmi search chose): selection_loss, selection_kl, selection_primary, primary or retention")
     p.add_argument("--include-stopped", action="store_true",
                    help="let trials stopped early by ASHA (intermediate metrics) on the front and into the selection")
 
@@ -373,13 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("pareto", cmd_pareto, "the Pareto front of searches' results, the selection, pictures")
     p.add_argument("--target-ratio", type=float, help="select the best plan with at least this compression ratio, in (0, 1)")
-    _add_selection_args(p)
+    _add_selection_args(p, front=True)
     p.add_argument("--plot", help="write the Pareto plot here (.png; replaced if present)")
     p.add_argument("--heatmap", help="write the selected (else the best front) plan's heatmap here (.png; replaced if present)")
 
     p = command("export", cmd_export, "write the best plan meeting the ratio as a plan.json for nxmi train")
     p.add_argument("--target-ratio", type=float, required=True, help="minimum encoder compression ratio, in (0, 1)")
-    _add_selection_args(p)
+    _add_selection_args(p, front=False)
     p.add_argument("--out", required=True, help="the plan file to write (.json; never overwritten)")
 
     p = command("pack", cmd_pack, "store a hardened model as bit-packed integers, N:M indices and scales")

@@ -64,6 +64,11 @@ class TrialRecord:
     steps: int = field(default=0, metadata=_doc("optimizer steps done", "int64"))
     wall_time: float = field(default=math.nan, metadata=_doc("seconds the trial ran", "float64"))
     node_id: str = field(default="", metadata=_doc("Ray node the trial ran on", "object"))
+    selection_primary: float = field(default=math.nan, metadata=_doc(
+        "the primary metric on the selection rows (held out of training; what a search decides on)", "float64"))
+    selection_loss: float = field(default=math.nan, metadata=_doc("the task loss on the selection rows", "float64"))
+    selection_kl: float = field(default=math.nan, metadata=_doc(
+        "KL divergence of the trial's predictions from the dense warm start's on the selection rows", "float64"))
     admm_distance: float = field(default=math.nan, metadata=_doc(
         "||W - proj(W)|| / ||W|| at the hard projection (last report if earlier)", "float64"))
     admm_mask_agreement: float = field(default=math.nan, metadata=_doc(
@@ -102,7 +107,8 @@ class TrialRecord:
             dense_primary=_num(given.get("dense_primary")), metrics_json=json.dumps(metrics),
             steps=int(_num(given.get("step")) if math.isfinite(_num(given.get("step"))) else 0),
             wall_time=_num(given.get("time_total_s")), node_id=str(given.get("node_id", "")),
-            admm_distance=_num(given.get("admm_distance")), admm_mask_agreement=_num(given.get("admm_mask_agreement")),
+            selection_primary=_num(given.get("selection_primary")), selection_loss=_num(given.get("selection_loss")),
+            selection_kl=_num(given.get("selection_kl")), admm_distance=_num(given.get("admm_distance")), admm_mask_agreement=_num(given.get("admm_mask_agreement")),
         )
 
 

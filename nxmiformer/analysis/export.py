@@ -19,7 +19,7 @@ from .. import __version__
 from ..compression import CompressionPlan, RatioTarget
 from ..errors import NxmiError
 from .pareto import select
-from .results import check_metric, provenance, read_search_config
+from .results import check_metric, provenance, read_search_config, search_objective
 
 # search.json field -> nxmi train flag; full training keeps the search's data and warm start
 # settings but drops its --train-size / --eval-size / --steps limits
@@ -80,10 +80,11 @@ def _check_out(out: str | os.PathLike) -> Path:
 
 
 def export_plan(results: pd.DataFrame, target_ratio: float, convention: str, out: str | os.PathLike, *,
-                metric: str = "primary", include_stopped: bool = False,
+                metric: str | None = None, include_stopped: bool = False,
                 train_out: str | os.PathLike | None = None) -> CompressionPlan:
     """Write the plan :func:`~nxmiformer.analysis.select` picks to ``out`` and return it.
 
+    ``metric`` (default: the searches' objective, as ``nxmi search`` chose) ranks the trials.
     ``results`` must come from :func:`~nxmiformer.analysis.load_results` (its ``search_dir``
     column leads back to the search's ``search.json``). ``meta`` holds the plan's ratios under
     both conventions, the selection (target, convention, metric), the search's provenance (task,
@@ -100,7 +101,7 @@ def export_plan(results: pd.DataFrame, target_ratio: float, convention: str, out
     """
     out = _check_out(out)
     target = RatioTarget.of(target_ratio, convention)
-    check_metric(metric)
+    metric = check_metric(metric or search_objective(results))
     row = select(results, target, metric=metric, include_stopped=include_stopped)
     if "search_dir" not in row.index:
         raise NxmiError("the results lack the search_dir column; read them with nxmiformer.analysis.load_results")

@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..compression.accounting import RatioTarget
 from ..errors import NxmiError
-from .results import check_metric, check_results, ratio_column
+from .results import LOWER_IS_BETTER, check_metric, check_results, ratio_column
 
 RATIO_DECIMALS = 9
 DISPLAY_COLUMNS = ("trial_id", "kind", "ratio_paper", "ratio_storage", "primary", "retention", "plan_summary")
@@ -78,8 +78,15 @@ def pareto_front(results: pd.DataFrame, convention: str = "paper", metric: str =
     pool = eligible(results, convention, metric, include_stopped)
     _check_comparable(pool, metric)
     column = ratio_column(convention)
-    front = pool[front_mask(pool[column].astype(float), pool[metric].astype(float))]
-    return front.sort_values([column, metric, "trial_id"], ascending=[True, False, True], kind="mergesort")
+    front = pool[front_mask(pool[column].astype(float), _better(pool, metric))]
+    return front.sort_values([column, metric, "trial_id"], ascending=[True, metric in LOWER_IS_BETTER, True],
+                             kind="mergesort")
+
+
+def _better(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """``metric`` as a float that is higher when better (a loss or KL negated)."""
+    values = frame[metric].astype(float)
+    return -values if metric in LOWER_IS_BETTER else values
 
 
 def select(results: pd.DataFrame, target_ratio: "RatioTarget | float", convention: str = "paper",
@@ -88,7 +95,7 @@ def select(results: pd.DataFrame, target_ratio: "RatioTarget | float", conventio
     :class:`~nxmiformer.compression.RatioTarget`, or a ratio under ``convention``). The one
     selection rule: ``nxmi search`` reports and ``nxmi export`` writes the trial it returns.
 
-    Best means: the highest ``metric``; ties go to the higher ratio, then to the first by
+    Best means: the highest ``metric`` (the lowest for a loss or KL); ties go to the higher ratio, then to the first by
     ``search`` (when present) and ``trial_id``. The chosen trial is always on the Pareto front.
 
     Raises:
@@ -110,9 +117,10 @@ def select(results: pd.DataFrame, target_ratio: "RatioTarget | float", conventio
     if meets.empty:
         raise NxmiError(f"no eligible trial meets the target ratio {target}: "
                         f"the highest reached is {pool[column].max():.4f}")
-    keys = [metric, column] + [c for c in ("search", "trial_id") if c in meets.columns]
-    ranked = meets.sort_values(keys, ascending=[False, False] + [True] * (len(keys) - 2), kind="mergesort")
-    return ranked.iloc[0]
+    keys = ["_better", column] + [c for c in ("search", "trial_id") if c in meets.columns]
+    ranked = meets.assign(_better=_better(meets, metric)).sort_values(
+        keys, ascending=[False, False] + [True] * (len(keys) - 2), kind="mergesort")
+    return ranked.iloc[0].drop("_better")
 
 
 def trial_table(frame: pd.DataFrame) -> pd.DataFrame:

@@ -22,7 +22,10 @@ from ..records import REQUIRED_COLUMNS, read_records
 
 RESULTS_FILE = "results.parquet"
 SEARCH_FILE = "search.json"
-METRICS = ("primary", "retention")
+# validation-split metrics (for the record and the report) and selection-row metrics (what a
+# search decides on; see SearchConfig.objective); the loss and KL are better when lower
+METRICS = ("primary", "retention", "selection_primary", "selection_loss", "selection_kl")
+LOWER_IS_BETTER = ("selection_loss", "selection_kl")
 # columns load_results adds, after the runner's
 SEARCH_COLUMNS = ("search", "search_dir", "task", "model", "model_fingerprint", "failed")
 
@@ -30,7 +33,7 @@ PathLike = str | os.PathLike
 
 
 def check_metric(metric: str) -> str:
-    """``metric`` if it is ``primary`` or ``retention``, else an error."""
+    """``metric`` if it is one of :data:`METRICS`, else an error."""
     if metric not in METRICS:
         raise NxmiError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
     return metric
@@ -52,6 +55,17 @@ def check_results(results: pd.DataFrame, needed: Iterable[str] = REQUIRED_COLUMN
     if missing:
         raise NxmiError(f"results table lacks column(s) {', '.join(missing)}; expected a search's results.parquet")
     return results
+
+
+def search_objective(results: pd.DataFrame) -> str:
+    """The metric the searches of ``results`` decided on (``objective`` in their search.json;
+    ``primary`` for searches from before selection rows); an error when they disagree."""
+    dirs = results["search_dir"].unique() if "search_dir" in results.columns else []
+    objectives = {read_search_config(d).get("objective", "primary") for d in dirs} or {"primary"}
+    if len(objectives) > 1:
+        raise NxmiError(f"the searches decided on different objectives ({', '.join(sorted(objectives))}); "
+                        f"choose one with --metric")
+    return objectives.pop()
 
 
 def ratio_column(convention: str) -> str:

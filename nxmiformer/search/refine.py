@@ -9,7 +9,7 @@ Ray Tune's :class:`~ray.tune.search.optuna.OptunaSearch` drives Optuna's TPE sam
 space. It is seeded two ways:
 
 * the stage-1 trials whose plans are exactly expressible per group (the uniform and grid
-  baselines always are) are *told* to Optuna with their measured primary metric, so they are not
+  baselines always are) are *told* to Optuna with their measured objective, so they are not
   trained again;
 * the best stage-1 plans that are not (the heterogeneous ones) are projected onto the groups
   (each group takes its modules' most common option) and *enqueued* as the first trials.
@@ -226,22 +226,23 @@ class GroupSpace:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def seed_points(space: GroupSpace, stage1: pd.DataFrame, enqueue: int = 2) -> tuple[list[tuple[dict, float, bool]], list[dict]]:
+def seed_points(space: GroupSpace, stage1: pd.DataFrame, enqueue: int = 2,
+                objective: str = "primary", mode: str = "max") -> tuple[list[tuple[dict, float, bool]], list[dict]]:
     """Seeds for Optuna from the stage-1 results table.
 
-    Returns ``(told, enqueued)``: ``told`` holds ``(params, primary, pruned)`` for every finished
+    Returns ``(told, enqueued)``: ``told`` holds ``(params, objective, pruned)`` for every finished
     stage-1 trial whose plan is exactly expressible per group (ASHA-stopped trials are told as
     pruned); ``enqueued`` holds the group projections of the ``enqueue`` best completed plans that
     are not, best first, without duplicates of each other or of a told point."""
     told, enqueued, seen = [], [], set()
-    ranked = stage1[stage1["status"].isin(["completed", "stopped"]) & np.isfinite(stage1["primary"])]
-    ranked = ranked.sort_values(["status", "primary"], ascending=[True, False])  # completed first
+    ranked = stage1[stage1["status"].isin(["completed", "stopped"]) & np.isfinite(stage1[objective])]
+    ranked = ranked.sort_values(["status", objective], ascending=[True, mode == "min"])  # completed, best first
     rows = [(row, CompressionPlan.from_dict(json.loads(row["plan_json"]))) for _, row in ranked.iterrows()]
     rows = [(row, plan, space.params_of(plan, exact=True)) for row, plan in rows]
     for row, _, exact in rows:
         if exact is not None and _key(exact) not in seen:
             seen.add(_key(exact))
-            told.append((exact, float(row["primary"]), row["status"] == "stopped"))
+            told.append((exact, float(row[objective]), row["status"] == "stopped"))
     for row, plan, exact in rows:
         if len(enqueued) >= enqueue:
             break
@@ -257,17 +258,18 @@ def _key(params: dict) -> tuple:
     return tuple(sorted(params.items()))
 
 
-def make_searcher(space: GroupSpace, told, enqueued, seed: int = 0, startup_trials: int = 4):
+def make_searcher(space: GroupSpace, told, enqueued, seed: int = 0, startup_trials: int = 4,
+                  objective: str = "primary", mode: str = "max"):
     """Ray Tune's OptunaSearch over ``space`` with TPE, the ``told`` points added as finished
     trials and the ``enqueued`` points run first."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
-    searcher = OptunaSearch(space=space.distributions(), metric="primary", mode="max", sampler=sampler,
+    searcher = OptunaSearch(space=space.distributions(), metric=objective, mode=mode, sampler=sampler,
                             points_to_evaluate=enqueued or None)
-    for params, primary, pruned in told:
-        searcher.add_evaluated_point(params, primary, pruned=pruned, intermediate_values=[primary] if pruned else None)
+    for params, value, pruned in told:
+        searcher.add_evaluated_point(params, value, pruned=pruned, intermediate_values=[value] if pruned else None)
     return searcher
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ REFINE_EXPERIMENT = "refine"
 SPACE_FILE = "refine_space.json"
 # search.json's layout and the trials' Tune configs: a search of another version is not resumed
 STATE_VERSION = 2
+OBJECTIVES = ("selection_loss", "selection_kl", "selection_primary")
 # a trainable -> the trainable Tune runs (e.g. one that injects faults, in tests)
 Wrapper = Callable[[Callable[[dict], None]], Callable[[dict], None]]
 
@@ -76,7 +78,12 @@ class SearchConfig:
         "directory of <task>/<split>.parquet (default: $NXMI_GLUE_DIR, else the hub)"))
     max_length: int = field(default=64, metadata=_help("truncation length in tokens"))
     train_size: int | None = field(default=4000, metadata=_help("training rows to draw (None: all)"))
-    eval_size: int | None = field(default=500, metadata=_help("rows of each validation split (None: all)"))
+    eval_size: int | None = field(default=500, metadata=_help(
+        "rows of each validation split (None: all): evaluated for the record and the report, never to decide"))
+    selection_size: int = field(default=500, metadata=_help(
+        "training rows held out as selection rows: what ASHA, the stages and the choice of the best plan decide on"))
+    objective: str = field(default="selection_loss", metadata=_help(
+        "what the search decides on, on the selection rows: selection_loss, selection_kl or selection_primary"))
     seed: int = field(default=0, metadata=_help("seed of the row draws and of Optuna's sampler"))
     trials: int = field(default=8, metadata=_help("candidate plans to train as short trials"))
     steps: int = field(default=200, metadata=_help("optimizer steps per short trial"))
@@ -87,7 +94,10 @@ class SearchConfig:
     cpus_per_trial: int = field(default=1, metadata=_help("CPUs (and torch threads) per trial"))
     options: tuple[str, ...] = field(default=DEFAULT_MENU, metadata=_help("comma-separated option menu"))
     calib_size: int = field(default=256, metadata=_help("calibration rows held out of the training split"))
-    dense_epochs: float = field(default=1.0, metadata=_help("epochs of the dense warm start"))
+    dense_epochs: float = field(default=3.0, metadata=_help(
+        "most epochs of the dense warm start (it stops earlier when its selection loss stops improving)"))
+    dense_patience: int = field(default=2, metadata=_help(
+        "dense warm start: quarter-epoch checks without a lower selection loss before it stops (0: all epochs)"))
     asha: bool = field(default=True, metadata=_help("stop weak trials early at the hard projection (ASHA)"))
     kinds: tuple[str, ...] = field(default=("optimal", "diverse", "grid", "uniform"), metadata=_help(
         "candidate kinds to train, comma-separated: optimal,diverse,grid,uniform"))
@@ -108,6 +118,10 @@ class SearchConfig:
     def __post_init__(self):
         get_task(self.task)
         self.target  # validates target_ratio and convention
+        if self.objective not in OBJECTIVES:
+            raise NxmiError(f"unknown objective {self.objective!r}; allowed: {', '.join(OBJECTIVES)}")
+        if isinstance(self.selection_size, bool) or not isinstance(self.selection_size, int) or self.selection_size < 1:
+            raise NxmiError(f"selection_size must be a positive integer, got {self.selection_size!r}")
         for name in ("trials", "cpus_per_trial", "batch_size", "calib_size", "refine_layer_groups"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -142,17 +156,27 @@ class SearchConfig:
 
     def data_config(self) -> DataConfig:
         return DataConfig(task=self.task, data_dir=self.data_dir, max_length=self.max_length, train_size=self.train_size,
-                          eval_size=self.eval_size, seed=self.seed, holdout_size=self.calib_size)
+                          eval_size=self.eval_size, seed=self.seed, holdout_size=self.calib_size,
+                          selection_size=self.selection_size)
 
     def dense_config(self) -> DenseConfig:
-        return DenseConfig(model=self.model, epochs=self.dense_epochs)
+        return DenseConfig(model=self.model, epochs=self.dense_epochs, patience=self.dense_patience)
 
     def trial_config(self) -> TrialConfig:
-        return TrialConfig(data=self.data_config(), dense=self.dense_config(), steps=self.steps,
-                           batch_size=self.batch_size, lr=self.lr, kd_alpha=self.kd_alpha,
-                           # evaluations at the hard projection (ASHA's rung) and at the end only
-                           eval_every=0,
-                           cache_dir=str(self.cache_root()))
+        config = TrialConfig(data=self.data_config(), dense=self.dense_config(), steps=self.steps,
+                             batch_size=self.batch_size, lr=self.lr, kd_alpha=self.kd_alpha, eval_every=0,
+                             cache_dir=str(self.cache_root()))
+        # evaluations at the projection, at ASHA's rung and at the end
+        return config.replace(eval_at=(self.rung(config.admm_steps),))
+
+    def rung(self, admm_steps: int) -> int:
+        """ASHA's one rung: halfway through the masked-QAT recovery after the projection."""
+        return admm_steps + max(1, (self.steps - admm_steps) // 2)
+
+    @property
+    def mode(self) -> str:
+        """``min`` or ``max``: the direction of the objective."""
+        return "max" if self.objective == "selection_primary" else "min"
 
     def cache_root(self) -> Path:
         return Path(self.cache_dir).resolve() if self.cache_dir else default_cache_dir()
@@ -225,7 +249,7 @@ def _of_kinds(candidates: list, kinds: tuple[str, ...]) -> list:
     return chosen
 
 
-def _tune_callback(total: int, progress: bool):
+def _tune_callback(total: int, progress: bool, objective: str):
     from ray.tune import Callback
 
     class Progress(Callback):
@@ -236,7 +260,8 @@ def _tune_callback(total: int, progress: bool):
             self.done += 1
             r = trial.last_result or {}
             _say(progress, f"  [{self.done}/{total}] {trial.trial_id} {r.get('phase', '?'):<9} "
-                           f"primary {r.get('primary', float('nan')):.4f} retention {r.get('retention', float('nan')):.2%} "
+                           f"{objective} {r.get(objective, float('nan')):.4f} "
+                           f"validation primary {r.get('primary', float('nan')):.4f} retention {r.get('retention', float('nan')):.2%} "
                            f"ratio {r.get('ratio_paper', float('nan')):.4f}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -258,8 +283,10 @@ def _make_tuner(config: SearchConfig, trainable, param_space: dict, storage: Pat
         return tune.Tuner.restore(str(storage / name), trainable=trainable, resume_errored=True)
     scheduler = None
     if config.asha and config.steps >= 4:
-        scheduler = ASHAScheduler(time_attr="step", metric="primary", mode="max", max_t=config.steps,
-                                  grace_period=max(1, config.steps // 2), reduction_factor=2)  # the rung is the projection
+        # one rung, after some recovery from the projection (SearchConfig.rung)
+        rung = TrialConfig.from_dict(param_space["trial"]).eval_at[0]
+        scheduler = ASHAScheduler(time_attr="step", metric=config.objective, mode=config.mode, max_t=config.steps,
+                                  grace_period=rung, reduction_factor=2)
     concurrency = config.concurrency or max(1, cluster_cpus() // config.cpus_per_trial)
     fail_fast = "raise" if config.fail_fast else False
     return tune.Tuner(
@@ -270,7 +297,7 @@ def _make_tuner(config: SearchConfig, trainable, param_space: dict, storage: Pat
                                     search_alg=search_alg, num_samples=n_trials if search_alg else 1),
         run_config=tune.RunConfig(
             name=name, storage_path=str(storage), verbose=0,
-            callbacks=[_tune_callback(n_trials, progress)],
+            callbacks=[_tune_callback(n_trials, progress, config.objective)],
             failure_config=tune.FailureConfig(max_failures=0 if fail_fast else 1, fail_fast=fail_fast),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -361,8 +388,28 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         write_records(results, out / "results.parquet")
 
     done = results[(results["status"] == "completed") & config.target.is_met(results[config.target.column])]
-    best = select(results, config.target) if done["primary"].notna().any() else None
+    best = select(results, config.target, metric=config.objective) if done[config.objective].notna().any() else None
+    _check_reference(dense, results, config, state_file, progress)
     return SearchResult(results, best, out, time.perf_counter() - start)
+
+
+def _check_reference(dense, results: pd.DataFrame, config: SearchConfig, state_file: Path, progress: bool) -> None:
+    """Say so (and note it in search.json) when a compressed trial beats the dense warm start on
+    the selection rows by more than two standard errors: the reference of every retention
+    figure is then too weak (train it longer: --dense-epochs, --dense-patience)."""
+    reference = dense.metrics.get("selection_primary")
+    done = results.loc[results["status"] == "completed", "selection_primary"].dropna()
+    if reference is None or done.empty:
+        return
+    p = min(max(float(reference), 0.0), 1.0)  # accuracy-like: the binomial error of a difference
+    margin = 2 * math.sqrt(2 * p * (1 - p) / config.selection_size)
+    if done.max() - reference > margin:
+        message = (f"a compressed trial beats the dense warm start on the selection rows by {done.max() - reference:.4f} "
+                   f"(> 2 standard errors, {margin:.4f}): the dense reference is too weak; retention above 100% "
+                   f"means little (train it longer with --dense-epochs / --dense-patience)")
+        _say(progress, f"warning: {message}")
+        state = json.loads(state_file.read_text())
+        write_json(state_file, state | {"warnings": [message]})
 
 
 def _refine(config: SearchConfig, stage1: pd.DataFrame, sensitivity: pd.DataFrame, modules: pd.DataFrame,
@@ -376,11 +423,12 @@ def _refine(config: SearchConfig, stage1: pd.DataFrame, sensitivity: pd.DataFram
     space = GroupSpace.build(build_problem(sensitivity, modules), config.target,
                              layer_groups=config.refine_layer_groups, fill_slack=config.refine_fill)
     space_file = space.save(out / SPACE_FILE)
-    told, enqueued = seed_points(space, stage1)
+    told, enqueued = seed_points(space, stage1, objective=config.objective, mode=config.mode)
     restore = resume and tune.Tuner.can_restore(str(out / REFINE_EXPERIMENT))
     _say(progress, f"      stage 2: {'resuming ' if restore else ''}{config.refine_trials} Optuna trials over "
                    f"{len(space.groups)} groups ({len(told)} stage-1 results told, {len(enqueued)} seeds enqueued)")
-    searcher = None if restore else make_searcher(space, told, enqueued, seed=config.seed)
+    searcher = None if restore else make_searcher(space, told, enqueued, seed=config.seed, objective=config.objective,
+                                                  mode=config.mode)
     tuner = _make_tuner(config, wrap(refine_trainable), shared | {"space": str(space_file)}, out, REFINE_EXPERIMENT,
                         config.refine_trials, progress, restore, search_alg=searcher)
     return results_table(_fit(tuner, config), config.target, dense_primary, modules, space.candidate)

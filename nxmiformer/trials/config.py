@@ -52,10 +52,13 @@ class DataConfig:
     eval_size: int | None = field(default=None, metadata={"help": "rows of each validation split (None: all)"})
     seed: int = field(default=0, metadata={"help": "seed of the row draws"})
     holdout_size: int = field(default=0, metadata={"help": "training rows set aside (e.g. the search's calibration rows)"})
+    selection_size: int = field(default=0, metadata={
+        "help": "training rows set aside after those for selection: the rows a search decides on (0: none)"})
 
     def __post_init__(self):
         get_task(self.task)
         _positive_int("holdout_size", self.holdout_size, allow_zero=True)
+        _positive_int("selection_size", self.selection_size, allow_zero=True)
         _positive_int("max_length", self.max_length)
         _positive_int("train_size", self.train_size, allow_none=True)
         _positive_int("eval_size", self.eval_size, allow_none=True)
@@ -75,6 +78,9 @@ class DenseConfig:
     lr: float = field(default=1e-4, metadata={"help": "peak learning rate (linear warm-up and decay)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.06, metadata={"help": "share of the steps spent warming up the learning rate"})
+    patience: int = field(default=0, metadata={"help": (
+        "with selection rows: evaluations (4 per epoch) without a lower selection loss before stopping early, "
+        "keeping the best; epochs/steps is then the bound (0: train them all)")})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda[:N] or auto (not part of the cache key)"})
 
     def __post_init__(self):
@@ -84,6 +90,7 @@ class DenseConfig:
         _positive_int("steps", self.steps, allow_none=True, allow_zero=True)
         _positive_int("batch_size", self.batch_size)
         _positive_float("lr", self.lr)
+        _positive_int("patience", self.patience, allow_zero=True)
         _check_device(self.device)
 
 
@@ -124,6 +131,7 @@ class TrialConfig:
     kd_alpha: float = field(default=0.0, metadata={"help": "weight of the distillation loss from the dense model (0: off)"})
     kd_temperature: float = field(default=2.0, metadata={"help": "softmax temperature of the distillation loss"})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: at phase ends only)"})
+    eval_at: tuple[int, ...] = field(default=(), metadata={"help": "comma-separated steps to evaluate at as well (e.g. ASHA's rung)"})
     threads: int | None = field(default=None, metadata={"help": "torch threads (None: leave as is)"})
     cache_dir: str | None = field(default=None, metadata={"help": "where dense warm starts are cached"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda[:N] or auto"})
@@ -158,6 +166,12 @@ class TrialConfig:
             raise NxmiError(f"kd_alpha must be in [0, 1], got {self.kd_alpha!r}")
         _positive_float("kd_temperature", self.kd_temperature)
         _positive_int("eval_every", self.eval_every, allow_zero=True)
+        raw = self.eval_at.split(",") if isinstance(self.eval_at, str) else self.eval_at
+        try:
+            eval_at = tuple(sorted({int(s) for s in raw if str(s).strip()}))
+        except ValueError:
+            raise NxmiError(f"eval_at must be step numbers, got {self.eval_at!r}") from None
+        object.__setattr__(self, "eval_at", eval_at)
         _positive_int("threads", self.threads, allow_none=True)
 
     def admm_settings(self) -> dict[str, Any]:

@@ -321,6 +321,7 @@ class GlueData:
     train: datasets.Dataset | None
     eval: Mapping[str, datasets.Dataset]
     holdout: datasets.Dataset | None = None
+    selection: datasets.Dataset | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eval", MappingProxyType(dict(self.eval)))
@@ -337,6 +338,7 @@ def prepare_task_data(
     seed: int = 0,
     include_train: bool = True,
     holdout_size: int = 0,
+    selection_size: int = 0,
 ) -> GlueData:
     """Load, subsample and tokenise a GLUE task's train and validation split(s).
 
@@ -353,30 +355,41 @@ def prepare_task_data(
         holdout_size: rows of the training split set aside (drawn first with ``seed``) as
             ``holdout``, e.g. the search's calibration rows; ``train`` is then drawn from the
             remaining rows, so the two never overlap. ``0`` changes nothing.
+        selection_size: rows of the training split after the holdout rows (same shuffle) set
+            aside as ``selection``: the rows a search decides on. Disjoint from ``holdout`` and
+            ``train``; the holdout rows do not depend on it.
 
     Subsampling happens before tokenisation, so a small subset of a large split is cheap.
     """
     info = get_task(task)
-    if isinstance(holdout_size, bool) or not isinstance(holdout_size, int) or holdout_size < 0:
-        raise NxmiError(f"holdout_size must be a non-negative int, got {holdout_size!r}")
-    need_train = include_train or holdout_size > 0
+    for name, value in (("holdout_size", holdout_size), ("selection_size", selection_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise NxmiError(f"{name} must be a non-negative int, got {value!r}")
+    need_train = include_train or holdout_size > 0 or selection_size > 0
     splits = (("train",) if need_train else ()) + info.validation_splits
     raw = load_glue(info, data_dir=data_dir, splits=splits)
     tokenized = {
         split: tokenize_dataset(subsample(raw[split], eval_size, seed), tokenizer, info, max_length)
         for split in info.validation_splits
     }
-    train = holdout = None
+    train = holdout = selection = None
     if need_train:
         full = raw["train"]
-        if holdout_size:
-            if holdout_size >= len(full):
-                raise NxmiError(f"holdout_size {holdout_size} leaves no training rows: the split has {len(full)}")
+        held = holdout_size + selection_size
+        if held:
+            if held >= len(full):
+                raise NxmiError(f"holdout_size {holdout_size} + selection_size {selection_size} leave no training rows: "
+                                f"the split has {len(full)}")
             shuffled = full.shuffle(seed=seed)
-            holdout = tokenize_dataset(shuffled.select(range(holdout_size)).flatten_indices(), tokenizer, info, max_length)
-            rest = len(full) - holdout_size
+
+            def rows(start: int, stop: int) -> datasets.Dataset:
+                return tokenize_dataset(shuffled.select(range(start, stop)).flatten_indices(), tokenizer, info, max_length)
+
+            holdout = rows(0, holdout_size) if holdout_size else None
+            selection = rows(holdout_size, held) if selection_size else None
+            rest = len(full) - held
             n = rest if train_size is None else min(train_size, rest)
-            full = shuffled.select(range(holdout_size, holdout_size + n)).flatten_indices()
+            full = shuffled.select(range(held, held + n)).flatten_indices()
             train_size = None
         if include_train:
             train = tokenize_dataset(subsample(full, train_size, seed), tokenizer, info, max_length)
@@ -385,4 +398,5 @@ def prepare_task_data(
         train=train,
         eval={split: tokenized[split] for split in info.validation_splits},
         holdout=holdout,
+        selection=selection,
     )

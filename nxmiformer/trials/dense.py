@@ -24,9 +24,10 @@ from ..errors import NxmiError
 from ..models import load_model, load_tokenizer, model_fingerprint, resolve_model_path
 from .config import DataConfig, DenseConfig, default_cache_dir
 from .data import get_task, prepare_task_data
-from .loop import BatchStream, evaluate, resolve_device, set_seed, train_step
+from .loop import BatchStream, evaluate, predict, resolve_device, selection_metrics, set_seed, train_step
 
 DENSE_CODE_VERSION = 1
+EVALS_PER_EPOCH = 4  # selection-loss checks per epoch of an early-stopped warm start
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,45 @@ class DenseResult:
         meta = json.loads(meta_file.read_text())
         return cls(path, meta["metrics"], meta["metrics"]["primary"], meta.get("key", ""), True, 0.0,
                    meta.get("model_fingerprint", ""))
+
+
+class _EarlyStop:
+    """Every ``every`` steps, the selection loss; done after ``patience`` checks without a new
+    best (``patience=0``: never), remembering the best weights and step."""
+
+    def __init__(self, patience: int, every: int):
+        self.patience, self.every = patience, every
+        self.best, self.best_step, self.best_state, self.since = math.inf, 0, None, 0
+
+    def done(self, step: int, measure, model) -> bool:
+        if not self.patience or step % self.every:
+            return False
+        loss = measure()["selection_loss"]
+        if loss < self.best:
+            self.best, self.best_step, self.since = loss, step, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.since += 1
+        return self.since >= self.patience
+
+
+def selection_reference(dense: DenseResult, data: DataConfig, glue, tokenizer, model=None):
+    """The dense warm start's logits on the selection rows of ``data`` (None without them),
+    computed once and cached beside the warm start; ``model`` saves loading it again."""
+    import numpy as np
+
+    from ..outputs import atomic_file
+
+    if glue.selection is None:
+        return None
+    rows = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("train_size", "eval_size")}
+    path = dense.path / f"selection-{hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]}.npy"
+    if path.is_file():
+        return np.load(path)
+    logits, _ = predict(model if model is not None else load_model(str(dense.path)), glue.selection, tokenizer)
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, logits)
+    return logits
 
 
 def dense_cache_key(fingerprint: str, data: DataConfig, dense: DenseConfig) -> str:
@@ -89,7 +129,7 @@ def finetune_dense(
     tokenizer = load_tokenizer(model_path)
     glue = prepare_task_data(info, tokenizer, data_dir=data.data_dir, max_length=data.max_length,
                              train_size=data.train_size, eval_size=data.eval_size, seed=data.seed,
-                             holdout_size=data.holdout_size)
+                             holdout_size=data.holdout_size, selection_size=data.selection_size)
     stream = BatchStream(glue.train, tokenizer, dense.batch_size, data.seed)
     steps = dense.steps if dense.steps is not None else max(1, math.ceil(dense.epochs * stream.per_epoch))
     device = resolve_device(dense.device)
@@ -101,12 +141,18 @@ def finetune_dense(
         schedule = get_linear_schedule_with_warmup(optimizer, int(dense.warmup_ratio * steps), steps)
         model.train()
         bar = tqdm(total=steps, desc=f"dense fine-tune {data.task}", disable=not progress, leave=False)
-        for _, batch in zip(range(steps), stream.from_step(0)):
+        stop = _EarlyStop(dense.patience, max(1, stream.per_epoch // EVALS_PER_EPOCH)) if glue.selection else None
+        for step, batch in enumerate(stream.from_step(0), start=1):
             loss = train_step(model, batch, optimizer, schedule, info.is_regression)
             bar.update()
             bar.set_postfix(loss=f"{loss:.3f}")
+            if step >= steps or (stop and stop.done(step, lambda: selection_metrics(model, glue, tokenizer), model)):
+                break
         bar.close()
-    metrics = evaluate(model, glue, tokenizer)
+        if stop and stop.best_state is not None:
+            model.load_state_dict(stop.best_state)
+            steps = stop.best_step
+    metrics = evaluate(model, glue, tokenizer) | selection_metrics(model, glue, tokenizer)
     wall = time.perf_counter() - start
 
     target.parent.mkdir(parents=True, exist_ok=True)

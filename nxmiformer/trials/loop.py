@@ -134,6 +134,24 @@ def evaluate(model: nn.Module, data: GlueData, tokenizer, batch_size: int = 64) 
     return out
 
 
+def selection_metrics(model: nn.Module, data: GlueData, tokenizer, reference: np.ndarray | None = None,
+                      batch_size: int = 64) -> dict[str, float]:
+    """What a search decides on, measured on the selection rows (none: ``{}``): the task's
+    ``selection_primary`` metric, the task loss ``selection_loss`` and, given the dense warm
+    start's logits on the same rows, ``selection_kl``: the mean KL divergence of the model's
+    predictions from the dense model's (squared error of the outputs for a regression task)."""
+    if data.selection is None:
+        return {}
+    logits, labels = predict(model, data.selection, tokenizer, batch_size)
+    regression = data.task.is_regression
+    out = {"selection_primary": compute_metrics(data.task, logits, labels)["primary"],
+           "selection_loss": float(task_loss(torch.from_numpy(logits), torch.from_numpy(labels), regression))}
+    if reference is not None:
+        out["selection_kl"] = float(distillation_loss(torch.from_numpy(logits), torch.from_numpy(reference), 1.0,
+                                                      regression))
+    return out
+
+
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
     if regression:
         return F.mse_loss(logits.squeeze(-1), labels.float())

@@ -23,8 +23,8 @@ from ..compression.layer import refit_clips_, scale_parameters
 from ..models import load_model, load_tokenizer
 from .config import TrialConfig
 from .data import get_task, prepare_task_data
-from .dense import DenseResult, finetune_dense
-from .loop import BatchStream, evaluate, model_device, resolve_device, set_seed, train_step
+from .dense import DenseResult, finetune_dense, selection_reference
+from .loop import BatchStream, evaluate, model_device, resolve_device, selection_metrics, set_seed, train_step
 
 Report = Callable[[dict, Callable[[], dict]], None]
 
@@ -92,7 +92,9 @@ class Trial:
         self.data = prepare_task_data(
             self.info, self.tokenizer, data_dir=config.data.data_dir, max_length=config.data.max_length,
             train_size=config.data.train_size, eval_size=config.data.eval_size, seed=config.data.seed,
-            include_train=config.steps > 0, holdout_size=config.data.holdout_size)
+            include_train=config.steps > 0, holdout_size=config.data.holdout_size,
+            selection_size=config.data.selection_size)
+        self.reference = selection_reference(dense, config.data, self.data, self.tokenizer, self.model)
         compress_(self.model, self.plan)
         self.admm = _make_admm(self.model, self.plan, config) if config.admm_steps > 0 else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -185,6 +187,7 @@ class Trial:
         metrics = evaluate(self.model, self.data, self.tokenizer)
         row = {
             "step": self.step, "phase": phase, **metrics,
+            **selection_metrics(self.model, self.data, self.tokenizer, self.reference),
             "retention": retention(metrics["primary"], self.dense.primary), "loss": self.last_loss,
             "ratio_paper": self.ratios["paper"], "ratio_storage": self.ratios["storage"],
             **self._admm_diagnostics(),
@@ -223,8 +226,8 @@ class Trial:
         bar.set_postfix(loss=f"{self.last_loss:.3f}", phase="qat" if self.hardened else "admm")
 
     def _measure_on_schedule(self, phase: str) -> None:
-        every = self.config.eval_every
-        if every and self.step % every == 0 and self.step < self.config.steps:
+        every, step = self.config.eval_every, self.step
+        if ((every and step % every == 0) or step in self.config.eval_at) and step < self.config.steps:
             self.measure(phase)
 
     def _admm_diagnostics(self) -> dict:

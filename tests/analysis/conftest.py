@@ -45,7 +45,8 @@ def synthetic_results(seed: int, n: int = 30, ratio_levels: int | None = 5, metr
         "heuristic_score": rng.uniform(0, 1, n), "plan_json": PLAN.to_json(indent=None), "plan_summary": PLAN.summary(),
         "ratio_paper": paper, "ratio_storage": storage, "meets_target": paper >= 0.875, "primary": primary,
         "retention": primary / 0.9, "dense_primary": 0.9, "metrics_json": "{}", "steps": 8, "wall_time": 1.0,
-        "node_id": "", "admm_distance": rng.uniform(0, 0.5, n), "admm_mask_agreement": rng.uniform(0.7, 1.0, n),
+        "node_id": "", "selection_primary": primary - rng.uniform(0, 0.05, n), "selection_loss": 1.0 - primary,
+        "selection_kl": rng.uniform(0, 0.3, n), "admm_distance": rng.uniform(0, 0.5, n), "admm_mask_agreement": rng.uniform(0.7, 1.0, n),
         "record_version": RECORD_VERSION,
     })
     copies = frame.sample(duplicates, random_state=seed).assign(trial_id=lambda f: f["trial_id"] + "-copy")
@@ -76,7 +77,7 @@ def search_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     write_synthetic_task(root / "glue", "sst2")
     config = SearchConfig(out=str(root / "search"), task="sst2", target_ratio=0.875, model=str(model_dir),
                           data_dir=str(root / "glue"), max_length=16, train_size=None, eval_size=None, trials=4,
-                          steps=6, batch_size=8, lr=1e-3, options=MENU, calib_size=8, dense_epochs=0.5,
+                          steps=6, batch_size=8, lr=1e-3, options=MENU, calib_size=8, selection_size=8, dense_epochs=0.5,
                           asha=False, profile_workers=0, cache_dir=str(root / "cache"), concurrency=2)
     started = not ray.is_initialized()
     if started:

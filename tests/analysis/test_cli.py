@@ -32,10 +32,11 @@ def test_pareto_command(search_dir, tmp_path, capsys):
                  "--heatmap", str(heatmap)]) == 0
     out = capsys.readouterr().out
     results = load_results(search_dir)
-    front, chosen = pareto_front(results), select(results, 0.875)
+    front, chosen = pareto_front(results), select(results, 0.875, metric="selection_loss")
     assert f"Pareto front (paper ratio vs primary; completed trials): {len(front)} plan(s)" in out
     assert all(trial in out for trial in front["trial_id"])
-    assert f"selected for >= 87.50% (paper): trial {chosen['trial_id']}" in out
+    # the selection decides on the search's objective, on the selection rows, as nxmi search did
+    assert f"selected on selection_loss for >= 87.50% (paper): trial {chosen['trial_id']}" in out
     assert png_shape(plot) == (450, 900)
     assert png_shape(heatmap) == pixels(plot_plan(chosen))
 
@@ -57,12 +58,12 @@ def test_export_then_train_round_trip(search_dir, tmp_path, capsys):
     stored = json.loads(out.read_text())
     assert stored["schema"] == "nxmiformer.plan" and stored["version"] == 1
     plan, config = CompressionPlan.load(out), json.loads((search_dir / "search.json").read_text())
-    chosen = select(load_results(search_dir), 0.875)
+    chosen = select(load_results(search_dir), 0.875, metric="selection_loss")  # the search's objective
     assert plan == CompressionPlan.from_json(chosen["plan_json"])
 
     meta = plan.meta
     assert (meta["ratio_paper"], meta["ratio_storage"]) == (chosen["ratio_paper"], chosen["ratio_storage"])
-    assert meta["selection"] == {"target_ratio": 0.875, "convention": "paper", "metric": "primary",
+    assert meta["selection"] == {"target_ratio": 0.875, "convention": "paper", "metric": "selection_loss",
                                  "include_stopped": False}
     assert meta["search"]["dir"] == str(search_dir.resolve())
     assert {k: meta["search"][k] for k in ("task", "model", "data_dir", "max_length", "seed")} == {
@@ -99,7 +100,8 @@ def synthetic_dir(tmp_path):
 
 COMMON_BAD = [
     ("unknown convention", ["--target-ratio", "0.85", "--convention", "bytes"], "unknown ratio convention 'bytes'; allowed: paper, storage"),
-    ("unknown metric", ["--target-ratio", "0.85", "--metric", "f1"], "unknown metric 'f1'; allowed: primary, retention"),
+    ("unknown metric", ["--target-ratio", "0.85", "--selection-metric", "f1"],
+     "unknown metric 'f1'; allowed: primary, retention, selection_primary, selection_loss, selection_kl"),
     ("ratio above 1", ["--target-ratio", "1.5"], "target ratio must be a number in (0, 1), got 1.5"),
     ("ratio 0", ["--target-ratio", "0"], "(0, 1), got 0.0"),
     ("ratio 1", ["--target-ratio", "1"], "(0, 1), got 1.0"),

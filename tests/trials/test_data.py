@@ -458,3 +458,12 @@ def test_holdout_rows_are_disjoint_from_training_rows(tmp_path, tiny_tokenizer):
     assert calib_only.train is None and rows(calib_only.holdout) == rows(held.holdout)
     with pytest.raises(ValueError, match="holdout_size 60"):
         prepare_task_data("sst2", tiny_tokenizer, data_dir=tmp_path, holdout_size=60)
+    # selection rows: after the calibration rows, disjoint from both, and the calibration rows stay the same
+    split = prepare_task_data("sst2", tiny_tokenizer, data_dir=tmp_path, seed=3, holdout_size=15, selection_size=10)
+    assert len(split.selection) == 10 and len(split.train) == 35
+    assert rows(split.holdout) == rows(held.holdout)
+    assert not rows(split.selection) & (rows(split.holdout) | rows(split.train))
+    again = prepare_task_data("sst2", tiny_tokenizer, data_dir=tmp_path, seed=3, holdout_size=15, selection_size=10)
+    assert rows(again.selection) == rows(split.selection)  # seeded
+    with pytest.raises(ValueError, match="selection_size 45 leave no training rows"):
+        prepare_task_data("sst2", tiny_tokenizer, data_dir=tmp_path, holdout_size=15, selection_size=45)

@@ -221,3 +221,36 @@ def test_lsq_scales_train_after_the_projection(make_config):
 def test_max_scales_have_no_trained_parameter(make_config):
     result = run_trial("2:4:int4:max", make_config(steps=4, admm_fraction=0.0), keep_model=True)
     assert all(m.scale is None for m in compressed_modules(result.model).values())
+
+
+def test_trials_report_the_selection_rows_and_the_kl_from_the_dense_model(make_config):
+    import dataclasses
+
+    config = make_config()
+    config = config.replace(data=dataclasses.replace(config.data, holdout_size=4, selection_size=8), eval_every=0,
+                            eval_at=(6,))
+    rows = []
+    run_trial("2:4:int4", config, report=lambda row, state: rows.append(row))
+    assert [r["step"] for r in rows] == [4, 6, 8]  # projection, eval_at, final
+    for row in rows:
+        assert {"selection_primary", "selection_loss", "selection_kl"} <= set(row) and row["selection_kl"] >= 0
+    # the dense model's logits on the selection rows are computed once and cached beside the warm start
+    dense = finetune_dense(config.data, config.dense, config.cache_dir, progress=False)
+    assert len(list(dense.path.glob("selection-*.npy"))) == 1
+    assert {"selection_primary", "selection_loss"} <= set(dense.metrics)
+    # the uncompressed model has no divergence from itself
+    same = run_trial("dense", config.replace(steps=0))
+    assert same.metrics["selection_kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dense_warm_start_stops_when_the_selection_loss_stops_improving(make_config):
+    import dataclasses
+    import json
+
+    config = make_config()
+    data = dataclasses.replace(config.data, holdout_size=4, selection_size=8)
+    bounded = DenseConfig(model=config.dense.model, epochs=20, batch_size=8, lr=5e-3, patience=1)
+    dense = finetune_dense(data, bounded, config.cache_dir, progress=False)
+    meta = json.loads((dense.path / "dense.json").read_text())
+    per_epoch = -(-28 // 8)  # 40 synthetic rows less 12 held out, batch 8
+    assert 1 <= meta["steps"] < 20 * per_epoch  # stopped before the bound, at its best check
