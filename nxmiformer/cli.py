@@ -191,7 +191,7 @@ def cmd_profile(args) -> int:
 
     import pandas as pd
 
-    from .search import SearchConfig, profile_sensitivity, ray_session
+    from .search import DEFAULT_MENU, SearchConfig, profile_sensitivity, ray_session
     from .search.profile import sensitivity_pivot
     from .trials import DataConfig, DenseConfig, DenseResult, finetune_dense
 
@@ -205,7 +205,7 @@ def cmd_profile(args) -> int:
         model_dir = finetune_dense(data, dense, fields["cache_dir"], progress=True).path
     workers = fields["profile_workers"]
     with ray_session(fields["address"]) if workers != 0 else nullcontext():
-        result = profile_sensitivity(model_dir, data, fields["options"], fields["calib_size"],
+        result = profile_sensitivity(model_dir, data, fields["options"] or DEFAULT_MENU, fields["calib_size"],
                                      cache_dir=fields["cache_dir"], workers=workers, progress=True)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:+.4f}".format):
         print(sensitivity_pivot(result.table).to_string())
@@ -314,7 +314,8 @@ TRIAL_OF_TRAIN = {"seed": "trial_seed"}
 PROFILE_FIELDS = ("model", "dense_epochs", "task", "data_dir", "max_length", "train_size", "eval_size", "seed",
                   "options", "calib_size", "profile_workers", "cache_dir", "address")
 PROFILE_DEFAULTS = {"profile_workers": 0, "train_size": None, "eval_size": None}
-PROFILE_HELPS = {"profile_workers": "Ray tasks in parallel, on --address or embedded Ray (0: in-process, the default)"}
+PROFILE_HELPS = {"profile_workers": "Ray tasks in parallel, on --address or embedded Ray (0: in-process, the default)",
+                 "options": "comma-separated option menu (default: the 11 classic options)"}
 DATA_FIELDS = ("task", "data_dir", "max_length", "train_size", "eval_size", "seed")
 EVALUATE_FIELDS = ("task", "data_dir", "max_length", "eval_size", "seed")
 

@@ -2,7 +2,10 @@
 
 For every compressible module and every option of a menu, the module's weight is projected
 (N:M mask, then the integer grid) and the calibration loss and primary metric are measured with
-every other module dense. The calibration rows come from the training split (held out from the
+every other module dense (the ``oneshot`` proxy: ``delta_loss``). Beside it, the ``fisher``
+proxy: the squared gradients of the calibration loss (accumulated over micro-batches of
+:data:`FISHER_BATCH` rows in one backward pass each, the empirical Fisher diagonal) weigh the
+projection's change, ``sum(F * (W - proj(W))^2)``; it needs no forward per option. The calibration rows come from the training split (held out from the
 rows the trials train on). The dense forward is computed once per worker: block outputs are
 cached, and a module of block ``i`` is measured by replaying the cached outputs of blocks
 ``0..i-1`` and running only blocks ``i..L-1`` and the head.
@@ -34,11 +37,13 @@ from ..models import skeleton
 from ..trials.config import DataConfig, default_cache_dir
 from ..trials.data import get_task
 
-PROFILE_VERSION = 2  # 2: projections use the spec's scale method (MSE-fitted clips by default)
+PROFILE_VERSION = 3  # 2: projections use the spec's scale method (MSE-fitted clips by default); 3: fisher
+FISHER_BATCH = 8
+PROXIES = {"oneshot": "delta_loss", "fisher": "fisher"}  # --proxy -> the profile column it scores with
 DEFAULT_MENU = ("dense", "dense:int8", "dense:int4", "2:4:fp16", "2:4:int8", "2:4:int4",
                 "4:8:int8", "4:8:int4", "1:4:int8", "2:8:int8", "1:4:int4")
 COLUMNS = ["module", "layer", "component", "out_features", "in_features", "option",
-           "loss", "metric", "delta_loss", "delta_metric", "score"]
+           "loss", "metric", "delta_loss", "delta_metric", "fisher", "score"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,40 @@ class ProfileResult:
     computed: int
     cached: int
     wall_time: float
+
+
+# every option a menu may draw on, by paper bits per weight (density x bits)
+CATALOGUE = ("dense", "dense:fp16", "dense:int8", "dense:int4", "dense:int2", "2:4:fp16", "4:8:int8", "2:4:int8",
+             "4:8:int4", "2:4:int4", "2:8:int8", "1:4:int8", "2:8:int4", "1:4:int4", "4:8:int2", "2:4:int2",
+             "1:8:int8", "1:8:int4", "1:4:int2", "2:8:int2", "1:8:int2")
+# the options sparse GPU kernels accelerate: 2:4 (semi-structured) and dense, at 8 or 16 bits
+KERNEL_MENU = ("dense:fp16", "dense:int8", "2:4:fp16", "2:4:int8")
+MENUS = ("auto", "kernel", "classic")
+AUTO_MENU_SIZE = 12
+
+
+def menu_for(name: str, target_bits: float) -> tuple[str, ...]:
+    """A named option menu. ``auto``: the :data:`AUTO_MENU_SIZE` options of :data:`CATALOGUE`
+    nearest (in log bits per weight) to ``target_bits``, the average the target allows, with at
+    least a third of them on each side, so plans can mix cheaper and dearer modules;
+    ``kernel``: :data:`KERNEL_MENU`; ``classic``: :data:`DEFAULT_MENU` (the fixed 11 options)."""
+    if name == "kernel":
+        return KERNEL_MENU
+    if name == "classic":
+        return DEFAULT_MENU
+    if name != "auto":
+        raise NxmiError(f"unknown menu {name!r}; allowed: {', '.join(MENUS)}")
+    import math
+
+    bits = {o: LayerSpec.parse(o).density * LayerSpec.parse(o).bits for o in CATALOGUE}
+    distance = {o: abs(math.log2(b / target_bits)) for o, b in bits.items()}
+    below = sorted((o for o in CATALOGUE if bits[o] < target_bits), key=distance.get)
+    above = sorted((o for o in CATALOGUE if bits[o] >= target_bits), key=distance.get)
+    side = AUTO_MENU_SIZE // 3
+    chosen = below[:side] + above[:side]
+    rest = sorted(below[side:] + above[side:], key=distance.get)
+    chosen += rest[:AUTO_MENU_SIZE - len(chosen)]
+    return tuple(o for o in CATALOGUE if o in chosen)
 
 
 def parse_menu(options: Sequence[str] | str) -> tuple[str, ...]:
@@ -159,6 +198,7 @@ def profile_modules(model_dir: str, data: dict, calib_size: int, batch_size: int
     base_loss, base_metric = run()  # the one dense forward: fills the block-output cache
     for hook in hooks:
         hook.remove()
+    fisher = _fisher_diagonal(model, calib, tokenizer, info.is_regression, set(modules))
 
     by_name = {cm.name: cm for cm in compressible_modules(model)}
     rows = []
@@ -177,23 +217,45 @@ def profile_modules(model_dir: str, data: dict, calib_size: int, batch_size: int
                 for option in options:
                     spec = LayerSpec.parse(option)
                     if spec.is_identity:
-                        loss, metric = base_loss, base_metric
+                        loss, metric, weighted = base_loss, base_metric, 0.0
                     else:
+                        projected = project(original, spec)
+                        weighted = float((fisher[name] * (original - projected) ** 2).sum())
                         with torch.no_grad():
-                            weight.copy_(project(original, spec))
+                            weight.copy_(projected)
                         loss, metric = run()
                         with torch.no_grad():
                             weight.copy_(original)
                     rows.append({"module": name, "layer": cm.layer, "component": cm.component,
                                  "out_features": cm.out_features, "in_features": cm.in_features, "option": option,
                                  "loss": loss, "metric": metric, "delta_loss": loss - base_loss,
-                                 "delta_metric": metric - base_metric, "score": loss - base_loss})
+                                 "delta_metric": metric - base_metric, "fisher": weighted,
+                                 "score": loss - base_loss})
                     bar.update()
         finally:
             for i, block in enumerate(originals):
                 blocks[i] = block
     bar.close()
     return rows
+
+
+def _fisher_diagonal(model: nn.Module, calib, tokenizer, regression: bool, names: set[str]) -> dict[str, torch.Tensor]:
+    """The empirical Fisher diagonal of the named modules' weights: squared gradients of the
+    calibration loss, summed over micro-batches of :data:`FISHER_BATCH` rows."""
+    from ..trials.data import make_dataloader
+    from ..trials.loop import model_inputs, task_loss
+
+    weights = {cm.name: cm.module.weight for cm in compressible_modules(model) if cm.name in names}
+    fisher = {name: torch.zeros_like(w) for name, w in weights.items()}
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        for batch in make_dataloader(calib, tokenizer, FISHER_BATCH):
+            logits = model(**model_inputs(batch)).logits.float()
+            task_loss(logits, batch["labels"], regression).backward()
+            for name, w in weights.items():
+                fisher[name] += w.grad.detach() ** 2
+            model.zero_grad(set_to_none=True)
+    return fisher
 
 
 def _split_work(modules: list, workers: int) -> list[list[str]]:

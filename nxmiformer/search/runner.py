@@ -30,7 +30,7 @@ from ..records import TrialRecord, records_frame, write_records
 from ..trials.config import DataConfig, DenseConfig, TrialConfig, default_cache_dir
 from ..trials.data import get_task
 from .cluster import cluster_cpus, ray_session
-from .profile import DEFAULT_MENU, parse_menu
+from .profile import PROXIES, menu_for, parse_menu
 
 EXPERIMENT = "trials"
 REFINE_EXPERIMENT = "refine"
@@ -92,7 +92,14 @@ class SearchConfig:
     kd_alpha: float = field(default=0.0, metadata=_help("weight of distillation from the dense model (0: off)"))
     concurrency: int | None = field(default=None, metadata=_help("concurrent trials (default: CPUs / cpus_per_trial)"))
     cpus_per_trial: int = field(default=1, metadata=_help("CPUs (and torch threads) per trial"))
-    options: tuple[str, ...] = field(default=DEFAULT_MENU, metadata=_help("comma-separated option menu"))
+    options: tuple[str, ...] | None = field(default=None, metadata=_help(
+        "comma-separated option menu (default: the --menu for the target)"))
+    menu: str = field(default="auto", metadata=_help(
+        "the option menu when --options is not given: auto (the options around the target's bits per weight, on "
+        "both sides), kernel (2:4 and dense at 8/16 bits: what sparse GPU kernels accelerate) or classic (11 fixed)"))
+    proxy: str = field(default="oneshot", metadata=_help(
+        "the sensitivity the candidates are built on: oneshot (calibration-loss rise of a one-shot projection) or "
+        "fisher (Fisher-weighted projection error)"))
     calib_size: int = field(default=256, metadata=_help("calibration rows held out of the training split"))
     dense_epochs: float = field(default=3.0, metadata=_help(
         "most epochs of the dense warm start (it stops earlier when its selection loss stops improving)"))
@@ -132,7 +139,10 @@ class SearchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise NxmiError(f"{name} must be a non-negative integer, got {value!r}")
-        object.__setattr__(self, "options", parse_menu(self.options))
+        if self.proxy not in PROXIES:
+            raise NxmiError(f"unknown proxy {self.proxy!r}; allowed: {', '.join(PROXIES)}")
+        options = self.options if self.options is not None else menu_for(self.menu, 32 * (1 - self.target.value))
+        object.__setattr__(self, "options", parse_menu(options))
         from .heuristic import KINDS
 
         raw = self.kinds.split(",") if isinstance(self.kinds, str) else self.kinds
@@ -350,6 +360,7 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         profile = profile_sensitivity(dense.path, data, config.options, config.calib_size, cache_dir=config.cache_root(),
                                       workers=workers, progress=progress)
         _say(progress, f"      {profile.computed} computed, {profile.cached} from cache ({profile.wall_time:.1f}s)")
+        sensitivity = profile.table.assign(score=profile.table[PROXIES[config.proxy]])
         if not resume:  # the inputs have loaded: from here on the search has state to resume
             out.mkdir(parents=True, exist_ok=True)
             write_json(state_file, config.to_dict() | {"state_version": STATE_VERSION})
@@ -360,7 +371,7 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         if resume and candidates_file.is_file():
             cand_frame = pd.read_parquet(candidates_file)
         else:
-            candidates = generate_candidates(profile.table, modules, config.target, n_best=max(2, config.trials))
+            candidates = generate_candidates(sensitivity, modules, config.target, n_best=max(2, config.trials))
             chosen = select_candidates(_of_kinds(candidates, config.kinds), config.trials)
             cand_frame = pd.DataFrame([{
                 "kind": c.kind, "score": c.score, "ratio_paper": c.ratio_paper, "ratio_storage": c.ratio_storage,
@@ -383,14 +394,38 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
                                 lambda trial: trial.get("candidate"))
         if config.refine_trials:
             write_records(results, out / "stage1.parquet")
-            refined = _refine(config, results, profile.table, modules, shared, out, resume, dense.primary, progress, wrap)
+            refined = _refine(config, results, sensitivity, modules, shared, out, resume, dense.primary, progress, wrap)
             results = pd.concat([results, refined], ignore_index=True)
         write_records(results, out / "results.parquet")
+        correlation = proxy_correlation(results, profile.table, config.objective)
+        write_json(state_file, json.loads(state_file.read_text()) | {"proxy_spearman": correlation})
+        _say(progress, "      proxy rank correlation with the trials' " + config.objective + ": "
+             + ", ".join(f"{k} {v:+.2f}" for k, v in correlation.items() if k in PROXIES))
 
     done = results[(results["status"] == "completed") & config.target.is_met(results[config.target.column])]
     best = select(results, config.target, metric=config.objective) if done[config.objective].notna().any() else None
     _check_reference(dense, results, config, state_file, progress)
     return SearchResult(results, best, out, time.perf_counter() - start)
+
+
+def proxy_correlation(results: pd.DataFrame, profile: pd.DataFrame, objective: str = "selection_loss") -> dict:
+    """How well each proxy ranks the trained plans: Spearman's rank correlation between a plan's
+    predicted cost (its modules' proxy scores, summed) and its trial's final ``objective`` (sign
+    flipped for ``selection_primary``, so that +1 is a perfect ranking for every objective);
+    NaN with fewer than three completed trials."""
+    from scipy.stats import spearmanr
+
+    done = results[(results["status"] == "completed") & results[objective].notna()]
+    out: dict = {"trials": int(len(done))}
+    for proxy, column in PROXIES.items():
+        lookup = dict(zip(zip(profile["module"], profile["option"]), profile[column]))
+        modules = profile["module"].unique()
+        predicted = [sum(lookup.get((m, str(plan.spec_for(m))), math.nan) for m in modules)
+                     for plan in (CompressionPlan.from_json(p) for p in done["plan_json"])]
+        observed = done[objective].to_numpy() * (-1 if objective == "selection_primary" else 1)
+        ok = len(done) >= 3 and len(set(predicted)) > 1 and len(set(observed)) > 1
+        out[proxy] = float(spearmanr(predicted, observed).statistic) if ok else math.nan
+    return out
 
 
 def _check_reference(dense, results: pd.DataFrame, config: SearchConfig, state_file: Path, progress: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -135,3 +136,58 @@ def test_bad_options(setup, options, word):
 
 def test_default_menu_is_the_documented_one():
     assert len(DEFAULT_MENU) == 11 and DEFAULT_MENU[0] == "dense"
+
+
+def test_fisher_proxy_weighs_the_projection_error(setup):
+    model_dir, data, cache = setup
+    options = ("dense", "2:4:int8", "2:4:int4", "1:4:int2")
+    table = profile_sensitivity(model_dir, data, options, calib_size=16, batch_size=8, cache_dir=cache / "f",
+                                progress=False).table
+    assert (table["fisher"] >= 0).all() and (table.loc[table["option"] == "dense", "fisher"] == 0).all()
+    by_option = table.groupby("option")["fisher"].sum()
+    # a coarser projection moves weights further: the Fisher-weighted error grows with it
+    assert by_option["2:4:int8"] < by_option["2:4:int4"] < by_option["1:4:int2"]
+
+
+@pytest.mark.parametrize("target", [0.875, 0.9375, 0.96875])
+def test_auto_menu_brackets_the_targets_bits_per_weight(target):
+    from nxmiformer.compression import LayerSpec
+    from nxmiformer.search.profile import AUTO_MENU_SIZE, menu_for
+
+    bits = 32 * (1 - target)
+    menu = menu_for("auto", bits)
+    per_weight = [LayerSpec.parse(o).density * LayerSpec.parse(o).bits for o in menu]
+    assert len(menu) == AUTO_MENU_SIZE
+    assert sum(b < bits for b in per_weight) >= AUTO_MENU_SIZE // 3 and sum(b >= bits for b in per_weight) >= AUTO_MENU_SIZE // 3
+
+
+def test_named_menus_and_proxies_in_the_search_config(tmp_path):
+    from nxmiformer.errors import NxmiError
+    from nxmiformer.search import SearchConfig
+    from nxmiformer.search.profile import KERNEL_MENU, menu_for
+
+    assert SearchConfig(out=str(tmp_path), target_ratio=0.96875).options == menu_for("auto", 1.0)
+    assert SearchConfig(out=str(tmp_path), menu="kernel").options == KERNEL_MENU
+    assert SearchConfig(out=str(tmp_path), menu="kernel", options="2:4:int8").options == ("2:4:int8",)  # explicit wins
+    with pytest.raises(NxmiError, match="unknown menu 'fast'; allowed: auto, kernel, classic"):
+        SearchConfig(out=str(tmp_path), menu="fast")
+    with pytest.raises(NxmiError, match="unknown proxy 'oracle'; allowed: oneshot, fisher"):
+        SearchConfig(out=str(tmp_path), proxy="oracle")
+
+
+def test_proxy_correlation_ranks_plans_by_their_summed_scores():
+    import json
+
+    from nxmiformer.compression import CompressionPlan
+    from nxmiformer.search.runner import proxy_correlation
+
+    modules = ["a", "b"]
+    profile = pd.DataFrame([{"module": m, "option": o, "delta_loss": s, "fisher": -s}
+                            for m in modules for o, s in (("2:4:int8", 0.1), ("2:4:int4", 0.5), ("1:4:int4", 2.0))])
+    plans = [{"a": "2:4:int8", "b": "2:4:int8"}, {"a": "2:4:int8", "b": "2:4:int4"},
+             {"a": "2:4:int4", "b": "1:4:int4"}, {"a": "1:4:int4", "b": "1:4:int4"}]
+    results = pd.DataFrame({"status": "completed", "plan_json": [json.dumps(CompressionPlan(p).to_dict()) for p in plans],
+                            "selection_loss": [0.3, 0.4, 0.9, 1.5]})
+    got = proxy_correlation(results, profile)
+    assert got["oneshot"] == pytest.approx(1.0) and got["fisher"] == pytest.approx(-1.0) and got["trials"] == 4
+    assert np.isnan(proxy_correlation(results.head(2), profile)["oneshot"])  # too few trials to rank
