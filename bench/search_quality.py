@@ -1,23 +1,27 @@
 """Does the heterogeneous search beat the uniform and per-component grid baselines at equal budget?
 
-For each target ratio (default 87.5% and 93.75%, ``paper`` convention) three arms each get the
-same number of short trials with the same settings (steps, training rows, evaluation rows,
-seed), every trial run to the end (no early stopping, so no arm loses a trial to ASHA):
+For each task and target ratio (``paper`` convention) three arms each get the same number of
+short trials with the same settings (steps, training rows, seed), every trial run to the end (no
+early stopping, so no arm loses a trial to ASHA):
 
-* ``search``: the search as shipped - the knapsack optimum and the next diverse heterogeneous
-  plans, then the Optuna refinement stage seeded with their results (``--refine`` of the budget);
-* ``uniform``: the uniform plans that meet the target, best one-shot score first;
+* ``search``: the search as shipped: the knapsack optimum and the next diverse heterogeneous
+  plans on the chosen ``--proxy``, then the Optuna stage seeded with their results;
+* ``uniform``: the uniform plans that meet the target, best proxy score first;
 * ``grid``: the per-component-type plans (one option per query/key/value/attn_out/ffn_in/ffn_out
-  shared by every layer), best one-shot score first, as the original research did.
+  shared by every layer), best proxy score first, as the original research did.
 
-The dense warm start and the sensitivity profile are computed once and shared (cache). Prints the
-best plan of each arm with its primary metric and retention (of the dense model's), and writes
-every arm's search directory under ``--out`` (``nxmi pareto --results`` reads them).
+Every arm chooses its plan on the selection rows (held out of training; the search's objective)
+and is reported on the full validation split, which decides nothing. The dense warm start and the
+profile are computed once per task and shared (cache). Prints one table: each arm's chosen plan,
+its validation metric and retention, the difference search minus the best baseline with a
+standard error (binomial, unpaired: conservative), and each proxy's Spearman rank correlation
+between predicted plan cost and the final selection loss over every trial of the three arms.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -30,14 +34,15 @@ ARMS = {"search": ("optimal", "diverse"), "uniform": ("uniform",), "grid": ("gri
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir(parser)
-    parser.add_argument("--task", default="sst2")
-    parser.add_argument("--targets", default="0.875,0.9375")
-    parser.add_argument("--budget", type=int, default=4, help="short trials per arm and target")
+    parser.add_argument("--tasks", default="sst2,mrpc")
+    parser.add_argument("--targets", default="0.9375,0.96875")
+    parser.add_argument("--budget", type=int, default=6, help="short trials per arm, task and target")
     parser.add_argument("--refine", type=int, default=2, help="of the search arm's budget, Optuna trials")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--train-size", type=int, default=4000)
-    parser.add_argument("--eval-size", type=int, help="validation rows (default: all)")
+    parser.add_argument("--selection-size", type=int, default=500)
     parser.add_argument("--calib-size", type=int, default=128)
+    parser.add_argument("--proxy", default="oneshot")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", help="warm starts and profiles (default: the user cache)")
     parser.add_argument("--arms", default=",".join(ARMS), help="arms to run (default: all)")
@@ -55,54 +60,93 @@ def main() -> int:
         print(f"{out} is not empty; choose another --out", file=sys.stderr)
         return 2
 
+    import pandas as pd
     from transformers.utils import logging as hf_logging
 
     from nxmiformer.search import SearchConfig, run_search
+    from nxmiformer.search.runner import proxy_correlation
 
     hf_logging.set_verbosity_error()
-    rows = []
+    rows, correlations = [], []
     start = time.perf_counter()
-    for target in [float(t) for t in args.targets.split(",")]:
-        for arm in arms:
-            kinds = ARMS[arm]
-            refine = args.refine if arm == "search" else 0
-            config = SearchConfig(
-                out=str(out / f"{args.task}-{target}-{arm}"), task=args.task, target_ratio=target,
-                data_dir=args.data_dir, max_length=64, train_size=args.train_size, eval_size=args.eval_size,
-                seed=args.seed, trials=args.budget - refine, refine_trials=refine, steps=args.steps, kinds=kinds,
-                calib_size=args.calib_size, asha=False, cache_dir=args.cache_dir)
-            print(f"\n=== target {target:.2%}, arm {arm}: {args.budget} trials x {args.steps} steps", flush=True)
-            result = run_search(config, progress=True)
-            done = result.results[result.results["status"] == "completed"]
-            best = result.best
-            rows.append({
-                "target": target, "arm": arm, "trials": len(result.results), "completed": len(done),
-                "best_primary": float("nan") if best is None else best["primary"],
-                "best_retention": float("nan") if best is None else best["retention"],
-                "ratio_paper": float("nan") if best is None else best["ratio_paper"],
-                "ratio_storage": float("nan") if best is None else best["ratio_storage"],
-                "best_kind": "" if best is None else best["kind"],
-                "plan": "" if best is None else best["plan_summary"],
-                "wall_s": result.wall_time,
-            })
-
-    import pandas as pd
+    for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
+        for target in [float(t) for t in args.targets.split(",")]:
+            pooled = []
+            for arm in arms:
+                refine = args.refine if arm == "search" else 0
+                config = SearchConfig(
+                    out=str(out / f"{task}-{target}-{arm}"), task=task, target_ratio=target, data_dir=args.data_dir,
+                    max_length=64, train_size=args.train_size, eval_size=None, selection_size=args.selection_size,
+                    seed=args.seed, trials=args.budget - refine, refine_trials=refine, steps=args.steps,
+                    kinds=ARMS[arm], calib_size=args.calib_size, asha=False, cache_dir=args.cache_dir,
+                    proxy=args.proxy)
+                print(f"\n=== {task} target {target:.3%}, arm {arm}: {args.budget} trials x {args.steps} steps", flush=True)
+                result = run_search(config, progress=True)
+                pooled.append(result.results)
+                best = result.best
+                n_val = _validation_rows(args.data_dir, task)
+                rows.append({
+                    "task": task, "target": target, "arm": arm, "trials": len(result.results),
+                    "completed": int((result.results["status"] == "completed").sum()),
+                    "primary": float("nan") if best is None else best["primary"],
+                    "retention": float("nan") if best is None else best["retention"],
+                    "accuracy": float("nan") if best is None else json.loads(best["metrics_json"]).get("accuracy"),
+                    "n_val": n_val, "ratio_paper": float("nan") if best is None else best["ratio_paper"],
+                    "kind": "" if best is None else best["kind"],
+                    "plan": "" if best is None else best["plan_summary"], "wall_s": result.wall_time,
+                })
+            profile = _profile_of(out / f"{task}-{target}-{arms[0]}", args)
+            correlations.append({"task": task, "target": target} | proxy_correlation(pd.concat(pooled), profile))
 
     table = pd.DataFrame(rows)
-    print(f"\n{args.task}, MiniLM default, {args.budget} trials per arm x {args.steps} steps, "
-          f"{args.train_size} training rows, seed {args.seed}; total {time.perf_counter() - start:.0f}s")
-    with pd.option_context("display.width", 250, "display.max_colwidth", 80):
+    print(f"\nMiniLM default, {args.budget} trials per arm x {args.steps} steps, {args.train_size} training rows, "
+          f"{args.selection_size} selection rows, proxy {args.proxy}, seed {args.seed}; total {time.perf_counter() - start:.0f}s")
+    with pd.option_context("display.width", 250, "display.max_colwidth", 70):
         shown = table.copy()
-        for col in ("best_retention", "ratio_paper", "ratio_storage"):
+        for col in ("retention", "ratio_paper"):
             shown[col] = shown[col].map(lambda v: f"{v:.2%}")
-        print(shown.to_string(index=False))
-    for target, group in table.groupby("target"):
-        ret = group.set_index("arm")["best_retention"]
-        if {"search", "uniform", "grid"} <= set(ret.index):
-            print(f"target {target:.2%}: search - uniform {ret['search'] - ret['uniform']:+.2%} points, "
-                  f"search - grid {ret['search'] - ret['grid']:+.2%} points")
+        print(shown.drop(columns=["n_val"]).to_string(index=False))
+    print()
+    for (task, target), group in table.groupby(["task", "target"]):
+        by_arm = group.set_index("arm")
+        baselines = [a for a in ("uniform", "grid") if a in by_arm.index]
+        if "search" not in by_arm.index or not baselines:
+            continue
+        best = max(baselines, key=lambda a: by_arm.loc[a, "retention"])
+        diff = by_arm.loc["search", "retention"] - by_arm.loc[best, "retention"]
+        se = _standard_error(by_arm.loc["search", "accuracy"], by_arm.loc[best, "accuracy"], by_arm.loc["search", "n_val"])
+        dense = by_arm.loc["search", "primary"] / by_arm.loc["search", "retention"]
+        print(f"{task} {target:.3%}: search - best baseline ({best}) {diff:+.2%} retention "
+              f"(+- {se / dense:.2%}, one standard error)")
+    print("\nproxy rank correlation (Spearman, predicted plan cost vs final selection loss, all arms' trials):")
+    print(pd.DataFrame(correlations).to_string(index=False))
     table.to_csv(out / "summary.csv", index=False)
+    pd.DataFrame(correlations).to_csv(out / "proxies.csv", index=False)
     return 0
+
+
+def _validation_rows(data_dir, task: str) -> int:
+    from nxmiformer.trials.data import load_glue
+
+    return len(load_glue(task, data_dir=data_dir, splits=["validation"])["validation"])
+
+
+def _standard_error(p1, p2, n: int) -> float:
+    """Of a difference of two accuracies on ``n`` rows, as if independent (an upper bound for
+    the paired difference on the same rows)."""
+    import math
+
+    return math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n)
+
+
+def _profile_of(search_dir: Path, args):
+    from nxmiformer.search import SearchConfig, profile_sensitivity
+
+    stored = json.loads((search_dir / "search.json").read_text())
+    config = SearchConfig.load(search_dir)
+    profile = profile_sensitivity(stored["provenance"]["dense_path"], config.data_config(), config.options,
+                                  config.calib_size, cache_dir=config.cache_root(), progress=False)
+    return profile.table
 
 
 if __name__ == "__main__":
