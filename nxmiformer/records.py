@@ -73,6 +73,9 @@ class TrialRecord:
         "||W - proj(W)|| / ||W|| at the hard projection (last report if earlier)", "float64"))
     admm_mask_agreement: float = field(default=math.nan, metadata=_doc(
         "share of N:M mask entries unchanged by the hard projection", "float64"))
+    duplicate_of: str = field(default="", metadata=_doc(
+        "for a refined sample that repaired to an already-trained plan: that trial's id (its result, not retrained)",
+        "object"))
     record_version: int = field(default=RECORD_VERSION, metadata=_doc("schema version of this record", "int64"))
 
     @classmethod
@@ -109,6 +112,7 @@ class TrialRecord:
             wall_time=_num(given.get("time_total_s")), node_id=str(given.get("node_id", "")),
             selection_primary=_num(given.get("selection_primary")), selection_loss=_num(given.get("selection_loss")),
             selection_kl=_num(given.get("selection_kl")), admm_distance=_num(given.get("admm_distance")), admm_mask_agreement=_num(given.get("admm_mask_agreement")),
+            duplicate_of=str(given.get("duplicate_of", "")),
         )
 
 

@@ -276,9 +276,35 @@ def make_searcher(space: GroupSpace, told, enqueued, seed: int = 0, startup_tria
 def refine_trainable(config: dict) -> None:
     """The Tune trainable of a refinement trial: group parameters -> repaired plan -> the
     ordinary trial trainable (which reports the plan). ``config["space"]`` is the path of the
-    saved :class:`GroupSpace`."""
+    saved :class:`GroupSpace`; ``config["known"]`` (optional) the path of the records of plans
+    already trained: a sample that repairs to one of them is not trained again, its record is
+    reported once more with ``duplicate_of`` naming the trial."""
     from ..trials.trainable import trial_trainable
 
     space = GroupSpace.load(config["space"])
-    rest = {k: v for k, v in config.items() if k not in space.groups and k != "space"}
-    trial_trainable(rest | {"candidate": space.candidate(config)})
+    candidate = space.candidate(config)
+    if config.get("known"):
+        reused = _trained_before(CompressionPlan.from_dict(candidate["plan"]), config["known"])
+        if reused is not None:
+            from ray import tune
+
+            tune.report(reused)
+            return
+    rest = {k: v for k, v in config.items() if k not in space.groups and k not in ("space", "known")}
+    trial_trainable(rest | {"candidate": candidate})
+
+
+def _trained_before(plan: CompressionPlan, known: str) -> dict | None:
+    """The final report of an earlier trial of ``plan`` (in the records at ``known``), as this
+    refined trial's; None when no completed trial trained it."""
+    from ..records import TASK_METRICS, read_records
+
+    records = read_records(known)
+    for _, row in records[records["status"] == "completed"].iterrows():
+        if CompressionPlan.from_json(row["plan_json"]) == plan:
+            metrics = {k: v for k, v in json.loads(row["metrics_json"]).items() if k in TASK_METRICS}
+            fields = ("plan_json", "plan_summary", "ratio_paper", "ratio_storage", "primary", "retention",
+                      "selection_primary", "selection_loss", "selection_kl", "admm_distance", "admm_mask_agreement")
+            return metrics | {k: row[k] for k in fields} | {
+                "kind": REFINED, "phase": "final", "step": int(row["steps"]), "duplicate_of": row["trial_id"]}
+    return None

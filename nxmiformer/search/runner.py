@@ -35,6 +35,7 @@ from .profile import PROXIES, menu_for, parse_menu
 EXPERIMENT = "trials"
 REFINE_EXPERIMENT = "refine"
 SPACE_FILE = "refine_space.json"
+STAGE1_FILE = "stage1.parquet"
 # search.json's layout and the trials' Tune configs: a search of another version is not resumed
 STATE_VERSION = 2
 OBJECTIVES = ("selection_loss", "selection_kl", "selection_primary")
@@ -58,7 +59,7 @@ PRESETS = {
     # about 10 minutes on 2 CPU cores with the MiniLM default (dense warm start included)
     "quick": Preset("a ~10 minute search on 2 cores (3 candidates + 2 Optuna trials x 60 steps)",
                     {"trials": 3, "refine_trials": 2, "steps": 60, "train_size": 2000, "eval_size": 300,
-                     "calib_size": 128, "max_length": 64, "dense_epochs": 1.0}),
+                     "selection_size": 300, "calib_size": 128, "max_length": 64, "dense_epochs": 1.0}),
 }
 
 
@@ -393,7 +394,7 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         results = results_table(_fit(tuner, config), config.target, dense.primary, modules,
                                 lambda trial: trial.get("candidate"))
         if config.refine_trials:
-            write_records(results, out / "stage1.parquet")
+            write_records(results, out / STAGE1_FILE)  # also what stage 2 reuses for repeated plans
             refined = _refine(config, results, sensitivity, modules, shared, out, resume, dense.primary, progress, wrap)
             results = pd.concat([results, refined], ignore_index=True)
         write_records(results, out / "results.parquet")
@@ -464,7 +465,8 @@ def _refine(config: SearchConfig, stage1: pd.DataFrame, sensitivity: pd.DataFram
                    f"{len(space.groups)} groups ({len(told)} stage-1 results told, {len(enqueued)} seeds enqueued)")
     searcher = None if restore else make_searcher(space, told, enqueued, seed=config.seed, objective=config.objective,
                                                   mode=config.mode)
-    tuner = _make_tuner(config, wrap(refine_trainable), shared | {"space": str(space_file)}, out, REFINE_EXPERIMENT,
+    tuner = _make_tuner(config, wrap(refine_trainable), shared | {"space": str(space_file), "known": str(out / STAGE1_FILE)},
+                        out, REFINE_EXPERIMENT,
                         config.refine_trials, progress, restore, search_alg=searcher)
     return results_table(_fit(tuner, config), config.target, dense_primary, modules, space.candidate)
 

@@ -154,3 +154,19 @@ def test_bad_layer_groups(model):
         GroupSpace.build(problem, 0.875, "paper", 0)
     with pytest.raises(NxmiError, match="paper, storage"):
         GroupSpace.build(problem, 0.875, "bits", 2)
+
+
+def test_a_sample_that_repairs_to_a_trained_plan_reuses_its_record(tmp_path):
+    from nxmiformer.records import TrialRecord, records_frame, write_records
+    from nxmiformer.search.refine import _trained_before
+
+    model = tiny_bert()
+    trained = CompressionPlan.uniform(model, "2:4:int8")
+    record = TrialRecord.from_report(
+        {"plan_json": trained.to_json(indent=None), "plan_summary": trained.summary(), "primary": 0.8,
+         "selection_loss": 0.4, "step": 8, "accuracy": 0.8}, trial_id="abc_00001", status="completed")
+    known = write_records(records_frame([record]), tmp_path / "stage1.parquet")
+    reused = _trained_before(CompressionPlan.uniform(model, "2:4:int8"), str(known))
+    assert reused["duplicate_of"] == "abc_00001" and reused["kind"] == "refined" and reused["phase"] == "final"
+    assert reused["selection_loss"] == 0.4 and reused["accuracy"] == 0.8 and reused["step"] == 8
+    assert _trained_before(CompressionPlan.uniform(model, "2:4:int4"), str(known)) is None
