@@ -34,6 +34,7 @@ from .profile import PROXIES, menu_for, parse_menu
 
 EXPERIMENT = "trials"
 REFINE_EXPERIMENT = "refine"
+LEARN_EXPERIMENT = "learn"
 SPACE_FILE = "refine_space.json"
 STAGE1_FILE = "stage1.parquet"
 # search.json's layout and the trials' Tune configs: a search of another version is not resumed
@@ -113,6 +114,10 @@ class SearchConfig:
         "stage 2: this many Optuna-sampled per-group plans, seeded with the candidates' results"))
     refine_fill: bool = field(default=False, metadata=_help(
         "stage 2: spend budget a sampled plan leaves unused, by the sensitivity model"))
+    learn_trials: int = field(default=0, metadata=_help(
+        "a stage that learns from the trials: this many plans from the additive model calibrated on the finished "
+        "trials (ridge regression of their objective on the proxy and per component x option corrections), "
+        "re-solved by the knapsack"))
     refine_layer_groups: int = field(default=2, metadata=_help(
         "stage 2: layer blocks per component type (one Optuna choice per block and component)"))
     profile_workers: int | None = field(default=None, metadata=_help(
@@ -136,7 +141,7 @@ class SearchConfig:
                 raise NxmiError(f"{name} must be a positive integer, got {value!r}")
         if self.concurrency is not None and (isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1):
             raise NxmiError(f"concurrency must be a positive integer, got {self.concurrency!r}")
-        for name in ("steps", "refine_trials"):
+        for name in ("steps", "refine_trials", "learn_trials"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise NxmiError(f"{name} must be a non-negative integer, got {value!r}")
@@ -397,6 +402,9 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
             write_records(results, out / STAGE1_FILE)  # also what stage 2 reuses for repeated plans
             refined = _refine(config, results, sensitivity, modules, shared, out, resume, dense.primary, progress, wrap)
             results = pd.concat([results, refined], ignore_index=True)
+        if config.learn_trials:
+            learned = _learn(config, results, sensitivity, modules, shared, out, resume, dense.primary, progress, wrap)
+            results = pd.concat([results, learned], ignore_index=True)
         write_records(results, out / "results.parquet")
         correlation = proxy_correlation(results, profile.table, config.objective)
         write_json(state_file, json.loads(state_file.read_text()) | {"proxy_spearman": correlation})
@@ -469,6 +477,28 @@ def _refine(config: SearchConfig, stage1: pd.DataFrame, sensitivity: pd.DataFram
                         out, REFINE_EXPERIMENT,
                         config.refine_trials, progress, restore, search_alg=searcher)
     return results_table(_fit(tuner, config), config.target, dense_primary, modules, space.candidate)
+
+
+def _learn(config: SearchConfig, done: pd.DataFrame, sensitivity: pd.DataFrame, modules: pd.DataFrame,
+           shared: dict, out: Path, resume: bool, dense_primary: float, progress: bool, wrap: Wrapper) -> pd.DataFrame:
+    """The stage that learns from the trials (``learn_trials`` > 0; see :mod:`.calibrate`)."""
+    from ray import tune
+
+    from ..trials.trainable import trial_trainable
+    from .calibrate import calibrated_candidates
+    from .heuristic import build_problem
+
+    restore = resume and tune.Tuner.can_restore(str(out / LEARN_EXPERIMENT))
+    plans = [] if restore else calibrated_candidates(build_problem(sensitivity, modules), config.target, done,
+                                                     config.objective, config.learn_trials)
+    _say(progress, f"      learning stage: {'resuming' if restore else f'{len(plans)} plans from the additive model calibrated on {len(done)} trials'}")
+    if not restore and not plans:
+        return done.iloc[0:0]
+    candidates = [{"plan": p.to_dict(), "kind": p.meta["kind"], "heuristic_score": p.meta["calibrated_score"]}
+                  for p in plans]
+    space = shared | ({"candidate": tune.grid_search(candidates)} if candidates else {})  # restored: Tune's own
+    tuner = _make_tuner(config, wrap(trial_trainable), space, out, LEARN_EXPERIMENT, len(candidates), progress, restore)
+    return results_table(_fit(tuner, config), config.target, dense_primary, modules, lambda trial: trial.get("candidate"))
 
 
 def check_feasible(config: SearchConfig) -> float:

@@ -135,6 +135,18 @@ def test_a_trial_with_a_nan_loss_is_recorded_and_the_search_goes_on(local_ray, a
     assert pd.read_parquet(tmp_path / "run" / "results.parquet")["status"].tolist().count("error") == 1
 
 
+def test_the_learning_stage_trains_new_plans_from_the_calibrated_model(local_ray, assets, tmp_path):
+    out = tmp_path / "run"
+    result = run_search(config(assets, out, trials=3, learn_trials=2, asha=False), progress=False)
+    table = result.results
+    learned = table[table["kind"] == "calibrated"]
+    assert len(table) == 5 and len(learned) == 2 and (learned["status"] == "completed").all()
+    assert learned["meets_target"].all()
+    plans = [dict(CompressionPlan.from_json(p)) for p in table["plan_json"]]
+    assert all(plans.count(p) == 1 for p in plans)  # new plans: none trained twice
+    assert set(json.loads((out / "search.json").read_text())["proxy_spearman"]) == {"trials", "oneshot", "fisher"}
+
+
 def test_a_refined_trial_that_fails_before_reporting_keeps_its_plan(local_ray, assets, tmp_path):
     out = tmp_path / "run"
     result = run_search(config(assets, out, trials=2, refine_trials=1, asha=False), progress=False,

@@ -1,0 +1,96 @@
+"""A stage that learns from the trials: the additive model, calibrated on trained plans, re-solved.
+
+Stage 1 trusts the proxy: a plan's cost is the sum of its modules' one-shot (or Fisher) scores.
+The trials then measure what that plan really costs after recovery (the search's objective on the
+selection rows). This stage fits the difference and asks the knapsack again:
+
+    objective(plan) ~ a + b * proxy(plan) + sum over modules m of w[component(m), option(m)]
+
+by ridge regression over the finished trials. ``a`` and ``b`` are free; the corrections ``w``
+(one per component type x option, e.g. "ffn_out at 1:4:int4") are shrunk towards 0 with weight
+``ridge``, so with few trials the model stays the proxy, rescaled, and a correction grows only
+where the trials agree on it. The corrected module scores ``b * proxy + w`` are handed to the
+exact knapsack (:func:`~nxmiformer.search.heuristic.solve_mckp`) with every plan trained so far
+forbidden, and the best new plans become the next trials (kind ``calibrated``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..compression import CompressionPlan, RatioTarget
+from ..errors import NxmiError
+from .heuristic import CandidateProblem, solve_mckp
+
+CALIBRATED = "calibrated"
+
+
+def _choices(problem: CandidateProblem, plans: list[CompressionPlan]) -> np.ndarray:
+    """Menu index per module of each plan (``[plans, modules]``); -1 where a plan uses an option
+    outside the menu."""
+    index = {str(spec): k for k, spec in enumerate(problem.menu)}
+    names = problem.modules["module"].tolist()
+    return np.array([[index.get(str(plan.spec_for(name)), -1) for name in names] for plan in plans], dtype=int)
+
+
+def fit_corrections(problem: CandidateProblem, plans: list[CompressionPlan], observed: np.ndarray,
+                    ridge: float = 1.0) -> np.ndarray:
+    """The calibrated ``[module, option]`` score matrix (see the module docstring) from trained
+    ``plans`` and their ``observed`` objective (lower is better). Plans outside the menu are left
+    out; fewer than 3 usable plans leave the proxy as it is."""
+    choices = _choices(problem, plans)
+    usable = (choices >= 0).all(axis=1) & np.isfinite(observed)
+    choices, y = choices[usable], np.asarray(observed, dtype=float)[usable]
+    if len(y) < 3:
+        return problem.scores.copy()
+    components = problem.modules["component"].tolist()
+    types = list(dict.fromkeys(components))
+    n_opts = len(problem.menu)
+    rows = np.arange(choices.shape[1])
+    proxy = np.where(np.isfinite(problem.scores), problem.scores, 0.0)
+    features = np.zeros((len(y), 2 + len(types) * n_opts))
+    features[:, 0] = 1.0
+    features[:, 1] = [proxy[rows, c].sum() for c in choices]
+    for i, c in enumerate(choices):
+        for m, k in enumerate(c):
+            features[i, 2 + types.index(components[m]) * n_opts + k] += 1.0
+    # scale the proxy column so one ridge weight suits the counts; a and b are not shrunk
+    scale = max(np.abs(features[:, 1]).max(), 1e-12)
+    features[:, 1] /= scale
+    penalty = np.full(features.shape[1], ridge)
+    penalty[:2] = 1e-9
+    coef = np.linalg.solve(features.T @ features + np.diag(penalty), features.T @ y)
+    b = coef[1] / scale
+    if not b > 0:  # the trials do not rank like the proxy at all: trust the corrections alone
+        b = 0.0
+    corrections = coef[2:].reshape(len(types), n_opts)
+    out = b * problem.scores + corrections[[types.index(c) for c in components]]
+    return np.where(np.isfinite(problem.scores), out, np.inf)
+
+
+def calibrated_candidates(problem: CandidateProblem, target: RatioTarget, results: pd.DataFrame, objective: str,
+                          count: int, ridge: float = 1.0) -> list[CompressionPlan]:
+    """Up to ``count`` new plans meeting ``target``: the knapsack optimum of the calibrated
+    scores and the next best, each differing from every plan trained so far (and from each
+    other) in at least one module. ``results`` are the trials so far (their records);
+    ``objective`` is the column they are fitted on, lower is better unless it is
+    ``selection_primary``."""
+    if objective not in results.columns:
+        raise NxmiError(f"the results lack the objective column {objective!r}")
+    done = results[(results["status"] == "completed") & results[objective].notna()]
+    plans = [CompressionPlan.from_json(p) for p in done["plan_json"]]
+    observed = done[objective].to_numpy(dtype=float) * (-1.0 if objective == "selection_primary" else 1.0)
+    scores = fit_corrections(problem, plans, observed, ridge)
+    costs = problem.costs[target.convention]
+    budget = target.budget_bits(problem.dense_bits)
+    trained = [c for c in _choices(problem, [CompressionPlan.from_json(p) for p in results["plan_json"] if p])
+               if (c >= 0).all()]
+    chosen: list[CompressionPlan] = []
+    for _ in range(count):
+        choice = solve_mckp(costs, scores, budget, forbidden=trained, min_hamming=1)
+        if choice is None:
+            break
+        trained.append(choice)
+        chosen.append(problem.plan(choice, {"kind": CALIBRATED, "calibrated_score": float(scores[np.arange(len(choice)), choice].sum())}))
+    return chosen
