@@ -377,7 +377,8 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         if resume and candidates_file.is_file():
             cand_frame = pd.read_parquet(candidates_file)
         else:
-            candidates = generate_candidates(sensitivity, modules, config.target, n_best=max(2, config.trials))
+            candidates = generate_candidates(sensitivity, modules, config.target, n_best=max(2, config.trials),
+                                             grid_top=max(4, config.trials))  # enough of each kind for --kinds
             chosen = select_candidates(_of_kinds(candidates, config.kinds), config.trials)
             cand_frame = pd.DataFrame([{
                 "kind": c.kind, "score": c.score, "ratio_paper": c.ratio_paper, "ratio_storage": c.ratio_storage,
