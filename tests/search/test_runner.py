@@ -65,9 +65,9 @@ def test_search_end_to_end(local_ray, assets, tmp_path):
     # decided on the selection rows (the objective), never on the validation rows it reports
     done = table[table["status"] == "completed"]
     assert done[["selection_primary", "selection_loss", "selection_kl"]].notna().all().all()
-    assert result.best["selection_loss"] == done["selection_loss"].min()
+    assert result.best["selection_primary"] == done["selection_primary"].max()
     stored = json.loads((tmp_path / "run" / "search.json").read_text())
-    assert stored["objective"] == "selection_loss" and stored["selection_size"] == 8
+    assert stored["objective"] == "selection_primary" and stored["selection_size"] == 8 and stored["proxy"] == "fisher"
     # nxmi search and nxmi export name the same plan: one selection rule
     from nxmiformer.analysis import export_plan, load_results
 
