@@ -100,6 +100,7 @@ class TrialRecord:
         trial that failed before its first report could not report (e.g. its plan).
         ``meets_target`` is the caller's to set (it knows the target)."""
         given = dict(fallback or {}) | {k: v for k, v in report.items() if v is not None}
+        step = _num(given.get("step"))
         metrics = {k: v for k, v in report.items() if k in TASK_METRICS or k.startswith("validation_")}
         return cls(
             trial_id=trial_id, status=status, error=error,
@@ -108,7 +109,7 @@ class TrialRecord:
             ratio_paper=_num(given.get("ratio_paper")), ratio_storage=_num(given.get("ratio_storage")),
             primary=_num(given.get("primary")), retention=_num(given.get("retention")),
             dense_primary=_num(given.get("dense_primary")), metrics_json=json.dumps(metrics),
-            steps=int(_num(given.get("step")) if math.isfinite(_num(given.get("step"))) else 0),
+            steps=int(step) if math.isfinite(step) else 0,
             wall_time=_num(given.get("time_total_s")), node_id=str(given.get("node_id", "")),
             selection_primary=_num(given.get("selection_primary")), selection_loss=_num(given.get("selection_loss")),
             selection_kl=_num(given.get("selection_kl")), admm_distance=_num(given.get("admm_distance")), admm_mask_agreement=_num(given.get("admm_mask_agreement")),

@@ -412,7 +412,7 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
             results = pd.concat([results, learned], ignore_index=True)
         write_records(results, out / "results.parquet")
         correlation = proxy_correlation(results, profile.table, config.objective)
-        write_json(state_file, json.loads(state_file.read_text()) | {"proxy_spearman": correlation})
+        _update_state(state_file, proxy_spearman=correlation)
         _say(progress, "      proxy rank correlation with the trials' " + config.objective + ": "
              + ", ".join(f"{k} {v:+.2f}" for k, v in correlation.items() if k in PROXIES))
 
@@ -457,8 +457,7 @@ def _check_reference(dense, results: pd.DataFrame, config: SearchConfig, state_f
                    f"(> 2 standard errors, {margin:.4f}): the dense reference is too weak; retention above 100% "
                    f"means little (train it longer with --dense-epochs / --dense-patience)")
         _say(progress, f"warning: {message}")
-        state = json.loads(state_file.read_text())
-        write_json(state_file, state | {"warnings": [message]})
+        _update_state(state_file, warnings=[message])
 
 
 def _refine(config: SearchConfig, stage1: pd.DataFrame, sensitivity: pd.DataFrame, modules: pd.DataFrame,
@@ -519,12 +518,15 @@ def check_feasible(config: SearchConfig) -> float:
     return check_reachable(modules_frame(model), config.options, config.target)
 
 
+def _update_state(state_file: Path, **fields) -> None:
+    """Add (or replace) top-level ``fields`` of ``search.json``, atomically."""
+    write_json(state_file, json.loads(state_file.read_text()) | fields)
+
+
 def _record_provenance(state_file: Path, dense) -> None:
     """Add the warm start's identity to ``search.json`` (``nxmi export`` copies it into plans)."""
-    state = json.loads(state_file.read_text())
-    state["provenance"] = {"dense_path": str(dense.path), "dense_key": dense.key, "dense_primary": dense.primary,
-                           "model_fingerprint": dense.model_fingerprint}
-    write_json(state_file, state)
+    _update_state(state_file, provenance={"dense_path": str(dense.path), "dense_key": dense.key,
+                                          "dense_primary": dense.primary, "model_fingerprint": dense.model_fingerprint})
 
 
 def results_table(grid, target: RatioTarget, dense_primary: float, modules: pd.DataFrame,
