@@ -4,8 +4,11 @@ For each task and target ratio (``paper`` convention) three arms each get the sa
 short trials with the same settings (steps, training rows, seed), every trial run to the end (no
 early stopping, so no arm loses a trial to ASHA):
 
-* ``search``: the search as shipped: the knapsack optimum and the next diverse heterogeneous
-  plans on the chosen ``--proxy``, then the Optuna stage seeded with their results;
+* ``search``: the knapsack optimum and the next diverse heterogeneous plans on the chosen
+  ``--proxy``, then ``--stage2`` trials of the stage that learns from them (``learn_trials``:
+  the additive model calibrated on the trials, re-solved);
+* ``optuna``: the same first stage, then ``--stage2`` trials of the Optuna stage seeded with its
+  results (``refine_trials``), to measure the two second stages against each other;
 * ``uniform``: the uniform plans that meet the target, best proxy score first;
 * ``grid``: the per-component-type plans (one option per query/key/value/attn_out/ffn_in/ffn_out
   shared by every layer), best proxy score first, as the original research did.
@@ -28,7 +31,8 @@ from pathlib import Path
 
 from _common import ROOT, add_data_dir  # noqa: E402  (also puts the repository on sys.path)
 
-ARMS = {"search": ("optimal", "diverse"), "uniform": ("uniform",), "grid": ("grid",)}
+ARMS = {"search": ("optimal", "diverse"), "optuna": ("optimal", "diverse"), "uniform": ("uniform",), "grid": ("grid",)}
+SEARCH_ARMS = ("search", "optuna")
 
 
 def main() -> int:
@@ -37,12 +41,13 @@ def main() -> int:
     parser.add_argument("--tasks", default="sst2,mrpc")
     parser.add_argument("--targets", default="0.9375,0.96875")
     parser.add_argument("--budget", type=int, default=6, help="short trials per arm, task and target")
-    parser.add_argument("--refine", type=int, default=2, help="of the search arm's budget, Optuna trials")
+    parser.add_argument("--stage2", type=int, default=2,
+                        help="of the search arms' budget, trials of their second stage (learning or Optuna)")
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--train-size", type=int, default=4000)
     parser.add_argument("--selection-size", type=int, default=500)
     parser.add_argument("--calib-size", type=int, default=128)
-    parser.add_argument("--proxy", default="oneshot")
+    parser.add_argument("--proxy", default="fisher")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", help="warm starts and profiles (default: the user cache)")
     parser.add_argument("--arms", default=",".join(ARMS), help="arms to run (default: all)")
@@ -52,8 +57,8 @@ def main() -> int:
     if not arms or any(a not in ARMS for a in arms):
         print(f"--arms must name some of {', '.join(ARMS)}, got {args.arms!r}", file=sys.stderr)
         return 2
-    if not 0 <= args.refine < args.budget:
-        print(f"--refine must be in [0, --budget), got {args.refine}", file=sys.stderr)
+    if not 0 <= args.stage2 < args.budget:
+        print(f"--stage2 must be in [0, --budget), got {args.stage2}", file=sys.stderr)
         return 2
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -73,11 +78,12 @@ def main() -> int:
         for target in [float(t) for t in args.targets.split(",")]:
             pooled = []
             for arm in arms:
-                refine = args.refine if arm == "search" else 0
+                second = args.stage2 if arm in SEARCH_ARMS else 0
                 config = SearchConfig(
                     out=str(out / f"{task}-{target}-{arm}"), task=task, target_ratio=target, data_dir=args.data_dir,
                     max_length=64, train_size=args.train_size, eval_size=None, selection_size=args.selection_size,
-                    seed=args.seed, trials=args.budget - refine, refine_trials=refine, steps=args.steps,
+                    seed=args.seed, trials=args.budget - second, steps=args.steps,
+                    refine_trials=second if arm == "optuna" else 0, learn_trials=second if arm == "search" else 0,
                     kinds=ARMS[arm], calib_size=args.calib_size, asha=False, cache_dir=args.cache_dir,
                     proxy=args.proxy)
                 print(f"\n=== {task} target {target:.3%}, arm {arm}: {args.budget} trials x {args.steps} steps", flush=True)
@@ -95,6 +101,7 @@ def main() -> int:
                     "kind": "" if best is None else best["kind"],
                     "plan": "" if best is None else best["plan_summary"], "wall_s": result.wall_time,
                 })
+                pd.DataFrame(rows).to_csv(out / "summary.csv", index=False)  # so far: a long run that stops keeps its arms
             profile = _profile_of(out / f"{task}-{target}-{arms[0]}", args)
             correlations.append({"task": task, "target": target} | proxy_correlation(pd.concat(pooled), profile))
 
@@ -110,14 +117,15 @@ def main() -> int:
     for (task, target), group in table.groupby(["task", "target"]):
         by_arm = group.set_index("arm")
         baselines = [a for a in ("uniform", "grid") if a in by_arm.index]
-        if "search" not in by_arm.index or not baselines:
+        if not baselines:
             continue
         best = max(baselines, key=lambda a: by_arm.loc[a, "retention"])
-        diff = by_arm.loc["search", "retention"] - by_arm.loc[best, "retention"]
-        se = _standard_error(by_arm.loc["search", "accuracy"], by_arm.loc[best, "accuracy"], by_arm.loc["search", "n_val"])
-        dense = by_arm.loc["search", "primary"] / by_arm.loc["search", "retention"]
-        print(f"{task} {target:.3%}: search - best baseline ({best}) {diff:+.2%} retention "
-              f"(+- {se / dense:.2%}, one standard error)")
+        for arm in (a for a in SEARCH_ARMS if a in by_arm.index):
+            diff = by_arm.loc[arm, "retention"] - by_arm.loc[best, "retention"]
+            se = _standard_error(by_arm.loc[arm, "accuracy"], by_arm.loc[best, "accuracy"], by_arm.loc[arm, "n_val"])
+            dense = by_arm.loc[arm, "primary"] / by_arm.loc[arm, "retention"]
+            print(f"{task} {target:.3%}: {arm} - best baseline ({best}) {diff:+.2%} retention "
+                  f"(+- {se / dense:.2%}, one standard error)")
     print("\nproxy rank correlation (Spearman, predicted plan cost vs final selection loss, all arms' trials):")
     print(pd.DataFrame(correlations).to_string(index=False))
     table.to_csv(out / "summary.csv", index=False)
