@@ -39,7 +39,8 @@ from ..trials.data import get_task
 
 PROFILE_VERSION = 3  # 2: projections use the spec's scale method (MSE-fitted clips by default); 3: fisher
 FISHER_BATCH = 8
-PROXIES = {"oneshot": "delta_loss", "fisher": "fisher"}  # --proxy -> the profile column it scores with
+# --proxy -> the column it scores with: the profile's, or (probe) the probe table's (search/probes.py)
+PROXIES = {"oneshot": "delta_loss", "fisher": "fisher", "probe": "probe"}
 DEFAULT_MENU = ("dense", "dense:int8", "dense:int4", "2:4:fp16", "2:4:int8", "2:4:int4",
                 "4:8:int8", "4:8:int4", "1:4:int8", "2:8:int8", "1:4:int4")
 COLUMNS = ["module", "layer", "component", "out_features", "in_features", "option",
@@ -128,15 +129,15 @@ def profile_key(model_dir: Path, data: DataConfig, calib_size: int, batch_size: 
     return digest.hexdigest()[:20]
 
 
-def _read_cache(path: Path) -> pd.DataFrame | None:
+def _read_cache(path: Path, columns: Sequence[str] = COLUMNS) -> pd.DataFrame | None:
     if not path.exists():
         return None
     try:
         table = pd.read_parquet(path)
-        missing = set(COLUMNS) - set(table.columns)
+        missing = set(columns) - set(table.columns)
         if missing:
             raise ValueError(f"missing columns {sorted(missing)}")
-        return table[COLUMNS]
+        return table[list(columns)]
     except Exception as exc:  # any unreadable file is recomputed, never trusted
         warnings.warn(f"profile cache {path} is unreadable ({type(exc).__name__}: {exc}); recomputing it", stacklevel=3)
         path.unlink(missing_ok=True)
@@ -340,12 +341,12 @@ def check_options_fit(model: nn.Module, options: Sequence[str]) -> None:
                             f"is not a multiple of m={spec.m}")
 
 
-def _gather(refs, progress: bool) -> list[dict]:
+def _gather(refs, progress: bool, desc: str = "profiling") -> list[dict]:
     import ray
     from tqdm.auto import tqdm
 
     rows, pending = [], list(refs)
-    with tqdm(total=len(refs), desc="profiling", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(refs), desc=desc, disable=not progress, leave=False) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             rows.extend(ray.get(done[0]))

@@ -104,8 +104,11 @@ class SearchConfig:
     # measured (same runs): rank correlation with the trials' selection loss 0.17 / 0.83 for fisher,
     # 0.04 / 0.77 for oneshot (93.75% / 96.875%)
     proxy: str = field(default="fisher", metadata=_help(
-        "the sensitivity the candidates are built on: oneshot (calibration-loss rise of a one-shot projection) or "
-        "fisher (Fisher-weighted projection error)"))
+        "the sensitivity the candidates are built on: oneshot (calibration-loss rise of a one-shot projection), "
+        "fisher (Fisher-weighted projection error) or probe (selection-loss rise after a short masked-QAT recovery "
+        "of each component x layer block x option: costs --probe-steps steps per probe)"))
+    probe_steps: int = field(default=16, metadata=_help("--proxy probe: masked-QAT steps of each probe"))
+    probe_blocks: int = field(default=2, metadata=_help("--proxy probe: blocks of layers per component type"))
     calib_size: int = field(default=256, metadata=_help("calibration rows held out of the training split"))
     dense_epochs: float = field(default=3.0, metadata=_help(
         "most epochs of the dense warm start (it stops earlier when its selection loss stops improving)"))
@@ -139,7 +142,8 @@ class SearchConfig:
             raise NxmiError(f"unknown objective {self.objective!r}; allowed: {', '.join(OBJECTIVES)}")
         if isinstance(self.selection_size, bool) or not isinstance(self.selection_size, int) or self.selection_size < 1:
             raise NxmiError(f"selection_size must be a positive integer, got {self.selection_size!r}")
-        for name in ("trials", "cpus_per_trial", "batch_size", "calib_size", "refine_layer_groups"):
+        for name in ("trials", "cpus_per_trial", "batch_size", "calib_size", "refine_layer_groups", "probe_steps",
+                     "probe_blocks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise NxmiError(f"{name} must be a positive integer, got {value!r}")
@@ -370,11 +374,16 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         profile = profile_sensitivity(dense.path, data, config.options, config.calib_size, cache_dir=config.cache_root(),
                                       workers=workers, progress=progress)
         _say(progress, f"      {profile.computed} computed, {profile.cached} from cache ({profile.wall_time:.1f}s)")
-        sensitivity = profile.table.assign(score=profile.table[PROXIES[config.proxy]])
+        table, probe_cost = profile.table, None
+        if config.proxy == "probe":
+            table, probe_cost = _with_probes(config, dense.path, data, table, workers, progress)
+        sensitivity = table.assign(score=table[PROXIES[config.proxy]])
         if not resume:  # the inputs have loaded: from here on the search has state to resume
             out.mkdir(parents=True, exist_ok=True)
             write_json(state_file, config.to_dict() | {"state_version": STATE_VERSION})
         _record_provenance(state_file, dense)
+        if probe_cost is not None:
+            _update_state(state_file, probe_cost=probe_cost)
 
         modules = modules_frame(skeleton(dense.path))
         candidates_file = out / "candidates.parquet"
@@ -411,7 +420,7 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
             learned = _learn(config, results, sensitivity, modules, shared, out, resume, dense.primary, progress, wrap)
             results = pd.concat([results, learned], ignore_index=True)
         write_records(results, out / "results.parquet")
-        correlation = proxy_correlation(results, profile.table, config.objective)
+        correlation = proxy_correlation(results, table, config.objective)
         _update_state(state_file, proxy_spearman=correlation)
         _say(progress, "      proxy rank correlation with the trials' " + config.objective + ": "
              + ", ".join(f"{k} {v:+.2f}" for k, v in correlation.items() if k in PROXIES))
@@ -426,12 +435,16 @@ def proxy_correlation(results: pd.DataFrame, profile: pd.DataFrame, objective: s
     """How well each proxy ranks the trained plans: Spearman's rank correlation between a plan's
     predicted cost (its modules' proxy scores, summed) and its trial's final ``objective`` (sign
     flipped for ``selection_primary``, so that +1 is a perfect ranking for every objective);
-    NaN with fewer than three completed trials."""
+    NaN with fewer than three completed trials, or for a proxy whose column ``profile`` lacks
+    (``probe`` unless the probes were run)."""
     from scipy.stats import spearmanr
 
     done = results[(results["status"] == "completed") & results[objective].notna()]
     out: dict = {"trials": int(len(done))}
     for proxy, column in PROXIES.items():
+        if column not in profile.columns:
+            out[proxy] = math.nan
+            continue
         lookup = dict(zip(zip(profile["module"], profile["option"]), profile[column]))
         modules = profile["module"].unique()
         predicted = [sum(lookup.get((m, str(plan.spec_for(m))), math.nan) for m in modules)
@@ -440,6 +453,23 @@ def proxy_correlation(results: pd.DataFrame, profile: pd.DataFrame, objective: s
         ok = len(done) >= 3 and len(set(predicted)) > 1 and len(set(observed)) > 1
         out[proxy] = float(spearmanr(predicted, observed).statistic) if ok else math.nan
     return out
+
+
+def _with_probes(config: SearchConfig, dense_path: Path, data, table: pd.DataFrame, workers: int,
+                 progress: bool) -> tuple[pd.DataFrame, dict]:
+    """The profile ``table`` with the ``probe`` column (:mod:`.probes`, cached), and their cost."""
+    from .probes import ProbeSettings, probe_sensitivity
+
+    settings = ProbeSettings(steps=config.probe_steps, blocks=config.probe_blocks, lr=config.lr,
+                             batch_size=config.batch_size, seed=config.seed)
+    _say(progress, f"      short-recovery probes: {settings.steps} masked-QAT steps per component x layer block x option")
+    probes = probe_sensitivity(dense_path, data, config.options, settings, cache_dir=config.cache_root(),
+                               workers=workers, progress=progress)
+    cost = probes.cost()
+    _say(progress, f"      {cost['probes']} probes trained over {cost['groups']} groups, {cost['cached_rows']} rows "
+                   f"from cache ({cost['wall_s']:.1f}s)")
+    merged = table.merge(probes.table[["module", "option", "probe"]], on=["module", "option"], how="left")
+    return merged, cost
 
 
 def _check_reference(dense, results: pd.DataFrame, config: SearchConfig, state_file: Path, progress: bool) -> None:

@@ -171,7 +171,7 @@ def test_named_menus_and_proxies_in_the_search_config(tmp_path):
     assert SearchConfig(out=str(tmp_path), menu="kernel", options="2:4:int8").options == ("2:4:int8",)  # explicit wins
     with pytest.raises(NxmiError, match="unknown menu 'fast'; allowed: auto, kernel, classic"):
         SearchConfig(out=str(tmp_path), menu="fast")
-    with pytest.raises(NxmiError, match="unknown proxy 'oracle'; allowed: oneshot, fisher"):
+    with pytest.raises(NxmiError, match="unknown proxy 'oracle'; allowed: oneshot, fisher, probe"):
         SearchConfig(out=str(tmp_path), proxy="oracle")
 
 

@@ -144,7 +144,18 @@ def test_the_learning_stage_trains_new_plans_from_the_calibrated_model(local_ray
     assert learned["meets_target"].all()
     plans = [dict(CompressionPlan.from_json(p)) for p in table["plan_json"]]
     assert all(plans.count(p) == 1 for p in plans)  # new plans: none trained twice
-    assert set(json.loads((out / "search.json").read_text())["proxy_spearman"]) == {"trials", "oneshot", "fisher"}
+    assert set(json.loads((out / "search.json").read_text())["proxy_spearman"]) == {"trials", "oneshot", "fisher", "probe"}
+
+
+def test_a_search_on_the_probe_proxy_reports_their_cost_and_quality(local_ray, assets, tmp_path):
+    out = tmp_path / "run"
+    result = run_search(config(assets, out, trials=3, asha=False, proxy="probe", probe_steps=2, probe_blocks=1,
+                               profile_workers=2), progress=False)
+    state = json.loads((out / "search.json").read_text())
+    components = 6  # query, key, value, attn_out, ffn_in, ffn_out: one layer block each
+    assert state["probe_cost"]["probes"] == components * (len(MENU) - 1) and state["probe_cost"]["wall_s"] > 0
+    assert isinstance(state["proxy_spearman"]["probe"], float) and len(result.results) == 3
+    assert result.best is not None
 
 
 def test_a_refined_trial_that_fails_before_reporting_keeps_its_plan(local_ray, assets, tmp_path):
@@ -193,6 +204,7 @@ BAD = [
     (["--target-ratio", "0.8", "--kinds", "uniform,best"], "best"),
     (["--target-ratio", "0.8", "--refine-trials", "2", "--refine-layer-groups", "0"], "refine_layer_groups"),
     (["--target-ratio", "0.8", "--convention", "bytes"], "paper, storage"),
+    (["--target-ratio", "0.8", "--proxy", "probe", "--probe-steps", "0"], "probe_steps"),
     (["--target-ratio", "0.8", "--task", "sst5"], "sst5"),
 ]
 
