@@ -51,6 +51,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", help="warm starts and profiles (default: the user cache)")
     parser.add_argument("--arms", default=",".join(ARMS), help="arms to run (default: all)")
+    parser.add_argument("--probes", action="store_true",
+                        help="also measure the probe proxy (short-recovery probes, cached) against the trials")
+    parser.add_argument("--probe-steps", type=int, default=16)
+    parser.add_argument("--reuse", action="store_true",
+                        help="read the arms already finished under --out instead of running them again")
     parser.add_argument("--out", default=str(ROOT / "runs" / "search-quality"))
     args = parser.parse_args()
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -61,8 +66,8 @@ def main() -> int:
         print(f"--stage2 must be in [0, --budget), got {args.stage2}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        print(f"{out} is not empty; choose another --out", file=sys.stderr)
+    if out.exists() and any(out.iterdir()) and not args.reuse:
+        print(f"{out} is not empty; choose another --out (or --reuse its finished arms)", file=sys.stderr)
         return 2
 
     import pandas as pd
@@ -86,8 +91,13 @@ def main() -> int:
                     refine_trials=second if arm == "optuna" else 0, learn_trials=second if arm == "search" else 0,
                     kinds=ARMS[arm], calib_size=args.calib_size, asha=False, cache_dir=args.cache_dir,
                     proxy=args.proxy)
-                print(f"\n=== {task} target {target:.3%}, arm {arm}: {args.budget} trials x {args.steps} steps", flush=True)
-                result = run_search(config, progress=True)
+                arm_dir = Path(config.out)
+                if args.reuse and (arm_dir / "results.parquet").is_file():
+                    print(f"\n=== {task} target {target:.3%}, arm {arm}: read from {arm_dir}", flush=True)
+                    result = _finished(arm_dir)
+                else:
+                    print(f"\n=== {task} target {target:.3%}, arm {arm}: {args.budget} trials x {args.steps} steps", flush=True)
+                    result = run_search(config, progress=True)
                 pooled.append(result.results)
                 best = result.best
                 n_val = _validation_rows(args.data_dir, task)
@@ -147,14 +157,35 @@ def _standard_error(p1, p2, n: int) -> float:
     return math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n)
 
 
+def _finished(search_dir: Path):
+    """A finished arm's SearchResult, read back (its best plan chosen as the search chose it)."""
+    from nxmiformer.analysis import load_results
+    from nxmiformer.search import SearchConfig
+    from nxmiformer.search.runner import SearchResult, best_trial
+
+    config = SearchConfig.load(search_dir)
+    results = load_results(search_dir)
+    return SearchResult(results, best_trial(results, config), search_dir, float("nan"))
+
+
 def _profile_of(search_dir: Path, args):
+    """The arm's profile table; with ``--probes``, the probe column beside it (cost printed)."""
     from nxmiformer.search import SearchConfig, profile_sensitivity
+    from nxmiformer.search.probes import ProbeSettings, probe_sensitivity
 
     stored = json.loads((search_dir / "search.json").read_text())
     config = SearchConfig.load(search_dir)
-    profile = profile_sensitivity(stored["provenance"]["dense_path"], config.data_config(), config.options,
-                                  config.calib_size, cache_dir=config.cache_root(), progress=False)
-    return profile.table
+    dense_path = stored["provenance"]["dense_path"]
+    table = profile_sensitivity(dense_path, config.data_config(), config.options, config.calib_size,
+                                cache_dir=config.cache_root(), progress=False).table
+    if not args.probes:
+        return table
+    settings = ProbeSettings(steps=args.probe_steps, blocks=config.probe_blocks, lr=config.lr,
+                             batch_size=config.batch_size, seed=config.seed)
+    probes = probe_sensitivity(dense_path, config.data_config(), config.options, settings,
+                               cache_dir=config.cache_root(), progress=True)
+    print(f"probes of {search_dir.name}: {probes.cost()}", flush=True)
+    return table.merge(probes.table[["module", "option", "probe"]], on=["module", "option"], how="left")
 
 
 if __name__ == "__main__":

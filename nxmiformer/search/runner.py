@@ -425,10 +425,15 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         _say(progress, "      proxy rank correlation with the trials' " + config.objective + ": "
              + ", ".join(f"{k} {v:+.2f}" for k, v in correlation.items() if k in PROXIES))
 
-    done = results[(results["status"] == "completed") & config.target.is_met(results[config.target.column])]
-    best = select(results, config.target, metric=config.objective) if done[config.objective].notna().any() else None
     _check_reference(dense, results, config, state_file, progress)
-    return SearchResult(results, best, out, time.perf_counter() - start)
+    return SearchResult(results, best_trial(results, config), out, time.perf_counter() - start)
+
+
+def best_trial(results: pd.DataFrame, config: SearchConfig) -> pd.Series | None:
+    """The search's choice among ``results``: ``select`` on its objective, among the completed
+    trials that meet its target (None when none has a value of the objective)."""
+    done = results[(results["status"] == "completed") & config.target.is_met(results[config.target.column])]
+    return select(results, config.target, metric=config.objective) if done[config.objective].notna().any() else None
 
 
 def proxy_correlation(results: pd.DataFrame, profile: pd.DataFrame, objective: str = "selection_loss") -> dict:
