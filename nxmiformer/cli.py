@@ -149,7 +149,8 @@ def cmd_train(args) -> int:
     config = TrialConfig(**given(args, TrialConfig, exclude=("data", "dense"), rename=TRIAL_OF_TRAIN),
                          data=data, dense=dense_cfg)
     config = config.replace(steps=_steps_from(args, data, config.batch_size),
-                            dense=dataclasses.replace(dense_cfg, device=config.device))  # the warm start runs there too
+                            # the warm start runs there too, at the same precision
+                            dense=dataclasses.replace(dense_cfg, device=config.device, precision=config.precision))
     dense = (DenseResult.load(args.dense) if args.dense
              else finetune_dense(data, config.dense, config.cache_dir, progress=True))
     _print_metrics("dense baseline:", dense.metrics)
@@ -172,7 +173,11 @@ def cmd_evaluate(args) -> int:
 
     data = _data(args)
     info = get_task(data.task)
-    model = load_model(args.model)
+    from .trials.config import check_device
+    from .trials.loop import resolve_device
+
+    check_device(args.device)
+    model = load_model(args.model).to(resolve_device(args.device))
     if getattr(model.config, "num_labels", None) != info.num_labels:
         raise NxmiError(f"model {args.model} has {model.config.num_labels} labels; task {data.task} needs {info.num_labels}")
     tokenizer = load_tokenizer(args.model)
@@ -194,19 +199,22 @@ def cmd_profile(args) -> int:
     from .search import DEFAULT_MENU, SearchConfig, profile_sensitivity, ray_session
     from .search.profile import sensitivity_pivot
     from .trials import DataConfig, DenseConfig, DenseResult, finetune_dense
+    from .trials.config import check_device
 
     fields = given(args, SearchConfig, PROFILE_FIELDS, defaults=defaults_of(SearchConfig, PROFILE_FIELDS) | PROFILE_DEFAULTS)
+    check_device(fields["device"])
     data = DataConfig(**{k: fields[k] for k in ("task", "data_dir", "max_length", "train_size", "eval_size", "seed")},
                       holdout_size=fields["calib_size"])
     if args.dense:
         model_dir = DenseResult.load(args.dense).path
     else:
-        dense = DenseConfig(model=fields["model"], epochs=fields["dense_epochs"])
+        dense = DenseConfig(model=fields["model"], epochs=fields["dense_epochs"], device=fields["device"])
         model_dir = finetune_dense(data, dense, fields["cache_dir"], progress=True).path
     workers = fields["profile_workers"]
     with ray_session(fields["address"]) if workers != 0 else nullcontext():
         result = profile_sensitivity(model_dir, data, fields["options"] or DEFAULT_MENU, fields["calib_size"],
-                                     cache_dir=fields["cache_dir"], workers=workers, progress=True)
+                                     cache_dir=fields["cache_dir"], workers=workers, progress=True,
+                                     device=fields["device"], gpus_per_task=fields["gpus_per_trial"])
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:+.4f}".format):
         print(sensitivity_pivot(result.table).to_string())
     print(f"\n{result.computed} computed, {result.cached} from cache, {result.wall_time:.1f}s; cache: {result.path}")
@@ -312,9 +320,10 @@ DENSE_OF_TRAIN = {"model": "model", "epochs": "dense_epochs"}
 TRIAL_OF_TRAIN = {"seed": "trial_seed"}
 # nxmi profile: the SearchConfig fields it shares with a search; in-process unless asked
 PROFILE_FIELDS = ("model", "dense_epochs", "task", "data_dir", "max_length", "train_size", "eval_size", "seed",
-                  "options", "calib_size", "profile_workers", "cache_dir", "address")
+                  "options", "calib_size", "profile_workers", "cache_dir", "address", "device", "gpus_per_trial")
 PROFILE_DEFAULTS = {"profile_workers": 0, "train_size": None, "eval_size": None}
 PROFILE_HELPS = {"profile_workers": "Ray tasks in parallel, on --address or embedded Ray (0: in-process, the default)",
+                 "gpus_per_trial": "GPUs each profiling Ray task reserves (with --profile-workers)",
                  "options": "comma-separated option menu (default: the 11 classic options)"}
 DATA_FIELDS = ("task", "data_dir", "max_length", "train_size", "eval_size", "seed")
 EVALUATE_FIELDS = ("task", "data_dir", "max_length", "eval_size", "seed")
@@ -400,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a save_pretrained directory")
     add_fields(p, DataConfig, EVALUATE_FIELDS, required=("task",))
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (CUDA where this process sees a GPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 

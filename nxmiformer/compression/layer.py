@@ -133,7 +133,7 @@ class CompressedLinear(nn.Linear):
         are loaded afterwards)."""
         spec = self.spec
         if spec.is_sparse:
-            self.mask = nm_mask(self.weight, spec.n, spec.m) if mask is None else mask.to(torch.bool)
+            self.mask = nm_mask(self.weight, spec.n, spec.m) if mask is None else mask.to(self.weight.device, torch.bool)
         else:
             self.mask = None
         if project_weights:

@@ -102,18 +102,19 @@ def probe_key(model_dir: Path, data: DataConfig, settings: ProbeSettings) -> str
 
 
 def run_probes(model_dir: str, data: dict, settings: dict, group: str, names: Sequence[str],
-               options: Sequence[str], threads: int | None = None) -> list[dict]:
-    """Train and score every option of ``options`` on one group of modules (one worker's share)."""
+               options: Sequence[str], threads: int | None = None, device: str = "cpu") -> list[dict]:
+    """Train and score every option of ``options`` on one group of modules (one worker's share),
+    on ``device`` (``auto``: CUDA where this process sees a GPU)."""
     from ..models import load_model, load_tokenizer
     from ..trials.data import get_task, prepare_task_data
-    from ..trials.loop import BatchStream, selection_metrics, set_seed, train_step
+    from ..trials.loop import BatchStream, resolve_device, selection_metrics, set_seed, train_step
 
     if threads:
         torch.set_num_threads(threads)
     data_cfg, probe = DataConfig(**data), ProbeSettings(**settings)
     info = get_task(data_cfg.task)
     tokenizer = load_tokenizer(model_dir)
-    dense = load_model(model_dir)
+    dense = load_model(model_dir).to(resolve_device(device))
     glue = prepare_task_data(info, tokenizer, data_dir=data_cfg.data_dir, max_length=data_cfg.max_length,
                              train_size=data_cfg.train_size, eval_size=1, seed=data_cfg.seed,
                              holdout_size=data_cfg.holdout_size, selection_size=data_cfg.selection_size)
@@ -149,12 +150,14 @@ def run_probes(model_dir: str, data: dict, settings: dict, group: str, names: Se
 
 def probe_sensitivity(model_dir: str | Path, data: DataConfig, options: Sequence[str],
                       settings: ProbeSettings = ProbeSettings(), cache_dir: str | Path | None = None,
-                      workers: int = 0, progress: bool = True) -> ProbeResult:
+                      workers: int = 0, progress: bool = True, device: str = "cpu",
+                      gpus_per_task: float = 0.0) -> ProbeResult:
     """The ``probe`` proxy of ``model_dir`` (a fine-tuned checkpoint) for every module x option.
 
     ``data`` must hold out selection rows (``selection_size``) and name the rows the trials train
-    on. ``workers`` > 1 runs the groups as Ray tasks (needs ``ray.init`` first); otherwise they
-    run in this process, one after another.
+    on. ``workers`` > 1 runs the groups as Ray tasks (needs ``ray.init`` first), each reserving
+    ``gpus_per_task`` GPUs; otherwise they run in this process, one after another. ``device`` as
+    in :func:`~nxmiformer.search.profile.profile_sensitivity`.
     """
     start = time.perf_counter()
     model_dir = Path(model_dir)
@@ -174,14 +177,14 @@ def probe_sensitivity(model_dir: str | Path, data: DataConfig, options: Sequence
         if workers and workers > 1:
             import ray
 
-            task = ray.remote(num_cpus=1)(run_probes)
-            rows = _gather([task.remote(*args, group, names, missing, 1) for group, names in groups.items()],
+            task = ray.remote(num_cpus=1, num_gpus=gpus_per_task)(run_probes)
+            rows = _gather([task.remote(*args, group, names, missing, 1, device) for group, names in groups.items()],
                            progress, desc="probing")
         else:
             from tqdm.auto import tqdm
 
             rows = [row for group, names in tqdm(groups.items(), desc="probing", disable=not progress, leave=False)
-                    for row in run_probes(*args, group, names, missing)]
+                    for row in run_probes(*args, group, names, missing, device=device)]
         new = pd.DataFrame(rows, columns=COLUMNS)
         computed = sum(not LayerSpec.parse(o).is_identity for o in missing) * len(groups)
         table = new if table is None else pd.concat([table[~table["option"].isin(missing)], new], ignore_index=True)

@@ -165,18 +165,20 @@ class _Replay(nn.Module):
 
 def profile_modules(model_dir: str, data: dict, calib_size: int, batch_size: int,
                     modules: Sequence[str], options: Sequence[str], threads: int | None = None,
-                    progress: bool = False) -> list[dict]:
-    """Measure ``modules`` x ``options`` one-shot on the calibration rows (one worker's share)."""
+                    progress: bool = False, device: str = "cpu") -> list[dict]:
+    """Measure ``modules`` x ``options`` one-shot on the calibration rows (one worker's share),
+    on ``device`` (``auto``: CUDA where this process sees a GPU)."""
     from ..models import load_model, load_tokenizer
     from ..trials.data import make_dataloader, prepare_task_data
-    from ..trials.loop import model_inputs, task_loss
+    from ..trials.loop import model_inputs, resolve_device, task_loss
     from ..trials.metrics import compute_metrics
 
     if threads:
         torch.set_num_threads(threads)
     data_cfg = DataConfig(**data)
     info = get_task(data_cfg.task)
-    model = load_model(model_dir).eval()
+    where = resolve_device(device)
+    model = load_model(model_dir).eval().to(where)
     tokenizer = load_tokenizer(model_dir)
     calib = prepare_task_data(info, tokenizer, data_dir=data_cfg.data_dir, max_length=data_cfg.max_length,
                               seed=data_cfg.seed, include_train=False, holdout_size=calib_size).holdout
@@ -190,7 +192,7 @@ def profile_modules(model_dir: str, data: dict, calib_size: int, batch_size: int
         logits = []
         with torch.no_grad():
             for cursor["batch"], batch in enumerate(batches):
-                logits.append(model(**model_inputs(batch)).logits.float())
+                logits.append(model(**model_inputs(batch, where)).logits.float().cpu())
         logits = torch.cat(logits)
         loss = float(task_loss(logits, labels, info.is_regression))
         return loss, compute_metrics(info, logits.numpy(), labels.numpy())["primary"]
@@ -248,11 +250,12 @@ def _fisher_diagonal(model: nn.Module, calib, tokenizer, regression: bool, names
 
     weights = {cm.name: cm.module.weight for cm in compressible_modules(model) if cm.name in names}
     fisher = {name: torch.zeros_like(w) for name, w in weights.items()}
+    device = next(model.parameters()).device
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
         for batch in make_dataloader(calib, tokenizer, FISHER_BATCH):
-            logits = model(**model_inputs(batch)).logits.float()
-            task_loss(logits, batch["labels"], regression).backward()
+            logits = model(**model_inputs(batch, device)).logits.float()
+            task_loss(logits, batch["labels"].to(device), regression).backward()
             for name, w in weights.items():
                 fisher[name] += w.grad.detach() ** 2
             model.zero_grad(set_to_none=True)
@@ -281,6 +284,8 @@ def profile_sensitivity(
     cache_dir: str | Path | None = None,
     workers: int = 0,
     progress: bool = True,
+    device: str = "cpu",
+    gpus_per_task: float = 0.0,
 ) -> ProfileResult:
     """The sensitivity table of ``model_dir`` (a fine-tuned checkpoint) on ``data.task``.
 
@@ -289,6 +294,8 @@ def profile_sensitivity(
         calib_size: calibration rows, drawn from the training split with ``data.seed``; trials
             must use ``DataConfig(holdout_size=calib_size)`` so they never train on them.
         workers: Ray tasks to spread the work over (needs ``ray.init`` first); 0 runs in-process.
+        device: where the forwards run (``auto``: CUDA where the process sees a GPU; a Ray task
+            sees the GPUs it reserves with ``gpus_per_task``, none without).
 
     Returns the table with columns ``module, layer, component, out_features, in_features,
     option, loss, metric, delta_loss, delta_metric, score`` (score = delta_loss).
@@ -315,13 +322,14 @@ def profile_sensitivity(
         if workers and workers > 1:
             import ray
 
-            task = ray.remote(num_cpus=1)(profile_modules)
+            task = ray.remote(num_cpus=1, num_gpus=gpus_per_task)(profile_modules)
             shares = _split_work(modules, workers)
-            refs = [task.remote(str(model_dir), data_dict, calib_size, batch_size, share, missing_options, 1) for share in shares]
+            refs = [task.remote(str(model_dir), data_dict, calib_size, batch_size, share, missing_options, 1, False, device)
+                    for share in shares]
             rows = _gather(refs, progress)
         else:
             rows = profile_modules(str(model_dir), data_dict, calib_size, batch_size, [cm.name for cm in modules],
-                                   missing_options, progress=progress)
+                                   missing_options, progress=progress, device=device)
         new = pd.DataFrame(rows, columns=COLUMNS)
         computed = len(new)
         table = new if table is None else pd.concat([table[~table["option"].isin(missing_options)], new], ignore_index=True)

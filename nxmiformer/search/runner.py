@@ -27,7 +27,7 @@ from ..compression import CONVENTIONS, CompressionPlan, RatioTarget
 from ..errors import NxmiError
 from ..outputs import atomic_file, write_json
 from ..records import TrialRecord, records_frame, write_records
-from ..trials.config import DataConfig, DenseConfig, TrialConfig, default_cache_dir
+from ..trials.config import DataConfig, DenseConfig, TrialConfig, check_device, check_precision, default_cache_dir
 from ..trials.data import get_task
 from .cluster import cluster_cpus, ray_session
 from .profile import PROXIES, menu_for, parse_menu
@@ -96,6 +96,14 @@ class SearchConfig:
     kd_alpha: float = field(default=0.0, metadata=_help("weight of distillation from the dense model (0: off)"))
     concurrency: int | None = field(default=None, metadata=_help("concurrent trials (default: CPUs / cpus_per_trial)"))
     cpus_per_trial: int = field(default=1, metadata=_help("CPUs (and torch threads) per trial"))
+    gpus_per_trial: float = field(default=0.0, metadata=_help(
+        "GPUs Ray reserves per trial and per profiling task; fractional packs several on one GPU (0.25: 4 each)"))
+    precision: str = field(default="fp32", metadata=_help(
+        "of the warm start's and the trials' training forward: fp32, or bf16 autocast (matmuls in bf16; "
+        "fake-quant, losses, ADMM and optimizer in fp32; evaluation in fp32)"))
+    device: str = field(default="auto", metadata=_help(
+        "where the warm start, trials and profiles run: auto (CUDA where the process sees a GPU: a trial sees "
+        "the GPU Ray assigns it, none without --gpus-per-trial), cpu, or cuda"))
     options: tuple[str, ...] | None = field(default=None, metadata=_help(
         "comma-separated option menu (default: the --menu for the target)"))
     menu: str = field(default="auto", metadata=_help(
@@ -153,6 +161,17 @@ class SearchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise NxmiError(f"{name} must be a non-negative integer, got {value!r}")
+        check_device(self.device)
+        check_precision(self.precision)
+        gpus = self.gpus_per_trial
+        if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not 0 <= gpus < math.inf:
+            raise NxmiError(f"gpus_per_trial must be a number >= 0, got {gpus!r}")
+        if gpus > 1 and gpus != int(gpus):
+            raise NxmiError(f"gpus_per_trial above 1 must be a whole number of GPUs, got {gpus!r}")
+        if self.device.startswith("cuda") and not gpus:
+            raise NxmiError(f"device {self.device} needs gpus_per_trial > 0: Ray shows no GPU to a trial that reserves none")
+        if self.device == "cpu" and gpus:
+            raise NxmiError(f"gpus_per_trial {gpus} with device cpu reserves GPUs nothing uses; use device auto or cuda")
         if self.proxy not in PROXIES:
             raise NxmiError(f"unknown proxy {self.proxy!r}; allowed: {', '.join(PROXIES)}")
         options = self.options if self.options is not None else menu_for(self.menu, 32 * (1 - self.target.value))
@@ -184,12 +203,13 @@ class SearchConfig:
                           selection_size=self.selection_size)
 
     def dense_config(self) -> DenseConfig:
-        return DenseConfig(model=self.model, epochs=self.dense_epochs, patience=self.dense_patience)
+        return DenseConfig(model=self.model, epochs=self.dense_epochs, patience=self.dense_patience, device=self.device,
+                           precision=self.precision)
 
     def trial_config(self) -> TrialConfig:
         config = TrialConfig(data=self.data_config(), dense=self.dense_config(), steps=self.steps,
                              batch_size=self.batch_size, lr=self.lr, kd_alpha=self.kd_alpha, eval_every=0,
-                             cache_dir=str(self.cache_root()))
+                             cache_dir=str(self.cache_root()), device=self.device, precision=self.precision)
         # evaluations at the projection, at ASHA's rung and at the end
         return config.replace(eval_at=(self.rung(config.admm_steps),))
 
@@ -302,7 +322,7 @@ def _make_tuner(config: SearchConfig, trainable, param_space: dict, storage: Pat
 
     # one checkpoint per evaluation is by design; Tune's warning about it is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    trainable = tune.with_resources(trainable, {"cpu": config.cpus_per_trial})
+    trainable = tune.with_resources(trainable, trial_resources(config))
     if restore:
         return tune.Tuner.restore(str(storage / name), trainable=trainable, resume_errored=True)
     scheduler = None
@@ -326,6 +346,25 @@ def _make_tuner(config: SearchConfig, trainable, param_space: dict, storage: Pat
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
+
+
+def trial_resources(config: SearchConfig) -> dict:
+    """What Ray reserves for each trial: ``cpus_per_trial`` CPUs and, when asked, GPUs."""
+    return {"cpu": config.cpus_per_trial} | ({"gpu": config.gpus_per_trial} if config.gpus_per_trial else {})
+
+
+def check_cluster_gpus(config: SearchConfig) -> None:
+    """A trial that asks for more GPUs than any node has would wait forever: refuse it."""
+    import ray
+
+    if not config.gpus_per_trial:
+        return
+    most = max((node.get("Resources", {}).get("GPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+    if most < min(config.gpus_per_trial, 1):
+        raise NxmiError(f"gpus_per_trial {config.gpus_per_trial} but no node of the Ray cluster has a GPU "
+                        f"(most on one node: {most:g}); drop --gpus-per-trial or join a cluster with GPUs (--address)")
+    if config.gpus_per_trial > most:
+        raise NxmiError(f"gpus_per_trial {config.gpus_per_trial:g} but the largest node has {most:g} GPUs")
 
 
 def _fit(tuner, config: SearchConfig):
@@ -369,10 +408,12 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         from .heuristic import generate_candidates, modules_frame
         from .profile import profile_sensitivity
 
+        check_cluster_gpus(config)  # a trial that cannot be placed would wait forever
         _say(progress, f"[2/4] sensitivity profile: {len(config.options)} options, {config.calib_size} calibration rows")
         workers = config.profile_workers if config.profile_workers is not None else cluster_cpus()
         profile = profile_sensitivity(dense.path, data, config.options, config.calib_size, cache_dir=config.cache_root(),
-                                      workers=workers, progress=progress)
+                                      workers=workers, progress=progress, device=config.device,
+                                      gpus_per_task=config.gpus_per_trial)
         _say(progress, f"      {profile.computed} computed, {profile.cached} from cache ({profile.wall_time:.1f}s)")
         table, probe_cost = profile.table, None
         if config.proxy == "probe":
@@ -469,7 +510,8 @@ def _with_probes(config: SearchConfig, dense_path: Path, data, table: pd.DataFra
                              batch_size=config.batch_size, seed=config.seed)
     _say(progress, f"      short-recovery probes: {settings.steps} masked-QAT steps per component x layer block x option")
     probes = probe_sensitivity(dense_path, data, config.options, settings, cache_dir=config.cache_root(),
-                               workers=workers, progress=progress)
+                               workers=workers, progress=progress, device=config.device,
+                               gpus_per_task=config.gpus_per_trial)
     cost = probes.cost()
     _say(progress, f"      {cost['probes']} probes trained over {cost['groups']} groups, {cost['cached_rows']} rows "
                    f"from cache ({cost['wall_s']:.1f}s)")

@@ -34,7 +34,18 @@ def _positive_float(name: str, value, allow_zero: bool = False) -> None:
         raise NxmiError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
 
 
-def _check_device(device) -> None:
+PRECISIONS = ("fp32", "bf16")
+PRECISION_HELP = ("fp32, or bf16: the training forward under bf16 autocast (matmuls in bf16; weights, fake-quant, "
+                  "losses, ADMM and optimizer in fp32); evaluation stays fp32")
+
+
+def check_precision(precision) -> None:
+    if precision not in PRECISIONS:
+        raise NxmiError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def check_device(device) -> None:
+    """A device name nxmiformer accepts: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
     ok = isinstance(device, str) and (device in ("cpu", "cuda", "auto") or
                                       (device.startswith("cuda:") and device[5:].isdigit()))
     if not ok:
@@ -81,7 +92,9 @@ class DenseConfig:
     patience: int = field(default=0, metadata={"help": (
         "with selection rows: evaluations (4 per epoch) without a lower selection loss before stopping early, "
         "keeping the best; epochs/steps is then the bound (0: train them all)")})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda[:N] or auto (not part of the cache key)"})
+    device: str = field(default="auto", metadata={
+        "help": "cpu, cuda[:N] or auto (CUDA where this process sees a GPU); not part of the cache key"})
+    precision: str = field(default="fp32", metadata={"help": PRECISION_HELP})
 
     def __post_init__(self):
         if self.model != "default" and Path(self.model).expanduser().exists():
@@ -91,7 +104,8 @@ class DenseConfig:
         _positive_int("batch_size", self.batch_size)
         _positive_float("lr", self.lr)
         _positive_int("patience", self.patience, allow_zero=True)
-        _check_device(self.device)
+        check_device(self.device)
+        check_precision(self.precision)
 
 
 # per ADMM mode: what None means for TrialConfig's rho, rho_max, rho_growth and admm_interval
@@ -134,7 +148,8 @@ class TrialConfig:
     eval_at: tuple[int, ...] = field(default=(), metadata={"help": "comma-separated steps to evaluate at as well (e.g. ASHA's rung)"})
     threads: int | None = field(default=None, metadata={"help": "torch threads (None: leave as is)"})
     cache_dir: str | None = field(default=None, metadata={"help": "where dense warm starts are cached"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda[:N] or auto"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda[:N] or auto (CUDA where this process sees a GPU)"})
+    precision: str = field(default="fp32", metadata={"help": PRECISION_HELP})
     seed: int | None = field(default=None, metadata={"help": "the trial's batch order and init (None: the data seed)"})
 
     def __post_init__(self):
@@ -161,7 +176,8 @@ class TrialConfig:
             raise NxmiError(f"rho_max must be >= rho ({admm['rho']}), got {admm['rho_max']!r}")
         if self.admm_mode == "decoupled" and admm["rho_max"] > 1:
             raise NxmiError(f"rho_max must be <= 1 with admm_mode=decoupled (a fraction per step), got {admm['rho_max']!r}")
-        _check_device(self.device)
+        check_device(self.device)
+        check_precision(self.precision)
         if not (isinstance(self.kd_alpha, (int, float)) and 0 <= self.kd_alpha <= 1):
             raise NxmiError(f"kd_alpha must be in [0, 1], got {self.kd_alpha!r}")
         _positive_float("kd_temperature", self.kd_temperature)

@@ -97,7 +97,9 @@ def dense_cache_key(fingerprint: str, data: DataConfig, dense: DenseConfig) -> s
     payload = {
         "model": fingerprint,
         "data": dataclasses.asdict(data) | {"data_dir": str(Path(data.data_dir).resolve()) if data.data_dir else None},
-        "dense": {k: v for k, v in dataclasses.asdict(dense).items() if k not in ("model", "device")},
+        # fp32 leaves the key as it was before precision existed: cached warm starts stay valid
+        "dense": {k: v for k, v in dataclasses.asdict(dense).items()
+                  if k not in ("model", "device") and not (k == "precision" and v == "fp32")},
         "version": DENSE_CODE_VERSION,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
@@ -143,7 +145,7 @@ def finetune_dense(
         bar = tqdm(total=steps, desc=f"dense fine-tune {data.task}", disable=not progress, leave=False)
         stop = _EarlyStop(dense.patience, max(1, stream.per_epoch // EVALS_PER_EPOCH)) if glue.selection else None
         for step, batch in enumerate(stream.from_step(0), start=1):
-            loss = train_step(model, batch, optimizer, schedule, info.is_regression)
+            loss = train_step(model, batch, optimizer, schedule, info.is_regression, precision=dense.precision)
             bar.update()
             bar.set_postfix(loss=f"{loss:.3f}")
             if step >= steps or (stop and stop.done(step, lambda: selection_metrics(model, glue, tokenizer), model)):

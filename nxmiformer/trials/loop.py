@@ -40,6 +40,12 @@ class BatchStream:
             epoch, offset = epoch + 1, 0
 
 
+def autocast(device: torch.device, precision: str):
+    """The training forward's autocast: bf16 matmuls under ``precision="bf16"``, nothing under
+    ``fp32``. Elementwise work (fake-quant, masks) stays in the weights' fp32."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def model_inputs(batch: dict, device: torch.device | str | None = None) -> dict:
     """The batch without its labels, moved to ``device`` when given."""
     return {k: (v.to(device) if device is not None else v) for k, v in batch.items() if k != "labels"}
@@ -53,6 +59,11 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when this process sees a GPU, else CPU; ``cpu``/``cuda``/``cuda:N`` as given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from ..errors import NxmiError
+
+        raise NxmiError(f"device {name} but this process sees no GPU (torch.cuda.is_available() is False); "
+                        f"use --device cpu or auto")
     return torch.device(name)
 
 
@@ -70,21 +81,26 @@ def train_step(
     kd_alpha: float = 0.0,
     kd_temperature: float = 1.0,
     penalty: Callable[[], torch.Tensor] | None = None,
+    precision: str = "fp32",
 ) -> float:
     """One optimizer step on ``batch``: forward, loss, backward, gradient clipping to norm 1,
     optimizer and schedule step.
 
     The loss is the task loss, mixed with ``kd_alpha`` of the distillation loss from ``teacher``
-    when one is given, plus ``penalty()`` when given. Returns the loss without the penalty; raises
+    when one is given, plus ``penalty()`` when given; the forward runs under :func:`autocast` for
+    ``precision``, the losses and the penalty in fp32. Returns the loss without the penalty; raises
     :class:`NonFiniteLoss` (before touching the weights) when the loss is not finite.
     """
     device = model_device(model)
     inputs, labels = model_inputs(batch, device), batch["labels"].to(device)
-    logits = model(**inputs).logits
+    with autocast(device, precision):
+        logits = model(**inputs).logits.float()
+        teacher_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(**inputs).logits.float()
     loss = task_loss(logits, labels, regression)
-    if teacher is not None:
-        with torch.no_grad():
-            teacher_logits = teacher(**inputs).logits
+    if teacher_logits is not None:
         kd = distillation_loss(logits, teacher_logits, kd_temperature, regression)
         loss = (1 - kd_alpha) * loss + kd_alpha * kd
     reported = float(loss.detach())

@@ -84,7 +84,8 @@ def trial_trainable(config: dict) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            resume = torch.load(Path(directory) / STATE_FILE, weights_only=False)
+            # to CPU first: the trial may resume on another device than the one that saved it
+            resume = torch.load(Path(directory) / STATE_FILE, weights_only=False, map_location="cpu")
         resumed_from = resume["step"]
     fields = candidate_fields(candidate) | {"resumed_from_step": resumed_from, "node_id": _node_id()}
 

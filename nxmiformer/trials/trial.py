@@ -220,7 +220,7 @@ class Trial:
         config = self.config
         self.last_loss = train_step(self.model, next(self.batches), self.optimizer, self.schedule,
                                     self.info.is_regression, self.teacher, config.kd_alpha, config.kd_temperature,
-                                    penalty)
+                                    penalty, config.precision)
         self.step += 1
         bar.update()
         bar.set_postfix(loss=f"{self.last_loss:.3f}", phase="qat" if self.hardened else "admm")

@@ -265,3 +265,56 @@ def test_quick_preset_fills_what_the_user_did_not_give(extra, expected, assets, 
             "--data-dir", str(root / "glue"), *extra, "--out", str(tmp_path / "out")]
     assert main(argv) == 2
     assert {k: getattr(seen["config"], k) for k in expected} == expected
+
+
+@pytest.mark.parametrize("changes,needle", [
+    (dict(gpus_per_trial=-0.5), "gpus_per_trial must be a number >= 0, got -0.5"),
+    (dict(gpus_per_trial="1"), "gpus_per_trial must be a number >= 0, got '1'"),
+    (dict(gpus_per_trial=1.5), "whole number of GPUs, got 1.5"),
+    (dict(device="cuda"), "device cuda needs gpus_per_trial > 0"),
+    (dict(device="cpu", gpus_per_trial=0.5), "with device cpu"),
+    (dict(device="gpu"), "device must be cpu, cuda, cuda:N or auto, got 'gpu'"),
+])
+def test_bad_device_settings(changes, needle, assets, tmp_path):
+    from nxmiformer.errors import NxmiError
+
+    with pytest.raises(NxmiError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        config(assets, tmp_path / "run", **changes)
+
+
+@pytest.mark.parametrize("changes,expected", [
+    ({}, {"cpu": 1}), (dict(cpus_per_trial=2, gpus_per_trial=0.25), {"cpu": 2, "gpu": 0.25}),
+    (dict(gpus_per_trial=2.0, device="cuda"), {"cpu": 1, "gpu": 2.0}),
+])
+def test_trials_reserve_the_gpus_asked_for(changes, expected, assets, tmp_path):
+    from nxmiformer.search.runner import trial_resources
+
+    cfg = config(assets, tmp_path / "run", **changes)
+    assert trial_resources(cfg) == expected
+    assert cfg.trial_config().device == cfg.dense_config().device == cfg.device  # every stage runs there
+
+
+def test_a_search_asking_for_gpus_on_a_cluster_without_any_is_refused_before_writing(assets, tmp_path, capsys):
+    root, model_dir = assets
+    out = tmp_path / "out"
+    argv = ["search", "--model", str(model_dir), "--task", "sst2", "--data-dir", str(root / "glue"), "--target-ratio",
+            "0.8", "--max-length", "16", "--dense-epochs", "0.5", "--calib-size", "8", "--selection-size", "8",
+            "--cache-dir", str(root / "cache"), "--gpus-per-trial", "0.25", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the warm start's progress: the error, in one line
+    assert last.startswith("nxmi search: error: gpus_per_trial 0.25 but no node of the Ray cluster has a GPU")
+    assert not out.exists()
+
+
+def test_device_cuda_without_a_gpu_is_a_clear_error():
+    import torch
+
+    from nxmiformer.errors import NxmiError
+    from nxmiformer.trials.loop import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this process sees a GPU: device cuda is valid here")
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(NxmiError, match="device cuda:1 but this process sees no GPU"):
+        resolve_device("cuda:1")
