@@ -65,14 +65,15 @@ def main() -> int:
 def search_check(args, device) -> list[dict]:
     from nxmiformer.search import SearchConfig, run_search
 
-    gpus = 0.0 if device.type == "cpu" else args.gpus_per_trial
+    dry = device.type == "cpu"
+    gpus = 0.0 if dry else args.gpus_per_trial
     with tempfile.TemporaryDirectory() as out:
         config = SearchConfig(
             out=f"{out}/search", task="sst2", target_ratio=0.875, data_dir=args.data_dir, max_length=64,
-            train_size=400 if device.type == "cpu" else 2000, selection_size=100, eval_size=200, calib_size=64,
-            trials=4, steps=8 if device.type == "cpu" else args.search_steps, asha=False, dense_epochs=1.0,
-            cache_dir=f"{out}/cache", device=device.type, gpus_per_trial=gpus,
-            concurrency=2 if device.type == "cpu" else None)
+            train_size=400 if dry else 2000, selection_size=100, eval_size=200, calib_size=16 if dry else 64,
+            trials=4, steps=8 if dry else args.search_steps, asha=False, dense_epochs=1.0,
+            options=("dense:int8", "2:4:int8", "4:8:int4") if dry else None,  # the dry run: a cheap profile
+            cache_dir=f"{out}/cache", device=device.type, gpus_per_trial=gpus, concurrency=2 if dry else None)
         start = time.perf_counter()
         result = run_search(config, progress=True)
         wall = time.perf_counter() - start
