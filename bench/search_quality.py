@@ -24,6 +24,7 @@ between predicted plan cost and the final selection loss over every trial of the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -171,7 +172,7 @@ def _finished(search_dir: Path):
 def _profile_of(search_dir: Path, args):
     """The arm's profile table; with ``--probes``, the probe column beside it (cost printed)."""
     from nxmiformer.search import SearchConfig, profile_sensitivity
-    from nxmiformer.search.probes import ProbeSettings, probe_sensitivity
+    from nxmiformer.search.probes import probe_sensitivity
 
     stored = json.loads((search_dir / "search.json").read_text())
     config = SearchConfig.load(search_dir)
@@ -180,8 +181,7 @@ def _profile_of(search_dir: Path, args):
                                 cache_dir=config.cache_root(), progress=False).table
     if not args.probes:
         return table
-    settings = ProbeSettings(steps=args.probe_steps, blocks=config.probe_blocks, lr=config.lr,
-                             batch_size=config.batch_size, seed=config.seed)
+    settings = dataclasses.replace(config.probe_settings(), steps=args.probe_steps)
     probes = probe_sensitivity(dense_path, config.data_config(), config.options, settings,
                                cache_dir=config.cache_root(), progress=True)
     print(f"probes of {search_dir.name}: {probes.cost()}", flush=True)

@@ -213,6 +213,13 @@ class SearchConfig:
         # evaluations at the projection, at ASHA's rung and at the end
         return config.replace(eval_at=(self.rung(config.admm_steps),))
 
+    def probe_settings(self):
+        """How ``--proxy probe`` trains its probes: like the trials (learning rate, batch, seed)."""
+        from .probes import ProbeSettings
+
+        return ProbeSettings(steps=self.probe_steps, blocks=self.probe_blocks, lr=self.lr, batch_size=self.batch_size,
+                             seed=self.seed)
+
     def rung(self, admm_steps: int) -> int:
         """ASHA's one rung: halfway through the masked-QAT recovery after the projection."""
         return admm_steps + max(1, (self.steps - admm_steps) // 2)
@@ -504,10 +511,9 @@ def proxy_correlation(results: pd.DataFrame, profile: pd.DataFrame, objective: s
 def _with_probes(config: SearchConfig, dense_path: Path, data, table: pd.DataFrame, workers: int,
                  progress: bool) -> tuple[pd.DataFrame, dict]:
     """The profile ``table`` with the ``probe`` column (:mod:`.probes`, cached), and their cost."""
-    from .probes import ProbeSettings, probe_sensitivity
+    from .probes import probe_sensitivity
 
-    settings = ProbeSettings(steps=config.probe_steps, blocks=config.probe_blocks, lr=config.lr,
-                             batch_size=config.batch_size, seed=config.seed)
+    settings = config.probe_settings()
     _say(progress, f"      short-recovery probes: {settings.steps} masked-QAT steps per component x layer block x option")
     probes = probe_sensitivity(dense_path, data, config.options, settings, cache_dir=config.cache_root(),
                                workers=workers, progress=progress, device=config.device,
