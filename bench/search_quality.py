@@ -55,6 +55,7 @@ def main() -> int:
     parser.add_argument("--probes", action="store_true",
                         help="also measure the probe proxy (short-recovery probes, cached) against the trials")
     parser.add_argument("--probe-steps", type=int, default=16)
+    parser.add_argument("--probe-blocks", type=int, default=2)
     parser.add_argument("--reuse", action="store_true",
                         help="read the arms already finished under --out instead of running them again")
     parser.add_argument("--out", default=str(ROOT / "runs" / "search-quality"))
@@ -181,7 +182,7 @@ def _profile_of(search_dir: Path, args):
                                 cache_dir=config.cache_root(), progress=False).table
     if not args.probes:
         return table
-    settings = dataclasses.replace(config.probe_settings(), steps=args.probe_steps)
+    settings = dataclasses.replace(config.probe_settings(), steps=args.probe_steps, blocks=args.probe_blocks)
     probes = probe_sensitivity(dense_path, config.data_config(), config.options, settings,
                                cache_dir=config.cache_root(), progress=True)
     print(f"probes of {search_dir.name}: {probes.cost()}", flush=True)
