@@ -76,3 +76,25 @@ def test_new_candidates_meet_the_target_avoid_the_hidden_cost_and_are_new(world)
     for plan in new:
         assert target.is_met(plan_ratio(plan, problem.modules, "paper"))
         assert all(str(plan.spec_for(m)) != "2:4:int4" for m in ffn_out)
+
+
+@pytest.mark.parametrize("trained_options,target,inside", [
+    # the trials used two 2-bit options everywhere: new plans recombine them, never the untried ones
+    (("2:4:int8", "4:8:int4"), 0.875, True),
+    # those options cannot reach 90%: the whole menu is used rather than nothing
+    (("dense:int8", "2:4:int8"), 0.90, False),
+])
+def test_new_plans_stay_within_the_options_the_trials_tried(world, trained_options, target, inside):
+    problem, truth, rng = world
+    index = [[str(s) for s in problem.menu].index(o) for o in trained_options]
+    choices = rng.choice(index, size=(6, len(problem.modules)))
+    plans = [problem.plan(c) for c in choices]
+    rows = np.arange(choices.shape[1])
+    results = pd.DataFrame({"status": "completed", "plan_json": [p.to_json(indent=None) for p in plans],
+                            "selection_loss": [truth[rows, c].sum() for c in choices]})
+    new = calibrated_candidates(problem, RatioTarget(target, "paper"), results, "selection_loss", count=2)
+    assert len(new) == 2
+    for plan in new:
+        assert target <= plan_ratio(plan, problem.modules, "paper") + 1e-9
+        used = {str(plan.spec_for(m)) for m in problem.modules["module"]}
+        assert (used <= set(trained_options)) == inside, used
