@@ -119,14 +119,17 @@ def train_step(
 
 @torch.no_grad()
 def predict(model: nn.Module, dataset, tokenizer, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels over a tokenised dataset, in eval mode."""
+    """Logits and labels over a tokenised dataset, in eval mode. The global random state is left
+    as it was (a DataLoader draws a seed from it even unshuffled), so an evaluation, or a cached
+    one skipped, never changes what training does next."""
     was_training = model.training
     model.eval()
     logits, labels = [], []
     device = model_device(model)
-    for batch in make_dataloader(dataset, tokenizer, batch_size):
-        logits.append(model(**model_inputs(batch, device)).logits.float().cpu())
-        labels.append(batch["labels"])
+    with torch.random.fork_rng(devices=[]):
+        for batch in make_dataloader(dataset, tokenizer, batch_size):
+            logits.append(model(**model_inputs(batch, device)).logits.float().cpu())
+            labels.append(batch["labels"])
     model.train(was_training)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 

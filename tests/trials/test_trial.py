@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -254,3 +255,25 @@ def test_dense_warm_start_stops_when_the_selection_loss_stops_improving(make_con
     meta = json.loads((dense.path / "dense.json").read_text())
     per_epoch = -(-28 // 8)  # 40 synthetic rows less 12 held out, batch 8
     assert 1 <= meta["steps"] < 20 * per_epoch  # stopped before the bound, at its best check
+
+
+def test_a_cached_selection_reference_does_not_change_the_trial(make_config):
+    """The first trial computes the dense selection logits, later ones read them from the cache:
+    both must train the same (evaluation leaves the random state alone)."""
+    config = make_config(data=dataclasses.replace(make_config().data, selection_size=8))
+    cold = run_trial("2:4:int8", config, keep_model=True)  # computes and caches the reference
+    warm = run_trial("2:4:int8", config, keep_model=True)  # reads it
+    assert cold.history == warm.history
+
+
+def test_evaluation_leaves_the_random_state_alone(tiny_model_dir, synthetic_glue_dir):
+    from nxmiformer.models import load_model, load_tokenizer
+    from nxmiformer.trials.data import prepare_task_data
+    from nxmiformer.trials.loop import predict
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    data = prepare_task_data("sst2", tokenizer, data_dir=str(synthetic_glue_dir), max_length=16, include_train=False)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    predict(load_model(str(tiny_model_dir)), data.eval["validation"], tokenizer)
+    assert torch.equal(torch.get_rng_state(), before)
