@@ -177,9 +177,17 @@ def cmd_evaluate(args) -> int:
     from .trials.loop import resolve_device
 
     check_device(args.device)
-    model = load_model(args.model).to(resolve_device(args.device))
-    if getattr(model.config, "num_labels", None) != info.num_labels:
-        raise NxmiError(f"model {args.model} has {model.config.num_labels} labels; task {data.task} needs {info.num_labels}")
+    if (Path(args.model) / "model.onnx").is_file():  # nxmi onnx --out: run by ONNX Runtime, on CPU
+        from transformers import AutoConfig
+
+        from .compression.onnx_export import OnnxClassifier
+
+        model, labels = OnnxClassifier(args.model), AutoConfig.from_pretrained(args.model).num_labels
+    else:
+        model = load_model(args.model).to(resolve_device(args.device))
+        labels = getattr(model.config, "num_labels", None)
+    if labels != info.num_labels:
+        raise NxmiError(f"model {args.model} has {labels} labels; task {data.task} needs {info.num_labels}")
     tokenizer = load_tokenizer(args.model)
     prepared = prepare_task_data(info, tokenizer, data_dir=data.data_dir, max_length=data.max_length,
                                  eval_size=data.eval_size, seed=data.seed, include_train=False)
@@ -304,6 +312,19 @@ def cmd_pack(args) -> int:
     return 0
 
 
+def cmd_onnx(args) -> int:
+    from .compression.onnx_export import export_onnx_dir
+
+    report = export_onnx_dir(args.model, args.out, int8=not args.fp32, optimize=not args.portable)
+    print(report.summary())
+    for name, reason in report.fp32_modules.items():
+        if reason != "fp32 export":
+            print(f"  {name}: kept fp32 ({reason})")
+    print(f"saved model.onnx, config.json, the tokenizer and onnx.json to {args.out}; "
+          f"run it with onnxruntime.InferenceSession, or nxmi evaluate --model {args.out}")
+    return 0
+
+
 def cmd_unpack(args) -> int:
     from .compression import unpack_dir
 
@@ -405,8 +426,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a directory written by nxmi pack")
     p.add_argument("--out", required=True, help="new directory for the model")
 
+    p = command("onnx", cmd_onnx, "export a hardened model to ONNX with its integer weights on int8 kernels")
+    p.add_argument("--model", required=True, help="a hardened (nxmi compress/train --out), packed (nxmi pack) or dense "
+                   "model directory")
+    p.add_argument("--out", required=True, help="new directory for model.onnx, config, tokenizer and onnx.json")
+    p.add_argument("--fp32", action="store_true", help="keep every weight fp32 (the reference the int8 graph is "
+                   "measured against)")
+    p.add_argument("--portable", action="store_true", help="standard ONNX operators only, no ONNX Runtime fusions "
+                   "(any ONNX runtime can load it)")
+
     p = command("evaluate", cmd_evaluate, "GLUE metrics of a saved model")
-    p.add_argument("--model", required=True, help="a save_pretrained directory")
+    p.add_argument("--model", required=True, help="a save_pretrained directory, or an nxmi onnx directory (run by "
+                   "ONNX Runtime)")
     add_fields(p, DataConfig, EVALUATE_FIELDS, required=("task",))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (CUDA where this process sees a GPU)")

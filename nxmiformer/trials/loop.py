@@ -52,7 +52,12 @@ def model_inputs(batch: dict, device: torch.device | str | None = None) -> dict:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """The device of the model's first parameter (or buffer); CPU for a model with neither (an
+    ONNX Runtime session behind a module)."""
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return torch.device("cpu") if tensor is None else tensor.device
 
 
 def resolve_device(name: str) -> torch.device:
