@@ -45,15 +45,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--interval", type=int, default=32, help="ADMM Z/U-update interval (optimizer steps)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", choices=MODELS, default="default",
+                   help="the embedded MiniLM default, or a random model of BERT-base's shape")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of the report")
     return p.parse_args(argv)
 
 
-def load_quiet(num_labels: int = 2):
+MODELS = ("default", "bert-base-shape")
+
+
+def load_quiet(num_labels: int = 2, model: str = "default"):
+    """The embedded MiniLM default, or (``bert-base-shape``) a randomly initialised model of
+    BERT-base's shape (``BertConfig()``: 12 layers, hidden 768, FFN 3072; nothing downloaded)."""
+    from transformers import BertConfig, BertForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     from nxmiformer.models import load_model
 
+    if model == "bert-base-shape":
+        torch.manual_seed(0)
+        return BertForSequenceClassification(BertConfig(num_labels=num_labels))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -108,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    dense_model = load_quiet()
+    dense_model = load_quiet(model=args.model)
     comp_model = copy.deepcopy(dense_model)
     plan = CompressionPlan.uniform(comp_model, SPEC)
     compress_(comp_model, plan)
@@ -139,6 +150,7 @@ def run(args: argparse.Namespace) -> dict:
     ratio = c_med / d_med
     return {
         "spec": SPEC,
+        "model": args.model,
         "batch": args.batch,
         "seq_len": args.seq_len,
         "threads": args.threads,
@@ -161,7 +173,7 @@ def run(args: argparse.Namespace) -> dict:
 def report(r: dict) -> str:
     verdict = "PASS" if r["pass"] else "MISS"
     lines = [
-        f"train step (fwd+bwd+AdamW), MiniLM default, batch {r['batch']} x seq {r['seq_len']}, "
+        f"train step (fwd+bwd+AdamW), {r['model']} model, batch {r['batch']} x seq {r['seq_len']}, "
         f"{r['threads']} threads, {r['steps']} interleaved rounds",
         f"  dense              median {r['dense_median_s'] * 1e3:8.1f} ms   mean {r['dense_mean_s'] * 1e3:8.1f} ms",
         f"  compressed {r['spec']:<8} median {r['compressed_median_s'] * 1e3:8.1f} ms   "

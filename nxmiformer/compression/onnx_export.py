@@ -12,6 +12,9 @@ are used) runs without nxmiformer:
 * everything else (dense fp32 and float16 modules, embeddings, LayerNorm, the classifier) stays
   fp32, as the hardened model computes it.
 
+With ``fuse=True`` ONNX Runtime's BERT fusions run first and a fused ``Attention`` whose Q, K and V
+are all integer becomes ``QAttention`` with the same codes and scales (ONNX Runtime only).
+
 ``int8=False`` exports the hardened model in fp32 only (the same logits as PyTorch up to float
 rounding), the reference the int8 graph is measured against.
 
@@ -112,9 +115,9 @@ def _example_inputs(model: nn.Module, names: tuple[str, ...], batch: int, length
     return {name: inputs[name] for name in names}
 
 
-def _export_fp32(model: nn.Module, names: tuple[str, ...], path: Path, optimize: bool) -> None:
+def _export_fp32(model: nn.Module, names: tuple[str, ...], path: Path, fuse: bool) -> None:
     """The fp32 graph of a plain (unwrapped) model: PyTorch's TorchScript-based exporter over the
-    eager attention (the graph ONNX Runtime's BERT fusions recognise), then, with ``optimize``,
+    eager attention (the graph ONNX Runtime's BERT fusions recognise), then, with ``fuse``,
     those fusions (``Attention``, ``EmbedLayerNormalization``, ``SkipLayerNormalization``,
     ``BiasGelu``: ONNX Runtime contrib operators)."""
     model = copy.deepcopy(model)
@@ -132,7 +135,7 @@ def _export_fp32(model: nn.Module, names: tuple[str, ...], path: Path, optimize:
                               opset_version=OPSET, dynamo=False)
     finally:
         exporter_log.setLevel(level)
-    if optimize:
+    if fuse:
         from onnxruntime.transformers.fusion_options import FusionOptions
         from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
 
@@ -260,7 +263,7 @@ def _check(model: nn.Module, path: Path, names: tuple[str, ...]) -> tuple[float,
 
 
 @torch.no_grad()
-def export_onnx(model: nn.Module, path: str | Path, int8: bool = True, optimize: bool = True,
+def export_onnx(model: nn.Module, path: str | Path, int8: bool = True, fuse: bool = False,
                 input_names: tuple[str, ...] | None = None, check: bool = True) -> OnnxExport:
     """Write ``model`` (a sequence classifier whose compressed modules are hardened
     :class:`CompressedLinear` wrappers, as :func:`~.harden_` or :func:`~.load_packed` leave them)
@@ -268,8 +271,10 @@ def export_onnx(model: nn.Module, path: str | Path, int8: bool = True, optimize:
 
     Args:
         int8: put the integer modules (at most 8 bits) on int8 kernels; else export fp32 only.
-        optimize: apply ONNX Runtime's transformer fusions (its contrib operators: the file then
-            needs ONNX Runtime); ``False`` keeps to standard ONNX operators, slower.
+        fuse: apply ONNX Runtime's transformer fusions (``Attention`` -> ``QAttention``,
+            ``SkipLayerNormalization``...: its contrib operators, so the file then needs ONNX
+            Runtime). Measured on 2 cores (``bench/cpu_serving.py``): faster at batch 1, slower at
+            batch 32 than the default standard-operator graph, which ONNX Runtime fuses itself.
         input_names: the graph's inputs (default: those of ``input_ids``, ``attention_mask``,
             ``token_type_ids`` that the model's forward takes).
         check: run the file with ONNX Runtime on a random batch and report the largest logit
@@ -308,7 +313,7 @@ def export_onnx(model: nn.Module, path: str | Path, int8: bool = True, optimize:
                             f"the export cannot tell them apart")
         targets.setdefault(key, (name, codes, scales))
     plain = to_dense_(copy.deepcopy(model)).cpu().eval()
-    _export_fp32(plain, input_names, path, optimize)
+    _export_fp32(plain, input_names, path, fuse)
     if targets:
         proto = onnx.load(str(path))
         report.int8_modules, left = _quantize_graph(proto.graph, targets)
@@ -348,7 +353,7 @@ def load_for_export(model_dir: str | Path) -> nn.Module:
     return model
 
 
-def export_onnx_dir(model_dir: str | Path, out_dir: str | Path, int8: bool = True, optimize: bool = True) -> OnnxExport:
+def export_onnx_dir(model_dir: str | Path, out_dir: str | Path, int8: bool = True, fuse: bool = False) -> OnnxExport:
     """Export the model of ``model_dir`` (see :func:`load_for_export`) to a new directory
     ``out_dir``: ``model.onnx``, ``config.json``, the tokenizer, ``plan.json`` (if any) and
     ``onnx.json`` (what :func:`export_onnx` reported). All or nothing."""
@@ -361,7 +366,7 @@ def export_onnx_dir(model_dir: str | Path, out_dir: str | Path, int8: bool = Tru
     require_free_output(out_dir)
     model = load_for_export(model_dir)
     with atomic_output_dir(out_dir) as tmp:
-        report = export_onnx(model, tmp / ONNX_FILE, int8=int8, optimize=optimize)
+        report = export_onnx(model, tmp / ONNX_FILE, int8=int8, fuse=fuse)
         model.config.save_pretrained(tmp)
         try:
             load_tokenizer(str(model_dir)).save_pretrained(tmp)
@@ -369,7 +374,7 @@ def export_onnx_dir(model_dir: str | Path, out_dir: str | Path, int8: bool = Tru
             pass  # a model directory without a tokenizer still exports
         if (Path(model_dir) / PLAN_FILE).is_file():
             shutil.copyfile(Path(model_dir) / PLAN_FILE, tmp / PLAN_FILE)
-        write_json(tmp / REPORT_FILE, report.to_json() | {"source": str(model_dir), "int8": int8, "optimize": optimize})
+        write_json(tmp / REPORT_FILE, report.to_json() | {"source": str(model_dir), "int8": int8, "fuse": fuse})
     report.path = Path(out_dir) / ONNX_FILE
     return report
 

@@ -83,7 +83,7 @@ def run(path, feed) -> torch.Tensor:
 
 MIXED_QKV = {"query": "2:4:int8", "key": "dense:fp16", "value": "4:8:int4", "attn_out": "dense", "ffn_in": "2:8:int2",
              "ffn_out": "dense:int8"}
-CASES = [  # plan, int8 modules with ONNX Runtime fusions, without (of 12)
+CASES = [  # plan, int8 modules with ONNX Runtime's fusions, with standard operators (of 12)
     ("2:4:int8", 12, 12),
     ("4:8:int4", 12, 12),
     ("dense:int8", 12, 12),
@@ -94,12 +94,12 @@ CASES = [  # plan, int8 modules with ONNX Runtime fusions, without (of 12)
 ]
 
 
-@pytest.mark.parametrize("optimize", [True, False], ids=["fused", "portable"])
-@pytest.mark.parametrize("plan,fused,portable", CASES, ids=[str(c[0])[:30] for c in CASES])
-def test_int8_graph_equals_an_independent_reference_of_the_hardened_codes(plan, fused, portable, optimize, tmp_path):
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "standard"])
+@pytest.mark.parametrize("plan,fused,standard", CASES, ids=[str(c[0])[:30] for c in CASES])
+def test_int8_graph_equals_an_independent_reference_of_the_hardened_codes(plan, fused, standard, fuse, tmp_path):
     model = hardened_tiny(plan)
-    report = export_onnx(model, tmp_path / "model.onnx", optimize=optimize)
-    assert len(report.int8_modules) == (fused if optimize else portable)
+    report = export_onnx(model, tmp_path / "model.onnx", fuse=fuse)
+    assert len(report.int8_modules) == (fused if fuse else standard)
     assert set(report.int8_modules) | set(report.fp32_modules) == set(compressed_modules(model))
     feed = inputs()
     with torch.no_grad():
@@ -129,10 +129,10 @@ def test_requantized_weights_would_be_caught():
     assert diff > 1e-3  # ten times the tolerance of the test above
 
 
-@pytest.mark.parametrize("optimize", [True, False], ids=["fused", "portable"])
-def test_fp32_export_equals_the_model(optimize, tmp_path):
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "standard"])
+def test_fp32_export_equals_the_model(fuse, tmp_path):
     model = hardened_tiny({"query": "2:4:int8", "ffn_in": "4:8:int4", "ffn_out": "dense:fp16"})
-    report = export_onnx(model, tmp_path / "model.onnx", int8=False, optimize=optimize)
+    report = export_onnx(model, tmp_path / "model.onnx", int8=False, fuse=fuse)
     assert report.int8_modules == [] and set(report.fp32_modules.values()) == {"fp32 export"}
     with torch.no_grad():
         torch.testing.assert_close(run(tmp_path / "model.onnx", inputs()), model(**inputs()).logits, atol=1e-5, rtol=1e-5)
@@ -140,7 +140,7 @@ def test_fp32_export_equals_the_model(optimize, tmp_path):
 
 
 def test_fused_attention_reason_names_the_spec_mix(tmp_path):
-    report = export_onnx(hardened_tiny(MIXED_QKV), tmp_path / "model.onnx")
+    report = export_onnx(hardened_tiny(MIXED_QKV), tmp_path / "model.onnx", fuse=True)
     query = "bert.encoder.layer.0.attention.self.query"
     assert "Q, K or V on another spec" in report.fp32_modules[query]
     assert report.fp32_modules["bert.encoder.layer.0.attention.self.key"] == "16-bit float weights"
@@ -187,10 +187,12 @@ def test_cli_exports_a_hardened_and_a_packed_directory_alike(tiny_model_dir, syn
     assert main(["onnx", "--model", str(hard), "--out", str(onnx_hard)]) == 0
     assert "12 modules on int8" in capsys.readouterr().out
     export_onnx_dir(packed, onnx_packed)
+    assert main(["onnx", "--model", str(packed), "--out", str(tmp_path / "fused"), "--fuse"]) == 0
+    assert "12 modules on int8" in capsys.readouterr().out
     names = {p.name for p in onnx_hard.iterdir()}
     assert {"model.onnx", "config.json", "tokenizer.json", "plan.json", "onnx.json"} <= names
     report = json.loads((onnx_hard / "onnx.json").read_text())
-    assert len(report["int8_modules"]) == 12 and report["int8"] and report["optimize"]
+    assert len(report["int8_modules"]) == 12 and report["int8"] and not report["fuse"]
     feed = {k: v.clamp(max=load_model(str(hard)).config.vocab_size - 1) for k, v in inputs().items()}
     torch.testing.assert_close(run(onnx_hard, feed), run(onnx_packed, feed), atol=1e-6, rtol=1e-6)
     with torch.no_grad():  # the saved hardened weights are read back, not projected again
