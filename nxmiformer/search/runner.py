@@ -27,7 +27,9 @@ from ..compression import CONVENTIONS, CompressionPlan, RatioTarget
 from ..errors import NxmiError
 from ..outputs import atomic_file, write_json
 from ..records import TrialRecord, records_frame, write_records
-from ..trials.config import DataConfig, DenseConfig, TrialConfig, check_device, check_precision, default_cache_dir
+from ..trials.config import (
+    PRECISION_HELP, DataConfig, DenseConfig, TrialConfig, check_device, check_precision, default_cache_dir,
+)
 from ..trials.data import get_task
 from .cluster import cluster_cpus, ray_session
 from .profile import PROXIES, menu_for, parse_menu
@@ -98,9 +100,7 @@ class SearchConfig:
     cpus_per_trial: int = field(default=1, metadata=_help("CPUs (and torch threads) per trial"))
     gpus_per_trial: float = field(default=0.0, metadata=_help(
         "GPUs Ray reserves per trial and per profiling task; fractional packs several on one GPU (0.25: 4 each)"))
-    precision: str = field(default="fp32", metadata=_help(
-        "of the warm start's and the trials' training forward: fp32, or bf16 autocast (matmuls in bf16; "
-        "fake-quant, losses, ADMM and optimizer in fp32; evaluation in fp32)"))
+    precision: str = field(default="fp32", metadata=_help(PRECISION_HELP))  # warm start and trials
     device: str = field(default="auto", metadata=_help(
         "where the warm start, trials and profiles run: auto (CUDA where the process sees a GPU: a trial sees "
         "the GPU Ray assigns it, none without --gpus-per-trial), cpu, or cuda"))
