@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import NxmiError
+from ..errors import NxmiError, first_line
 from .layer import CompressedLinear, compressed_modules, to_dense_
 from .pack import GRID_TOLERANCE
 from .quant import quantize_to_int
@@ -96,7 +96,7 @@ class OnnxExport:
 
     def summary(self) -> str:
         kept = f", {len(self.fp32_modules)} compressed modules kept fp32" if self.fp32_modules else ""
-        return (f"{self.path}: {len(self.int8_modules)} modules on int8 MatMulInteger{kept}; check batch: "
+        return (f"{self.path}: {len(self.int8_modules)} modules on int8 kernels{kept}; check batch: "
                 f"max |logit difference| {self.max_logit_diff:.3g} vs the PyTorch model, "
                 f"argmax agreement {self.agreement:.2%}")
 
@@ -119,7 +119,11 @@ def _export_fp32(model: nn.Module, names: tuple[str, ...], path: Path, fuse: boo
     """The fp32 graph of a plain (unwrapped) model: PyTorch's TorchScript-based exporter over the
     eager attention (the graph ONNX Runtime's BERT fusions recognise), then, with ``fuse``,
     those fusions (``Attention``, ``EmbedLayerNormalization``, ``SkipLayerNormalization``,
-    ``BiasGelu``: ONNX Runtime contrib operators)."""
+    ``BiasGelu``: ONNX Runtime contrib operators).
+
+    The TorchScript-based exporter is the one whose BERT graph those fusions and the int8 rewrite
+    are tested on; PyTorch has deprecated it in favour of the ``torch.export`` one (whose graph of
+    the same model ONNX Runtime 1.32 does not fuse)."""
     model = copy.deepcopy(model)
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")
@@ -133,6 +137,8 @@ def _export_fp32(model: nn.Module, names: tuple[str, ...], path: Path, fuse: boo
             torch.onnx.export(model, tuple(example[name] for name in names), str(path), input_names=list(names),
                               output_names=["logits"], dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names},
                               opset_version=OPSET, dynamo=False)
+    except Exception as exc:  # the exporter raises many types for a model it cannot trace
+        raise NxmiError(f"torch.onnx.export cannot export {type(model).__name__}: {first_line(exc)}") from exc
     finally:
         exporter_log.setLevel(level)
     if fuse:

@@ -185,10 +185,10 @@ def test_cli_exports_a_hardened_and_a_packed_directory_alike(tiny_model_dir, syn
     assert main(["compress", "--model", str(tiny_model_dir), "--plan", "4:8:int4", "--out", str(hard)]) == 0
     pack_dir(hard, packed)
     assert main(["onnx", "--model", str(hard), "--out", str(onnx_hard)]) == 0
-    assert "12 modules on int8" in capsys.readouterr().out
+    assert "12 modules on int8 kernels" in capsys.readouterr().out
     export_onnx_dir(packed, onnx_packed)
     assert main(["onnx", "--model", str(packed), "--out", str(tmp_path / "fused"), "--fuse"]) == 0
-    assert "12 modules on int8" in capsys.readouterr().out
+    assert "12 modules on int8 kernels" in capsys.readouterr().out
     names = {p.name for p in onnx_hard.iterdir()}
     assert {"model.onnx", "config.json", "tokenizer.json", "plan.json", "onnx.json"} <= names
     report = json.loads((onnx_hard / "onnx.json").read_text())
