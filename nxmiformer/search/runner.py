@@ -470,8 +470,9 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         write_records(results, out / "results.parquet")
         correlation = proxy_correlation(results, table, config.objective)
         _update_state(state_file, proxy_spearman=correlation)
+        shown = [f"{k} {v:+.2f}" for k, v in correlation.items() if k in PROXIES and not math.isnan(v)]
         _say(progress, "      proxy rank correlation with the trials' " + config.objective + ": "
-             + ", ".join(f"{k} {v:+.2f}" for k, v in correlation.items() if k in PROXIES))
+             + (", ".join(shown) or "none (it needs 3 completed trials that differ)"))
 
     _check_reference(dense, results, config, state_file, progress)
     return SearchResult(results, best_trial(results, config), out, time.perf_counter() - start)
