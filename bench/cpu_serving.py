@@ -63,7 +63,8 @@ def main() -> int:
     dense = load_model(str(dense_result.path)).eval()
     if args.model:
         hardened = load_for_export(args.model)
-        source = f"{args.model} ({CompressionPlan.load(Path(args.model) / 'plan.json').summary()})"
+        plan_file = Path(args.model) / "plan.json"
+        source = f"{args.model} ({CompressionPlan.load(plan_file).summary() if plan_file.is_file() else 'dense'})"
     else:
         hardened = copy.deepcopy(dense)
         compress_(hardened, CompressionPlan.uniform(hardened, LayerSpec.parse(args.plan)))

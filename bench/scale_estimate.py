@@ -26,6 +26,7 @@ measured.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -93,7 +94,7 @@ def main() -> int:
 
     hf_logging.set_verbosity_error()
     layers = 12
-    data = {**DataConfig(task="sst2", data_dir=args.data_dir, max_length=args.length, seed=0).__dict__}
+    data = dataclasses.asdict(DataConfig(task="sst2", data_dir=args.data_dir, max_length=args.length, seed=0))
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = bert_base_dir(Path(tmp))
         modules = compressible_modules(skeleton(model_dir))

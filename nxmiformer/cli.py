@@ -177,7 +177,9 @@ def cmd_evaluate(args) -> int:
     from .trials.loop import resolve_device
 
     check_device(args.device)
-    if (Path(args.model) / "model.onnx").is_file():  # nxmi onnx --out: run by ONNX Runtime, on CPU
+    from .compression.onnx_export import ONNX_FILE
+
+    if (Path(args.model) / ONNX_FILE).is_file():  # nxmi onnx --out: run by ONNX Runtime, on CPU
         from transformers import AutoConfig
 
         from .compression.onnx_export import OnnxClassifier
@@ -317,8 +319,8 @@ def cmd_onnx(args) -> int:
 
     report = export_onnx_dir(args.model, args.out, int8=not args.fp32, fuse=args.fuse)
     print(report.summary())
-    for name, reason in report.fp32_modules.items():
-        if reason != "fp32 export":
+    if not args.fp32:  # with --fp32 every module is fp32 by request
+        for name, reason in report.fp32_modules.items():
             print(f"  {name}: kept fp32 ({reason})")
     print(f"saved model.onnx, config.json, the tokenizer and onnx.json to {args.out}; "
           f"run it with onnxruntime.InferenceSession, or nxmi evaluate --model {args.out}")

@@ -47,14 +47,6 @@ OPSET = 18
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def _require_onnx():
-    try:
-        import onnx
-    except ImportError:  # pragma: no cover - a dependency of the package
-        raise NxmiError("ONNX export needs the onnx package: pip install onnx onnxruntime") from None
-    return onnx
-
-
 def int8_servable(module: CompressedLinear) -> str | None:
     """Why ``module`` cannot run on the int8 pattern, or ``None`` if it can."""
     spec = module.spec
@@ -290,8 +282,9 @@ def export_onnx(model: nn.Module, path: str | Path, int8: bool = True, fuse: boo
         NxmiError: a compressed module is not hardened, or not on its spec's grid; a module
             uses activation quantization (``a8``...), which the export does not carry.
     """
-    onnx = _require_onnx()
     import inspect
+
+    import onnx
 
     path = Path(path)
     modules = compressed_modules(model)
@@ -307,8 +300,7 @@ def export_onnx(model: nn.Module, path: str | Path, int8: bool = True, fuse: boo
     report = OnnxExport(path)
     targets: dict[bytes, tuple[str, torch.Tensor, torch.Tensor]] = {}
     for name, module in modules.items():
-        reason = None if int8 else "fp32 export"
-        reason = reason or int8_servable(module)
+        reason = int8_servable(module) if int8 else "fp32 export"
         if reason is not None:
             report.fp32_modules[name] = reason
             continue
