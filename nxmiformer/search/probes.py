@@ -37,20 +37,22 @@ from ..models import skeleton
 from ..trials.config import DataConfig, default_cache_dir
 from .profile import _gather, _read_cache, _write_atomic, parse_menu, profile_key
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # 2: the trials' weight decay (was a fixed 0.01)
 COLUMNS = ["module", "layer", "component", "option", "group", "probe_loss", "probe"]
 
 
 @dataclass(frozen=True)
 class ProbeSettings:
     """How each probe trains: ``steps`` masked-QAT steps of ``batch_size`` rows at learning rate
-    ``lr`` (linear decay), over ``blocks`` blocks of layers per component type."""
+    ``lr`` (linear decay) and AdamW ``weight_decay`` (quantizer scales: none, as in the trials),
+    over ``blocks`` blocks of layers per component type."""
 
     steps: int = 16
     blocks: int = 2
     lr: float = 1e-4
     batch_size: int = 32
     seed: int = 0
+    weight_decay: float = 0.0
 
     def __post_init__(self):
         for name in ("steps", "blocks", "batch_size"):
@@ -59,6 +61,8 @@ class ProbeSettings:
                 raise NxmiError(f"probe {name} must be a positive integer, got {value!r}")
         if not self.lr > 0:
             raise NxmiError(f"probe lr must be positive, got {self.lr!r}")
+        if not self.weight_decay >= 0:
+            raise NxmiError(f"probe weight_decay must be >= 0, got {self.weight_decay!r}")
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ def run_probes(model_dir: str, data: dict, settings: dict, group: str, names: Se
             params = [p for p in model.parameters() if p.requires_grad]
             scales = {id(p) for p in scale_parameters(model)}
             optimizer = torch.optim.AdamW([
-                {"params": [p for p in params if id(p) not in scales], "weight_decay": 0.01},
+                {"params": [p for p in params if id(p) not in scales], "weight_decay": probe.weight_decay},
                 {"params": [p for p in params if id(p) in scales], "weight_decay": 0.0}], lr=probe.lr)
             schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / probe.steps))
             batches = BatchStream(glue.train, tokenizer, probe.batch_size, probe.seed).from_step(0)

@@ -217,11 +217,11 @@ class SearchConfig:
         return config.replace(eval_at=(self.rung(config.admm_steps),))
 
     def probe_settings(self):
-        """How ``--proxy probe`` trains its probes: like the trials (learning rate, batch, seed)."""
+        """How ``--proxy probe`` trains its probes: like the trials (learning rate, weight decay, batch, seed)."""
         from .probes import ProbeSettings
 
         return ProbeSettings(steps=self.probe_steps, blocks=self.probe_blocks, lr=self.lr, batch_size=self.batch_size,
-                             seed=self.seed)
+                             seed=self.seed, weight_decay=self.trial_config().weight_decay)
 
     def rung(self, admm_steps: int) -> int:
         """ASHA's one rung: halfway through the masked-QAT recovery after the projection."""
@@ -477,8 +477,17 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         _say(progress, "      proxy rank correlation with the trials' " + config.objective + ": "
              + (", ".join(shown) or "none (it needs 3 completed trials that differ)"))
 
+    _say_failures(results, progress)
     _check_reference(dense, results, config, state_file, progress)
     return SearchResult(results, best_trial(results, config), out, time.perf_counter() - start)
+
+
+def _say_failures(results: pd.DataFrame, progress: bool) -> None:
+    """One line per distinct error of the trials that failed (e.g. a full disk), which Tune
+    otherwise leaves in the trials' logs."""
+    failed = results[results["status"] == "error"]
+    for error, count in failed["error"].fillna("").value_counts().items():
+        _say(progress, f"      {count} of {len(results)} trials failed: {error or 'no error message'}")
 
 
 def best_trial(results: pd.DataFrame, config: SearchConfig) -> pd.Series | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -97,6 +98,11 @@ def test_probes_are_cached_and_new_options_or_settings_extend_or_rekey(setup):
     longer = probe_sensitivity(model_dir, data, ("dense", "2:4:int8"), ProbeSettings(steps=3, blocks=1, batch_size=8),
                                cache_dir=cache, progress=False)
     assert longer.path != first.path and longer.computed > 0
+    plain, decayed = (probe_sensitivity(model_dir, data, ("2:4:int8",),
+                                        ProbeSettings(steps=2, blocks=1, batch_size=8, lr=1e-2, weight_decay=wd),
+                                        cache_dir=cache, progress=False) for wd in (0.0, 0.5))
+    assert decayed.path != plain.path and decayed.computed > 0
+    assert not np.allclose(decayed.table["probe"], plain.table["probe"], rtol=1e-4, atol=0)  # it reaches the optimizer
     assert not list(first.path.parent.glob(".*.tmp"))
 
 
@@ -118,6 +124,7 @@ def test_probes_on_ray_tasks_match_in_process(setup):
 
 @pytest.mark.parametrize("changes,needle", [
     ({"steps": 0}, "probe steps"), ({"blocks": True}, "probe blocks"), ({"lr": 0.0}, "probe lr"),
+    ({"weight_decay": -0.1}, "probe weight_decay"),
 ])
 def test_bad_probe_settings(changes, needle):
     with pytest.raises(NxmiError, match=needle):

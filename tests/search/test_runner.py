@@ -122,10 +122,12 @@ def test_a_search_interrupted_in_the_optuna_stage_resumes_it(local_ray, assets, 
     assert any(s[1] != "0" for s in refined)  # the interrupted refined trial resumed from its checkpoint
 
 
-def test_a_trial_with_a_nan_loss_is_recorded_and_the_search_goes_on(local_ray, assets, tmp_path):
+def test_a_trial_with_a_nan_loss_is_recorded_and_the_search_goes_on(local_ray, assets, tmp_path, capsys):
     out = tmp_path / "run"
-    result = run_search(config(assets, out, trials=3, asha=False), progress=False,
+    result = run_search(config(assets, out, trials=3, asha=False), progress=True,
                         wrap_trainable=inject(out, candidate=1, nonfinite=True))
+    said = [line for line in capsys.readouterr().out.splitlines() if "trials failed" in line]
+    assert len(said) == 1 and "1 of 3 trials failed:" in said[0] and "non-finite loss" in said[0]
     assert len(result.results) == 3
     failed = result.results[result.results["status"] == "error"]
     assert len(failed) == 1 and "non-finite loss" in failed["error"].iloc[0]
