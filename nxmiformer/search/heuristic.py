@@ -189,6 +189,7 @@ def solve_mckp(
     budget: float,
     forbidden: Iterable[Sequence[int]] = (),
     min_hamming: int = 1,
+    min_cost: float = -np.inf,
 ) -> np.ndarray | None:
     """Exact multiple-choice knapsack: one option per row, total cost within budget, least score.
 
@@ -203,6 +204,8 @@ def solve_mckp(
         budget: the cost cap (any tolerance is the caller's, e.g. :meth:`RatioTarget.budget_bits`).
         forbidden: earlier choice vectors (length ``N``, option index per row) to exclude.
         min_hamming: how many rows must differ from each forbidden vector (>= 1).
+        min_cost: the least total cost a choice may have (default: none), e.g. to spend at
+            least what plans already measured spent.
 
     Returns:
         The chosen option index per row (``int`` array of length ``N``), or ``None`` when no
@@ -231,6 +234,8 @@ def solve_mckp(
         return None
     if np.where(allowed, costs, np.inf).min(axis=1).sum() > budget:
         return None
+    if np.where(allowed, costs, -np.inf).max(axis=1).sum() < min_cost or min_cost > budget:
+        return None
     if forbidden and min_hamming > n_rows:
         return None
 
@@ -247,7 +252,7 @@ def solve_mckp(
     one_per_row = sparse.csr_array((np.ones(n_vars), (rows, np.arange(n_vars))), shape=(n_rows, n_vars))
     base = [
         LinearConstraint(one_per_row, 1, 1),
-        LinearConstraint(costs[rows, cols][None, :] / cost_scale, -np.inf, budget / cost_scale),
+        LinearConstraint(costs[rows, cols][None, :] / cost_scale, min_cost / cost_scale, budget / cost_scale),
     ]
     var_index = {(int(i), int(j)): v for v, (i, j) in enumerate(zip(rows, cols))}
 
@@ -275,9 +280,9 @@ def solve_mckp(
         x = np.zeros((n_rows, n_opts))
         x[rows, cols] = res.x
         choice = np.argmax(x, axis=1)
-        if costs[np.arange(n_rows), choice].sum() <= budget:
+        if min_cost <= costs[np.arange(n_rows), choice].sum() <= budget:
             return choice
-        # HiGHS accepted a choice over budget within its own feasibility tolerance: exclude
+        # HiGHS accepted a choice over budget (or under min_cost) within its own feasibility tolerance: exclude
         # exactly that vector (Hamming 1) and ask again, which keeps the answer exact.
         cuts.append(cut(choice, 1))
     raise RuntimeError("HiGHS kept returning choices over budget; the cost scale is ill-conditioned")

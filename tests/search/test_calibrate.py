@@ -98,3 +98,36 @@ def test_new_plans_stay_within_the_options_the_trials_tried(world, trained_optio
         assert target <= plan_ratio(plan, problem.modules, "paper") + 1e-9
         used = {str(plan.spec_for(m)) for m in problem.modules["module"]}
         assert (used <= set(trained_options)) == inside, used
+
+
+def test_new_plans_spend_at_least_what_the_cheapest_trained_plan_spent(world):
+    """Trials that all sit near the budget, and an objective that happens to favour the most
+    compressed options: the fit would spend fewer bits than any trial did; the floor stops it."""
+    problem, _, rng = world
+    from nxmiformer.search.heuristic import solve_mckp
+
+    target = RatioTarget(0.90, "paper")
+    costs, budget = problem.costs["paper"], target.budget_bits(problem.dense_bits)
+    index = {str(s): k for k, s in enumerate(problem.menu)}
+    rows = np.arange(len(problem.modules))
+    allowed = np.full(costs.shape, np.inf)
+    allowed[:, [index["2:4:int8"], index["4:8:int4"], index["1:4:int8"]]] = 0.0
+    plans, spent = [], []
+    for _ in range(6):  # 4- and 2-bit options mixed at random, each plan within 5% of the budget
+        c = solve_mckp(costs, allowed + rng.random(costs.shape), budget, min_cost=0.95 * budget)
+        plans.append(problem.plan(c))
+        spent.append(costs[rows, c].sum())
+    # the objective falls with the 2-bit share: the fit learns "fewer bits, better"
+    observed = [-(np.array([str(p.spec_for(m)) for m in problem.modules["module"]]) != "2:4:int8").sum() for p in plans]
+    results = pd.DataFrame({"status": "completed", "plan_json": [p.to_json(indent=None) for p in plans],
+                            "selection_loss": observed})
+    from nxmiformer.search.calibrate import _seen
+
+    region = np.where(_seen(problem, plans), fit_corrections(problem, plans, np.array(observed, float)), np.inf)
+    unconstrained = solve_mckp(costs, region, budget)
+    assert costs[rows, unconstrained].sum() < min(spent)  # without the floor the knapsack goes below every trial
+    new = calibrated_candidates(problem, target, results, "selection_loss", count=2)
+    assert len(new) == 2
+    for plan in new:
+        choice = np.array([index[str(plan.spec_for(m))] for m in problem.modules["module"]])
+        assert min(spent) - 1e-6 <= costs[rows, choice].sum() <= budget

@@ -530,3 +530,22 @@ def test_bad_counts(table):
         generate_candidates(sensitivity, modules, 0.9, n_best=0)
     with pytest.raises(NxmiError, match="min_hamming"):
         generate_candidates(sensitivity, modules, 0.9, min_hamming=0)
+
+
+@pytest.mark.parametrize("n,k,integer_costs,inf_rate", MCKP_CASES)
+def test_solve_mckp_with_a_cost_floor_matches_brute_force(n, k, integer_costs, inf_rate):
+    rng = np.random.default_rng(11 + n * 100 + k * 10 + int(integer_costs))
+    for _ in range(3):
+        costs, scores = random_instance(rng, n, k, integer_costs, inf_rate)
+        levels = budgets(costs)
+        budget = levels[4]
+        for floor in (levels[1], levels[2], levels[3], budget, budget + 1.0):
+            ref = [(s, c) for s, c in brute_force_all(costs, scores, budget)
+                   if sum(costs[i, j] for i, j in enumerate(c)) >= floor - 1e-9 * abs(floor)]
+            got = solve_mckp(costs, scores, budget, min_cost=floor)
+            if not ref:
+                assert got is None
+                continue
+            spent = costs[np.arange(n), got].sum()
+            assert floor - 1e-9 * abs(floor) <= spent <= budget + 1e-9 * abs(budget)
+            assert scores[np.arange(n), got].sum() == pytest.approx(ref[0][0], abs=1e-9)
