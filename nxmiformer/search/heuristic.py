@@ -285,7 +285,7 @@ def solve_mckp(
         # HiGHS accepted a choice over budget (or under min_cost) within its own feasibility tolerance: exclude
         # exactly that vector (Hamming 1) and ask again, which keeps the answer exact.
         cuts.append(cut(choice, 1))
-    raise RuntimeError("HiGHS kept returning choices over budget; the cost scale is ill-conditioned")
+    raise RuntimeError("HiGHS kept returning choices outside the cost bounds; the cost scale is ill-conditioned")
 
 
 def generate_candidates(
