@@ -8,8 +8,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from nxmiformer.compression import CompressionPlan, RatioTarget
-from nxmiformer.search.calibrate import CALIBRATED, calibrated_candidates, fit_corrections
-from nxmiformer.search.heuristic import build_problem, modules_frame, plan_ratio
+from nxmiformer.search.calibrate import CALIBRATED, _seen, calibrated_candidates, fit_corrections
+from nxmiformer.search.heuristic import build_problem, modules_frame, plan_ratio, solve_mckp
 from tests.conftest import tiny_bert
 
 MENU = ("dense:int8", "2:4:int8", "2:4:int4", "4:8:int4", "1:4:int8")
@@ -64,8 +64,6 @@ def test_new_candidates_meet_the_target_avoid_the_hidden_cost_and_are_new(world)
                             "selection_loss": [truth[rows, c].sum() for c in choices]})
     target = RatioTarget(0.9, "paper")
     ffn_out = problem.modules.loc[problem.modules["component"] == "ffn_out", "module"]
-    from nxmiformer.search.heuristic import solve_mckp
-
     proxy_best = problem.plan(solve_mckp(problem.costs["paper"], problem.scores, target.budget_bits(problem.dense_bits)))
     assert any(str(proxy_best.spec_for(m)) == "2:4:int4" for m in ffn_out)  # the proxy alone walks into it
     new = calibrated_candidates(problem, target, results, "selection_loss", count=3)
@@ -104,8 +102,6 @@ def test_new_plans_spend_at_least_what_the_cheapest_trained_plan_spent(world):
     """Trials that all sit near the budget, and an objective that happens to favour the most
     compressed options: the fit would spend fewer bits than any trial did; the floor stops it."""
     problem, _, rng = world
-    from nxmiformer.search.heuristic import solve_mckp
-
     target = RatioTarget(0.90, "paper")
     costs, budget = problem.costs["paper"], target.budget_bits(problem.dense_bits)
     index = {str(s): k for k, s in enumerate(problem.menu)}
@@ -121,8 +117,6 @@ def test_new_plans_spend_at_least_what_the_cheapest_trained_plan_spent(world):
     observed = [-(np.array([str(p.spec_for(m)) for m in problem.modules["module"]]) != "2:4:int8").sum() for p in plans]
     results = pd.DataFrame({"status": "completed", "plan_json": [p.to_json(indent=None) for p in plans],
                             "selection_loss": observed})
-    from nxmiformer.search.calibrate import _seen
-
     region = np.where(_seen(problem, plans), fit_corrections(problem, plans, np.array(observed, float)), np.inf)
     unconstrained = solve_mckp(costs, region, budget)
     assert costs[rows, unconstrained].sum() < min(spent)  # without the floor the knapsack goes below every trial
