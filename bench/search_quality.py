@@ -16,8 +16,10 @@ early stopping, so no arm loses a trial to ASHA):
 Every arm chooses its plan on the selection rows (held out of training; the search's objective)
 and is reported on the full validation split, which decides nothing. The dense warm start and the
 profile are computed once per task and shared (cache). Prints one table: each arm's chosen plan,
-its validation metric and retention, the difference search minus the best baseline with a
-standard error (binomial, unpaired: conservative), and each proxy's Spearman rank correlation
+its validation metric and retention, the difference search minus the best baseline with its
+standard error: paired (a bootstrap over the validation rows of both plans' predictions, which
+the trial records keep) and, beside it, unpaired (binomial, as if the rows were independent:
+conservative); ``differences.csv`` holds them. And each proxy's Spearman rank correlation
 between predicted plan cost and the final selection loss over every trial of the three arms.
 """
 
@@ -112,6 +114,7 @@ def main() -> int:
                     "n_val": n_val, "ratio_paper": float("nan") if best is None else best["ratio_paper"],
                     "kind": "" if best is None else best["kind"],
                     "plan": "" if best is None else best["plan_summary"], "wall_s": result.wall_time,
+                    "predictions": "" if best is None else best.get("predictions", ""),
                 })
                 pd.DataFrame(rows).to_csv(out / "summary.csv", index=False)  # so far: a long run that stops keeps its arms
             profile = _profile_of(out / f"{task}-{target}-{arms[0]}", args)
@@ -124,8 +127,9 @@ def main() -> int:
         shown = table.copy()
         for col in ("retention", "ratio_paper"):
             shown[col] = shown[col].map(lambda v: f"{v:.2%}")
-        print(shown.drop(columns=["n_val"]).to_string(index=False))
+        print(shown.drop(columns=["n_val", "predictions"]).to_string(index=False))
     print()
+    differences = []
     for (task, target), group in table.groupby(["task", "target"]):
         by_arm = group.set_index("arm")
         baselines = [a for a in ("uniform", "grid") if a in by_arm.index]
@@ -136,11 +140,16 @@ def main() -> int:
             diff = by_arm.loc[arm, "retention"] - by_arm.loc[best, "retention"]
             se = _standard_error(by_arm.loc[arm, "accuracy"], by_arm.loc[best, "accuracy"], by_arm.loc[arm, "n_val"])
             dense = by_arm.loc[arm, "primary"] / by_arm.loc[arm, "retention"]
+            paired = _paired_standard_error(task, args.data_dir, by_arm.loc[arm, "predictions"],
+                                            by_arm.loc[best, "predictions"]) / dense
             print(f"{task} {target:.3%}: {arm} - best baseline ({best}) {diff:+.2%} retention "
-                  f"(+- {se / dense:.2%}, one standard error)")
+                  f"(+- {paired:.2%} paired on the same rows, +- {se / dense:.2%} unpaired; one standard error)")
+            differences.append({"task": task, "target": target, "arm": arm, "baseline": best, "difference": diff,
+                                "se_paired": paired, "se_unpaired": se / dense})
     print("\nproxy rank correlation (Spearman, predicted plan cost vs final selection loss, all arms' trials):")
     print(pd.DataFrame(correlations).to_string(index=False))
     table.to_csv(out / "summary.csv", index=False)
+    pd.DataFrame(differences).to_csv(out / "differences.csv", index=False)
     pd.DataFrame(correlations).to_csv(out / "proxies.csv", index=False)
     return 0
 
@@ -157,6 +166,32 @@ def _standard_error(p1, p2, n: int) -> float:
     import math
 
     return math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n)
+
+
+def _paired_standard_error(task: str, data_dir, first: str, second: str, draws: int = 2000) -> float:
+    """Bootstrap standard error of the difference in the task's primary metric between two
+    models' predictions (JSON lists, the records' ``predictions``) on the same validation rows:
+    the rows are resampled together, so what both models get right or wrong cancels. NaN when
+    either lacks predictions (a record written before they were kept)."""
+    import numpy as np
+
+    from nxmiformer.trials.data import get_task, load_glue
+    from nxmiformer.trials.metrics import compute_metrics
+
+    if not isinstance(first, str) or not isinstance(second, str) or not first or not second:
+        return float("nan")
+    split = get_task(task).validation_splits[0]
+    labels = np.asarray(load_glue(task, data_dir=data_dir, splits=[split])[split]["label"])
+    a, b = np.asarray(json.loads(first)), np.asarray(json.loads(second))
+    if not len(a) == len(b) == len(labels):
+        return float("nan")
+    rng = np.random.default_rng(0)
+    diffs = []
+    for _ in range(draws):
+        rows = rng.integers(0, len(labels), len(labels))
+        diffs.append(compute_metrics(task, a[rows], labels[rows])["primary"]
+                     - compute_metrics(task, b[rows], labels[rows])["primary"])
+    return float(np.std(diffs, ddof=1))
 
 
 def _finished(search_dir: Path):

@@ -5,9 +5,9 @@ these names; the search collects one :class:`TrialRecord` per trial and writes t
 :func:`records_frame`; analysis reads them with :func:`read_records`. Neither side renames or
 re-derives a column, and analysis never imports the search to know the schema.
 
-Versions: ``record_version`` 2 is this schema. Version 1 files (written before the column
-existed, with the same columns less ``record_version``) are read and upgraded; a file of a
-newer version is refused with a message naming it.
+Versions: ``record_version`` 3 is this schema (version 2 lacked ``predictions``). Older files
+(version 1 also lacks ``record_version``) are read and upgraded, their missing columns taking the
+defaults; a file of a newer version is refused with a message naming it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pandas as pd
 from .errors import NxmiError, first_line
 from .outputs import atomic_file
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 # the columns every version has; a table without them is not a search's results table
 REQUIRED_COLUMNS = (
     "trial_id", "status", "kind", "plan_json", "plan_summary", "ratio_paper", "ratio_storage", "primary",
@@ -76,6 +76,10 @@ class TrialRecord:
     duplicate_of: str = field(default="", metadata=_doc(
         "for a refined sample that repaired to an already-trained plan: that trial's id (its result, not retrained)",
         "object"))
+    predictions: str = field(default="", metadata=_doc(
+        "the trial's prediction on each row of the validation split, in order (JSON list of class ids, or scores "
+        "for a regression task); empty when not reported. Two trials' lists on the same rows give a paired "
+        "difference", "object"))
     record_version: int = field(default=RECORD_VERSION, metadata=_doc("schema version of this record", "int64"))
 
     @classmethod
@@ -113,7 +117,7 @@ class TrialRecord:
             wall_time=_num(given.get("time_total_s")), node_id=str(given.get("node_id", "")),
             selection_primary=_num(given.get("selection_primary")), selection_loss=_num(given.get("selection_loss")),
             selection_kl=_num(given.get("selection_kl")), admm_distance=_num(given.get("admm_distance")), admm_mask_agreement=_num(given.get("admm_mask_agreement")),
-            duplicate_of=str(given.get("duplicate_of", "")),
+            duplicate_of=str(given.get("duplicate_of", "")), predictions=str(given.get("predictions", "")),
         )
 
 

@@ -3,6 +3,7 @@ stream, the training step, evaluation, and losses."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -139,12 +140,15 @@ def predict(model: nn.Module, dataset, tokenizer, batch_size: int = 64) -> tuple
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 
-def evaluate(model: nn.Module, data: GlueData, tokenizer, batch_size: int = 64) -> dict[str, float]:
+def evaluate(model: nn.Module, data: GlueData, tokenizer, batch_size: int = 64,
+             keep_predictions: bool = False) -> dict[str, float]:
     """GLUE metrics of ``model`` on every validation split of ``data``.
 
     The first split's metrics are returned under their plain names (``accuracy``, ``primary``...);
     further splits (mnli's mismatched set) under ``<split>/<metric>``. Also returns ``eval_loss``
-    of the first split.
+    of the first split and, with ``keep_predictions``, ``predictions``: the first split's
+    prediction per row, in order, as a JSON list (see :func:`encode_predictions`), so that two
+    models scored on the same rows can be compared row by row (a paired difference).
     """
     out: dict[str, float] = {}
     for i, (split, dataset) in enumerate(data.eval.items()):
@@ -153,9 +157,20 @@ def evaluate(model: nn.Module, data: GlueData, tokenizer, batch_size: int = 64) 
         if i == 0:
             out.update(metrics)
             out["eval_loss"] = float(task_loss(torch.from_numpy(logits), torch.from_numpy(labels), data.task.is_regression))
+            if keep_predictions:
+                out["predictions"] = encode_predictions(logits, data.task.is_regression)
         else:
             out.update({f"{split}/{k}": v for k, v in metrics.items()})
     return out
+
+
+def encode_predictions(logits: np.ndarray, regression: bool) -> str:
+    """Predictions as a JSON list: the class id of each row (argmax), or its score for a
+    regression task (6 significant digits). :func:`nxmiformer.trials.metrics.compute_metrics` takes the
+    decoded list as it takes logits."""
+    if regression:
+        return json.dumps([float(f"{v:.6g}") for v in np.asarray(logits).reshape(len(logits), -1)[:, 0]])
+    return json.dumps(np.asarray(logits).argmax(axis=-1).astype(int).tolist(), separators=(",", ":"))
 
 
 def selection_metrics(model: nn.Module, data: GlueData, tokenizer, reference: np.ndarray | None = None,

@@ -183,8 +183,10 @@ class Trial:
             self._measure_on_schedule("qat")
 
     def measure(self, phase: str) -> dict:
-        """Evaluate the model; append the row to the history and hand it to ``report``."""
-        metrics = evaluate(self.model, self.data, self.tokenizer)
+        """Evaluate the model; append the row to the history and hand it to ``report``. The final
+        row also reports the validation ``predictions`` (not kept in the history)."""
+        metrics = evaluate(self.model, self.data, self.tokenizer, keep_predictions=phase == "final")
+        predictions = metrics.pop("predictions", None)
         row = {
             "step": self.step, "phase": phase, **metrics,
             **selection_metrics(self.model, self.data, self.tokenizer, self.reference),
@@ -194,7 +196,7 @@ class Trial:
         }
         self.history.append(row)
         if self.report is not None:
-            self.report(row, self.state)
+            self.report(row if predictions is None else row | {"predictions": predictions}, self.state)
         return row
 
     def result(self, final: dict, wall_time: float, keep_model: bool = False) -> TrialResult:

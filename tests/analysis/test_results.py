@@ -39,10 +39,19 @@ def test_missing_values_take_the_schema_defaults_and_bad_types_are_one_line(tmp_
         load_results(write_search_dir(tmp_path / "bad", synthetic_results(0).assign(steps="eight")))
 
 
+def test_a_version_2_table_reads_without_predictions(tmp_path):
+    old = synthetic_results(0).drop(columns=["predictions"]).assign(record_version=2)
+    results = load_results(write_search_dir(tmp_path / "v2", old))
+    assert results["record_version"].eq(2).all() and results["predictions"].eq("").all()
+
+
 def test_a_results_table_of_a_newer_version_is_refused_naming_it(tmp_path):
-    new = synthetic_results(0).assign(record_version=3)
-    with pytest.raises(NxmiError, match="trial-record version 3"):
-        load_results(write_search_dir(tmp_path / "v3", new))
+    from nxmiformer.records import RECORD_VERSION
+
+    newer = RECORD_VERSION + 1
+    new = synthetic_results(0).assign(record_version=newer)
+    with pytest.raises(NxmiError, match=f"trial-record version {newer}"):
+        load_results(write_search_dir(tmp_path / "newer", new))
 
 
 def test_the_search_writes_and_analysis_reads_the_same_records(tmp_path):

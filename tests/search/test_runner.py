@@ -65,6 +65,8 @@ def test_search_end_to_end(local_ray, assets, tmp_path):
     # decided on the selection rows (the objective), never on the validation rows it reports
     done = table[table["status"] == "completed"]
     assert done[["selection_primary", "selection_loss", "selection_kl"]].notna().all().all()
+    n_val = len(pd.read_parquet(assets[0] / "glue" / "sst2" / "validation.parquet"))
+    assert done["predictions"].map(lambda p: len(json.loads(p))).eq(n_val).all()  # for paired comparisons
     assert result.best["selection_primary"] == done["selection_primary"].max()
     stored = json.loads((tmp_path / "run" / "search.json").read_text())
     assert stored["objective"] == "selection_primary" and stored["selection_size"] == 8 and stored["proxy"] == "fisher"

@@ -122,9 +122,20 @@ def test_method_variants(make_config, changes, phases):
 
 
 @pytest.mark.parametrize("task,keys", [("stsb", {"pearson", "spearmanr"}), ("mnli", {"accuracy", "validation_mismatched/accuracy"}), ("cola", {"mcc"})])
-def test_other_tasks(make_config, task, keys):
-    result = run_trial("2:4:int8", make_config(task=task, steps=4))
-    assert keys <= set(result.metrics)
+def test_other_tasks(make_config, task, keys, synthetic_glue_dir):
+    import pandas as pd
+
+    from nxmiformer.trials.data import get_task
+    from nxmiformer.trials.metrics import compute_metrics
+
+    rows = []
+    result = run_trial("2:4:int8", make_config(task=task, steps=4), report=lambda row, state: rows.append(row))
+    assert keys <= set(result.metrics) and "predictions" not in result.metrics
+    # the final predictions (class ids; scores to 6 digits for stsb) give the first split's metric again
+    split = get_task(task).validation_splits[0]
+    labels = pd.read_parquet(synthetic_glue_dir / task / f"{split}.parquet")["label"].to_numpy()
+    again = compute_metrics(task, json.loads(rows[-1]["predictions"]), labels)["primary"]
+    assert again == pytest.approx(result.primary, abs=1e-3)
 
 
 def test_heterogeneous_plan(make_config, tiny_model_dir):
@@ -224,7 +235,7 @@ def test_max_scales_have_no_trained_parameter(make_config):
     assert all(m.scale is None for m in compressed_modules(result.model).values())
 
 
-def test_trials_report_the_selection_rows_and_the_kl_from_the_dense_model(make_config):
+def test_trials_report_the_selection_rows_and_the_kl_from_the_dense_model(make_config, synthetic_glue_dir):
     import dataclasses
 
     config = make_config()
@@ -235,6 +246,16 @@ def test_trials_report_the_selection_rows_and_the_kl_from_the_dense_model(make_c
     assert [r["step"] for r in rows] == [4, 6, 8]  # projection, eval_at, final
     for row in rows:
         assert {"selection_primary", "selection_loss", "selection_kl"} <= set(row) and row["selection_kl"] >= 0
+    # only the final report carries the validation predictions, and they give its metric again
+    assert ["predictions" in r for r in rows] == [False, False, True]
+    import pandas as pd
+
+    from nxmiformer.trials.metrics import compute_metrics
+
+    predictions = json.loads(rows[-1]["predictions"])
+    labels = pd.read_parquet(synthetic_glue_dir / "sst2" / "validation.parquet")["label"].to_numpy()
+    assert len(predictions) == len(labels) and set(predictions) <= {0, 1}
+    assert compute_metrics("sst2", predictions, labels)["primary"] == pytest.approx(rows[-1]["primary"])
     # the dense model's logits on the selection rows are computed once and cached beside the warm start
     dense = finetune_dense(config.data, config.dense, config.cache_dir, progress=False)
     assert len(list(dense.path.glob("selection-*.npy"))) == 1
