@@ -36,3 +36,11 @@ def cluster_cpus() -> int:
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def node_cpus() -> int:
+    """CPUs of the largest live node of the connected Ray cluster (at least 1): the most one
+    trial can use."""
+    import ray
+
+    return max([1] + [int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node.get("Alive")])

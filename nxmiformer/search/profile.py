@@ -165,9 +165,11 @@ class _Replay(nn.Module):
 
 def profile_modules(model_dir: str, data: dict, calib_size: int, batch_size: int,
                     modules: Sequence[str], options: Sequence[str], threads: int | None = None,
-                    progress: bool = False, device: str = "cpu") -> list[dict]:
-    """Measure ``modules`` x ``options`` one-shot on the calibration rows (one worker's share),
-    on ``device`` (``auto``: CUDA where this process sees a GPU)."""
+                    progress: bool = False, device: str = "cpu", oneshot: bool = True) -> list[dict]:
+    """Measure ``modules`` x ``options`` on the calibration rows (one worker's share), on
+    ``device`` (``auto``: CUDA where this process sees a GPU). Without ``oneshot`` only the
+    Fisher column is computed (no forward per option); the one-shot columns are NaN (0 for the
+    identity option)."""
     from ..models import load_model, load_tokenizer
     from ..trials.data import make_dataloader, prepare_task_data
     from ..trials.loop import model_inputs, resolve_device, task_loss
@@ -198,7 +200,9 @@ def profile_modules(model_dir: str, data: dict, calib_size: int, batch_size: int
         return loss, compute_metrics(info, logits.numpy(), labels.numpy())["primary"]
 
     cursor = {"batch": 0}
-    base_loss, base_metric = run()  # the one dense forward: fills the block-output cache
+    nan = float("nan")
+    # the one dense forward: fills the block-output cache (the Fisher column needs neither)
+    base_loss, base_metric = run() if oneshot else (nan, nan)
     for hook in hooks:
         hook.remove()
     fisher = _fisher_diagonal(model, calib, tokenizer, info.is_regression, set(modules))
@@ -221,19 +225,22 @@ def profile_modules(model_dir: str, data: dict, calib_size: int, batch_size: int
                     spec = LayerSpec.parse(option)
                     if spec.is_identity:
                         loss, metric, weighted = base_loss, base_metric, 0.0
+                        delta_loss = delta_metric = 0.0
                     else:
                         projected = project(original, spec)
                         weighted = float((fisher[name] * (original - projected) ** 2).sum())
-                        with torch.no_grad():
-                            weight.copy_(projected)
-                        loss, metric = run()
-                        with torch.no_grad():
-                            weight.copy_(original)
+                        loss = metric = nan
+                        if oneshot:
+                            with torch.no_grad():
+                                weight.copy_(projected)
+                            loss, metric = run()
+                            with torch.no_grad():
+                                weight.copy_(original)
+                        delta_loss, delta_metric = loss - base_loss, metric - base_metric
                     rows.append({"module": name, "layer": cm.layer, "component": cm.component,
                                  "out_features": cm.out_features, "in_features": cm.in_features, "option": option,
-                                 "loss": loss, "metric": metric, "delta_loss": loss - base_loss,
-                                 "delta_metric": metric - base_metric, "fisher": weighted,
-                                 "score": loss - base_loss})
+                                 "loss": loss, "metric": metric, "delta_loss": delta_loss,
+                                 "delta_metric": delta_metric, "fisher": weighted, "score": delta_loss})
                     bar.update()
         finally:
             for i, block in enumerate(originals):
@@ -286,6 +293,7 @@ def profile_sensitivity(
     progress: bool = True,
     device: str = "cpu",
     gpus_per_task: float = 0.0,
+    oneshot: bool = True,
 ) -> ProfileResult:
     """The sensitivity table of ``model_dir`` (a fine-tuned checkpoint) on ``data.task``.
 
@@ -296,9 +304,13 @@ def profile_sensitivity(
         workers: Ray tasks to spread the work over (needs ``ray.init`` first); 0 runs in-process.
         device: where the forwards run (``auto``: CUDA where the process sees a GPU; a Ray task
             sees the GPUs it reserves with ``gpus_per_task``, none without).
+        oneshot: also measure the one-shot columns (a forward per module x option: nearly all of
+            the cost). Without it only ``fisher`` is computed and the one-shot columns of new
+            rows are NaN; cached rows that have them keep them, and a later call with
+            ``oneshot`` completes the rows that lack them.
 
     Returns the table with columns ``module, layer, component, out_features, in_features,
-    option, loss, metric, delta_loss, delta_metric, score`` (score = delta_loss).
+    option, loss, metric, delta_loss, delta_metric, fisher, score`` (score = delta_loss).
     """
     start = time.perf_counter()
     model_dir = Path(model_dir)
@@ -314,7 +326,8 @@ def profile_sensitivity(
     architecture = skeleton(model_dir)
     modules = compressible_modules(architecture)
     check_options_fit(architecture, menu)
-    have = set() if table is None else set(zip(table["module"], table["option"]))
+    complete = table if table is None or not oneshot else table[table["loss"].notna()]
+    have = set() if complete is None else set(zip(complete["module"], complete["option"]))
     missing_options = [o for o in menu if any((cm.name, o) not in have for cm in modules)]
     computed = 0
     if missing_options:
@@ -324,12 +337,12 @@ def profile_sensitivity(
 
             task = ray.remote(num_cpus=1, num_gpus=gpus_per_task)(profile_modules)
             shares = _split_work(modules, workers)
-            refs = [task.remote(str(model_dir), data_dict, calib_size, batch_size, share, missing_options, 1, False, device)
-                    for share in shares]
+            refs = [task.remote(str(model_dir), data_dict, calib_size, batch_size, share, missing_options, 1, False, device,
+                                oneshot) for share in shares]
             rows = _gather(refs, progress)
         else:
             rows = profile_modules(str(model_dir), data_dict, calib_size, batch_size, [cm.name for cm in modules],
-                                   missing_options, progress=progress, device=device)
+                                   missing_options, progress=progress, device=device, oneshot=oneshot)
         new = pd.DataFrame(rows, columns=COLUMNS)
         computed = len(new)
         table = new if table is None else pd.concat([table[~table["option"].isin(missing_options)], new], ignore_index=True)

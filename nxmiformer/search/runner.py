@@ -31,7 +31,7 @@ from ..trials.config import (
     PRECISION_HELP, DataConfig, DenseConfig, TrialConfig, check_device, check_precision, default_cache_dir,
 )
 from ..trials.data import get_task
-from .cluster import cluster_cpus, ray_session
+from .cluster import cluster_cpus, node_cpus, ray_session
 from .profile import PROXIES, menu_for, parse_menu
 
 EXPERIMENT = "trials"
@@ -62,7 +62,8 @@ PRESETS = {
     # about 10 minutes on 2 CPU cores with the MiniLM default (dense warm start included)
     "quick": Preset("a ~10 minute search on 2 cores (3 candidates, 1 Optuna and 1 learned plan, x 60 steps)",
                     {"trials": 3, "refine_trials": 1, "learn_trials": 1, "steps": 60, "train_size": 2000, "eval_size": 300,
-                     "selection_size": 300, "calib_size": 128, "max_length": 64, "dense_epochs": 1.0}),
+                     "selection_size": 300, "calib_size": 128, "max_length": 64, "dense_epochs": 1.0,
+                     "oneshot_profile": False}),
 }
 
 
@@ -97,7 +98,8 @@ class SearchConfig:
     lr: float = field(default=1e-4, metadata=_help("learning rate of the trials"))
     kd_alpha: float = field(default=0.0, metadata=_help("weight of distillation from the dense model (0: off)"))
     concurrency: int | None = field(default=None, metadata=_help("concurrent trials (default: CPUs / cpus_per_trial)"))
-    cpus_per_trial: int = field(default=1, metadata=_help("CPUs (and torch threads) per trial"))
+    cpus_per_trial: int = field(default=1, metadata=_help(
+        "CPUs (and torch threads) per trial, at least: a stage with fewer trials than CPU slots gives each trial more"))
     gpus_per_trial: float = field(default=0.0, metadata=_help(
         "GPUs Ray reserves per trial and per profiling task; fractional packs several on one GPU (0.25: 4 each)"))
     precision: str = field(default="fp32", metadata=_help(PRECISION_HELP))  # warm start and trials
@@ -115,6 +117,9 @@ class SearchConfig:
         "the sensitivity the candidates are built on: oneshot (calibration-loss rise of a one-shot projection), "
         "fisher (Fisher-weighted projection error) or probe (selection-loss rise after a short masked-QAT recovery "
         "of each component x layer block x option: costs --probe-steps steps per probe)"))
+    oneshot_profile: bool = field(default=True, metadata=_help(
+        "also measure the oneshot proxy when --proxy is another (a forward per module x option: nearly all of the "
+        "profile's cost; fisher needs none), so that both proxies' rank correlations are stored with the search"))
     probe_steps: int = field(default=16, metadata=_help("--proxy probe: masked-QAT steps of each probe"))
     probe_blocks: int = field(default=2, metadata=_help("--proxy probe: blocks of layers per component type"))
     calib_size: int = field(default=256, metadata=_help("calibration rows held out of the training split"))
@@ -332,7 +337,7 @@ def _make_tuner(config: SearchConfig, trainable, param_space: dict, storage: Pat
 
     # one checkpoint per evaluation is by design; Tune's warning about it is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    trainable = tune.with_resources(trainable, trial_resources(config))
+    trainable = tune.with_resources(trainable, trial_resources(config, n_trials))
     if restore:
         return tune.Tuner.restore(str(storage / name), trainable=trainable, resume_errored=True)
     scheduler = None
@@ -358,9 +363,16 @@ def _make_tuner(config: SearchConfig, trainable, param_space: dict, storage: Pat
     )
 
 
-def trial_resources(config: SearchConfig) -> dict:
-    """What Ray reserves for each trial: ``cpus_per_trial`` CPUs and, when asked, GPUs."""
-    return {"cpu": config.cpus_per_trial} | ({"gpu": config.gpus_per_trial} if config.gpus_per_trial else {})
+def trial_resources(config: SearchConfig, n_trials: int | None = None) -> dict:
+    """What Ray reserves for each trial: ``cpus_per_trial`` CPUs and, when asked, GPUs. A CPU
+    stage of ``n_trials`` that leaves CPUs idle (fewer trials than ``cpus_per_trial`` slots, e.g.
+    a one-trial learning stage on 2 cores) shares them out: each of its trials gets
+    ``cluster CPUs // n_trials`` (at most a node's), and as many torch threads. Not with an
+    explicit ``concurrency``, nor with GPUs."""
+    cpus = config.cpus_per_trial
+    if n_trials and not config.gpus_per_trial and config.concurrency is None:
+        cpus = max(cpus, min(node_cpus(), cluster_cpus() // n_trials))
+    return {"cpu": cpus} | ({"gpu": config.gpus_per_trial} if config.gpus_per_trial else {})
 
 
 def check_cluster_gpus(config: SearchConfig) -> None:
@@ -419,11 +431,14 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         from .profile import profile_sensitivity
 
         check_cluster_gpus(config)  # a trial that cannot be placed would wait forever
-        _say(progress, f"[2/4] sensitivity profile: {len(config.options)} options, {config.calib_size} calibration rows")
+        oneshot = config.oneshot_profile or config.proxy == "oneshot"
+        _say(progress, f"[2/4] sensitivity profile: {len(config.options)} options, {config.calib_size} calibration rows"
+                       f"{'' if oneshot else ' (fisher only: no forward per option)'}")
         workers = config.profile_workers if config.profile_workers is not None else cluster_cpus()
         profile = profile_sensitivity(dense.path, data, config.options, config.calib_size, cache_dir=config.cache_root(),
                                       workers=workers, progress=progress, device=config.device,
-                                      gpus_per_task=config.gpus_per_trial)
+                                      gpus_per_task=config.gpus_per_trial,
+                                      oneshot=oneshot)
         _say(progress, f"      {profile.computed} computed, {profile.cached} from cache ({profile.wall_time:.1f}s)")
         table, probe_cost = profile.table, None
         if config.proxy == "probe":
@@ -501,14 +516,14 @@ def proxy_correlation(results: pd.DataFrame, profile: pd.DataFrame, objective: s
     """How well each proxy ranks the trained plans: Spearman's rank correlation between a plan's
     predicted cost (its modules' proxy scores, summed) and its trial's final ``objective`` (sign
     flipped for ``selection_primary``, so that +1 is a perfect ranking for every objective);
-    NaN with fewer than three completed trials, or for a proxy whose column ``profile`` lacks
-    (``probe`` unless the probes were run)."""
+    NaN with fewer than three completed trials, or for a proxy ``profile`` did not measure
+    (``probe`` unless the probes were run, ``oneshot`` without ``oneshot_profile``)."""
     from scipy.stats import spearmanr
 
     done = results[(results["status"] == "completed") & results[objective].notna()]
     out: dict = {"trials": int(len(done))}
     for proxy, column in PROXIES.items():
-        if column not in profile.columns:
+        if column not in profile.columns or profile[column].isna().all():
             out[proxy] = math.nan
             continue
         lookup = dict(zip(zip(profile["module"], profile["option"]), profile[column]))

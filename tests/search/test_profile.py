@@ -149,6 +149,28 @@ def test_fisher_proxy_weighs_the_projection_error(setup):
     assert by_option["2:4:int8"] < by_option["2:4:int4"] < by_option["1:4:int2"]
 
 
+def test_a_fisher_only_profile_skips_the_forwards_and_a_full_one_completes_it(setup, monkeypatch):
+    model_dir, data, cache = setup
+    full = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache / "full",
+                               progress=False).table
+    lean = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False,
+                               oneshot=False)
+    assert lean.computed == len(full)
+    # the same Fisher column without the forward per option; the one-shot columns are NaN but for dense
+    np.testing.assert_allclose(lean.table["fisher"], full["fisher"], rtol=1e-5, atol=1e-12)
+    is_dense = lean.table["option"] == "dense"
+    assert lean.table.loc[~is_dense, ["loss", "delta_loss", "score"]].isna().all().all()
+    assert (lean.table.loc[is_dense, "delta_loss"] == 0).all()
+    # a later call that needs the one-shot columns recomputes exactly the rows that lack them ...
+    completed = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    assert completed.computed == len(full) and completed.table["delta_loss"].notna().all()
+    pd.testing.assert_frame_equal(completed.table, full, check_exact=False, rtol=1e-5, atol=1e-8)
+    # ... and a fisher-only call is served by full rows
+    again = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False,
+                                oneshot=False)
+    assert again.computed == 0 and again.table["delta_loss"].notna().all()
+
+
 @pytest.mark.parametrize("target", [0.875, 0.9375, 0.96875])
 def test_auto_menu_brackets_the_targets_bits_per_weight(target):
     from nxmiformer.compression import LayerSpec

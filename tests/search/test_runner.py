@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -141,14 +142,19 @@ def test_a_trial_with_a_nan_loss_is_recorded_and_the_search_goes_on(local_ray, a
 
 def test_the_learning_stage_trains_new_plans_from_the_calibrated_model(local_ray, assets, tmp_path):
     out = tmp_path / "run"
-    result = run_search(config(assets, out, trials=3, learn_trials=2, asha=False), progress=False)
+    # as the quick preset runs it: a fisher-only profile, in a cache of its own (no full rows to reuse)
+    result = run_search(config(assets, out, trials=3, learn_trials=2, asha=False, oneshot_profile=False,
+                               cache_dir=str(tmp_path / "cache")), progress=False)
     table = result.results
     learned = table[table["kind"] == "calibrated"]
     assert len(table) == 5 and len(learned) == 2 and (learned["status"] == "completed").all()
     assert learned["meets_target"].all()
     plans = [dict(CompressionPlan.from_json(p)) for p in table["plan_json"]]
     assert all(plans.count(p) == 1 for p in plans)  # new plans: none trained twice
-    assert set(json.loads((out / "search.json").read_text())["proxy_spearman"]) == {"trials", "oneshot", "fisher", "probe"}
+    spearman = json.loads((out / "search.json").read_text())["proxy_spearman"]
+    assert set(spearman) == {"trials", "oneshot", "fisher", "probe"}
+    assert spearman["oneshot"] is None or math.isnan(spearman["oneshot"])  # not measured
+    assert spearman["trials"] == 5 and isinstance(spearman["fisher"], float)
 
 
 def test_a_search_on_the_probe_proxy_reports_their_cost_and_quality(local_ray, assets, tmp_path):
@@ -248,7 +254,8 @@ def test_kinds_filter_relabels_plans_found_by_several_generators():
 
 
 @pytest.mark.parametrize("extra,expected", [
-    ([], {"trials": 3, "refine_trials": 1, "learn_trials": 1, "steps": 60, "train_size": 2000}),
+    ([], {"trials": 3, "refine_trials": 1, "learn_trials": 1, "steps": 60, "train_size": 2000, "oneshot_profile": False}),
+    (["--oneshot-profile"], {"trials": 3, "oneshot_profile": True}),
     (["--steps", "9", "--refine-trials=0"], {"trials": 3, "refine_trials": 0, "steps": 9, "train_size": 2000}),
     # argparse abbreviations are explicit flags too
     (["--step", "9", "--train-s=100"], {"trials": 3, "refine_trials": 1, "steps": 9, "train_size": 100}),
@@ -296,6 +303,19 @@ def test_trials_reserve_the_gpus_asked_for(changes, expected, assets, tmp_path):
     cfg = config(assets, tmp_path / "run", **changes)
     assert trial_resources(cfg) == expected
     assert cfg.trial_config().device == cfg.dense_config().device == cfg.device  # every stage runs there
+
+
+@pytest.mark.parametrize("changes,n_trials,cpus", [
+    ({}, 1, 2), ({}, 2, 1), ({}, 3, 1),  # 2 CPUs: a one-trial stage takes both, more trials one each
+    (dict(cpus_per_trial=2), 3, 2),  # never fewer than asked for
+    (dict(concurrency=1), 1, 1),  # an explicit concurrency keeps cpus_per_trial
+    (dict(gpus_per_trial=0.5), 1, 1),
+])
+def test_a_stage_with_idle_cpus_shares_them_among_its_trials(changes, n_trials, cpus, local_ray, assets, tmp_path):
+    from nxmiformer.search.runner import trial_resources
+
+    cfg = config(assets, tmp_path / "run", **({"concurrency": None} | changes))
+    assert trial_resources(cfg, n_trials)["cpu"] == cpus
 
 
 def test_a_search_asking_for_gpus_on_a_cluster_without_any_is_refused_before_writing(assets, tmp_path, capsys):
