@@ -19,8 +19,11 @@ profile are computed once per task and shared (cache). Prints one table: each ar
 its validation metric and retention, the difference search minus the best baseline with its
 standard error: paired (a bootstrap over the validation rows of both plans' predictions, which
 the trial records keep) and, beside it, unpaired (binomial, as if the rows were independent:
-conservative); ``differences.csv`` holds them. And each proxy's Spearman rank correlation
-between predicted plan cost and the final selection loss over every trial of the three arms.
+conservative); ``differences.csv`` holds them. Beside each arm's choice, the mean validation
+retention of all its completed trials (with its standard error). And each proxy's Spearman rank correlation
+between predicted plan cost and the final selection loss over every trial of the three arms,
+with the rank correlation between the selection rows' metric and the validation metric over the
+same trials (how much a choice made on the selection rows can carry to the validation split).
 """
 
 from __future__ import annotations
@@ -114,11 +117,13 @@ def main() -> int:
                     "n_val": n_val, "ratio_paper": float("nan") if best is None else best["ratio_paper"],
                     "kind": "" if best is None else best["kind"],
                     "plan": "" if best is None else best["plan_summary"], "wall_s": result.wall_time,
+                    **_arm_mean(result.results),
                     "predictions": "" if best is None else best.get("predictions", ""),
                 })
                 pd.DataFrame(rows).to_csv(out / "summary.csv", index=False)  # so far: a long run that stops keeps its arms
             profile = _profile_of(out / f"{task}-{target}-{arms[0]}", args)
-            correlations.append({"task": task, "target": target} | proxy_correlation(pd.concat(pooled), profile))
+            correlations.append({"task": task, "target": target} | proxy_correlation(pd.concat(pooled), profile)
+                                | {"selection_vs_validation": _agreement(pd.concat(pooled))})
 
     table = pd.DataFrame(rows)
     print(f"\nMiniLM default, {args.budget} trials per arm x {args.steps} steps, {args.train_size} training rows, "
@@ -127,7 +132,8 @@ def main() -> int:
         shown = table.copy()
         for col in ("retention", "ratio_paper"):
             shown[col] = shown[col].map(lambda v: f"{v:.2%}")
-        print(shown.drop(columns=["n_val", "predictions"]).to_string(index=False))
+        shown["mean_retention"] = [f"{m:.2%} +- {se:.2%}" for m, se in zip(table["mean_retention"], table["mean_retention_se"])]
+        print(shown.drop(columns=["n_val", "predictions", "mean_retention_se"]).to_string(index=False))
     print()
     differences = []
     for (task, target), group in table.groupby(["task", "target"]):
@@ -142,11 +148,13 @@ def main() -> int:
             dense = by_arm.loc[arm, "primary"] / by_arm.loc[arm, "retention"]
             paired = _paired_standard_error(task, args.data_dir, by_arm.loc[arm, "predictions"],
                                             by_arm.loc[best, "predictions"]) / dense
+            paired_text = "no paired SE: records without predictions" if paired != paired else f"+- {paired:.2%} paired"
             print(f"{task} {target:.3%}: {arm} - best baseline ({best}) {diff:+.2%} retention "
-                  f"(+- {paired:.2%} paired on the same rows, +- {se / dense:.2%} unpaired; one standard error)")
+                  f"({paired_text}, +- {se / dense:.2%} unpaired; one standard error)")
             differences.append({"task": task, "target": target, "arm": arm, "baseline": best, "difference": diff,
                                 "se_paired": paired, "se_unpaired": se / dense})
-    print("\nproxy rank correlation (Spearman, predicted plan cost vs final selection loss, all arms' trials):")
+    print("\nproxy rank correlation (Spearman, predicted plan cost vs final selection loss, all arms' trials), and"
+          " selection_vs_validation (the selection rows' metric vs the validation metric):")
     print(pd.DataFrame(correlations).to_string(index=False))
     table.to_csv(out / "summary.csv", index=False)
     pd.DataFrame(differences).to_csv(out / "differences.csv", index=False)
@@ -166,6 +174,26 @@ def _standard_error(p1, p2, n: int) -> float:
     import math
 
     return math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n)
+
+
+def _arm_mean(results) -> dict:
+    """Mean validation retention over the arm's completed trials, and its standard error: how
+    good the arm's plans are, apart from which one its selection picked."""
+    import math
+
+    done = results.loc[results["status"] == "completed", "retention"].dropna()
+    se = float(done.std(ddof=1) / math.sqrt(len(done))) if len(done) > 1 else float("nan")
+    return {"mean_retention": float(done.mean()) if len(done) else float("nan"), "mean_retention_se": se}
+
+
+def _agreement(results) -> float:
+    """Spearman rank correlation between the selection rows' metric (what decides) and the
+    validation metric (what is reported) over completed trials: near 0, picking on the
+    selection rows cannot carry a lead to the validation split."""
+    from scipy.stats import spearmanr
+
+    done = results[(results["status"] == "completed") & results["selection_primary"].notna() & results["primary"].notna()]
+    return float(spearmanr(done["selection_primary"], done["primary"]).statistic) if len(done) >= 3 else float("nan")
 
 
 def _paired_standard_error(task: str, data_dir, first: str, second: str, draws: int = 2000) -> float:
