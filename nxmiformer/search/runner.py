@@ -365,8 +365,8 @@ def _make_tuner(config: SearchConfig, trainable, param_space: dict, storage: Pat
 
 def trial_resources(config: SearchConfig, n_trials: int | None = None) -> dict:
     """What Ray reserves for each trial: ``cpus_per_trial`` CPUs and, when asked, GPUs. A CPU
-    stage of ``n_trials`` that leaves CPUs idle (fewer trials than ``cpus_per_trial`` slots, e.g.
-    a one-trial learning stage on 2 cores) shares them out: each of its trials gets
+    stage of ``n_trials`` that would leave CPUs idle (fewer trials than the cluster has room for,
+    e.g. a one-trial learning stage on 2 cores) shares them out: each of its trials gets
     ``cluster CPUs // n_trials`` (at most a node's), and as many torch threads. Not with an
     explicit ``concurrency``, nor with GPUs."""
     cpus = config.cpus_per_trial

@@ -166,8 +166,8 @@ def evaluate(model: nn.Module, data: GlueData, tokenizer, batch_size: int = 64,
 
 def encode_predictions(logits: np.ndarray, regression: bool) -> str:
     """Predictions as a JSON list: the class id of each row (argmax), or its score for a
-    regression task (6 significant digits). :func:`nxmiformer.trials.metrics.compute_metrics` takes the
-    decoded list as it takes logits."""
+    regression task (6 significant digits). The decoded list goes to
+    :func:`nxmiformer.trials.metrics.compute_metrics` as logits would."""
     if regression:
         return json.dumps([float(f"{v:.6g}") for v in np.asarray(logits).reshape(len(logits), -1)[:, 0]])
     return json.dumps(np.asarray(logits).argmax(axis=-1).astype(int).tolist(), separators=(",", ":"))
