@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -107,7 +108,7 @@ def main() -> int:
                     result = run_search(config, progress=True)
                 pooled.append(result.results)
                 best = result.best
-                n_val = _validation_rows(args.data_dir, task)
+                n_val = len(_validation_labels(args.data_dir, task))
                 rows.append({
                     "task": task, "target": target, "arm": arm, "trials": len(result.results),
                     "completed": int((result.results["status"] == "completed").sum()),
@@ -162,10 +163,15 @@ def main() -> int:
     return 0
 
 
-def _validation_rows(data_dir, task: str) -> int:
-    from nxmiformer.trials.data import load_glue
+@functools.lru_cache(maxsize=None)
+def _validation_labels(data_dir, task: str):
+    """The labels of the task's (first) validation split, in order, read once per task."""
+    import numpy as np
 
-    return len(load_glue(task, data_dir=data_dir, splits=["validation"])["validation"])
+    from nxmiformer.trials.data import get_task, load_glue
+
+    split = get_task(task).validation_splits[0]
+    return np.asarray(load_glue(task, data_dir=data_dir, splits=[split])[split]["label"])
 
 
 def _standard_error(p1, p2, n: int) -> float:
@@ -203,13 +209,11 @@ def _paired_standard_error(task: str, data_dir, first: str, second: str, draws: 
     either lacks predictions (a record written before they were kept)."""
     import numpy as np
 
-    from nxmiformer.trials.data import get_task, load_glue
     from nxmiformer.trials.metrics import compute_metrics
 
     if not isinstance(first, str) or not isinstance(second, str) or not first or not second:
         return float("nan")
-    split = get_task(task).validation_splits[0]
-    labels = np.asarray(load_glue(task, data_dir=data_dir, splits=[split])[split]["label"])
+    labels = _validation_labels(data_dir, task)
     a, b = np.asarray(json.loads(first)), np.asarray(json.loads(second))
     if not len(a) == len(b) == len(labels):
         return float("nan")
