@@ -21,7 +21,7 @@ its validation metric and retention, the difference search minus the best baseli
 standard error: paired (a bootstrap over the validation rows of both plans' predictions, which
 the trial records keep) and, beside it, unpaired (binomial, as if the rows were independent:
 conservative); ``differences.csv`` holds them. Beside each arm's choice, the mean validation
-retention of all its completed trials (with its standard error). And each proxy's Spearman rank correlation
+retention of all its completed trials (with its standard error) and their mean selection metric. And each proxy's Spearman rank correlation
 between predicted plan cost and the final selection loss over every trial of the three arms,
 with the rank correlation between the selection rows' metric and the validation metric over the
 same trials (how much a choice made on the selection rows can carry to the validation split).
@@ -143,6 +143,7 @@ def main() -> int:
         for col in ("retention", "ratio_paper"):
             shown[col] = shown[col].map(lambda v: f"{v:.2%}")
         shown["mean_retention"] = [f"{m:.2%} +- {se:.2%}" for m, se in zip(table["mean_retention"], table["mean_retention_se"])]
+        shown["mean_selection"] = table["mean_selection"].map(lambda v: f"{v:.4f}")
         print(shown.drop(columns=["n_val", "predictions", "mean_retention_se"]).to_string(index=False))
     print()
     differences = []
@@ -193,12 +194,17 @@ def _standard_error(p1, p2, n: int) -> float:
 
 def _arm_mean(results) -> dict:
     """Mean validation retention over the arm's completed trials, and its standard error: how
-    good the arm's plans are, apart from which one its selection picked."""
+    good the arm's plans are, apart from which one its selection picked. Beside it the mean of
+    the selection rows' metric over the same trials: a lead there that the validation means do
+    not show is a lead that does not carry over."""
     import math
 
-    done = results.loc[results["status"] == "completed", "retention"].dropna()
+    completed = results[results["status"] == "completed"]
+    done = completed["retention"].dropna()
     se = float(done.std(ddof=1) / math.sqrt(len(done))) if len(done) > 1 else float("nan")
-    return {"mean_retention": float(done.mean()) if len(done) else float("nan"), "mean_retention_se": se}
+    selection = completed["selection_primary"].dropna()
+    return {"mean_retention": float(done.mean()) if len(done) else float("nan"), "mean_retention_se": se,
+            "mean_selection": float(selection.mean()) if len(selection) else float("nan")}
 
 
 def _agreement(results) -> float:
