@@ -21,8 +21,9 @@ its validation metric and retention, the difference search minus the best baseli
 standard error: paired (a bootstrap over the validation rows of both plans' predictions, which
 the trial records keep) and, beside it, unpaired (binomial, as if the rows were independent:
 conservative); ``differences.csv`` holds them. Beside each arm's choice, the mean validation
-retention of all its completed trials (with its standard error) and their mean selection metric. And each proxy's Spearman rank correlation
-between predicted plan cost and the final selection loss over every trial of the three arms,
+retention of all its completed trials (with its standard error) and their mean selection metric.
+And each proxy's Spearman rank correlation between predicted plan cost and the final selection
+loss over every trial of the three arms,
 with the rank correlation between the selection rows' metric and the validation metric over the
 same trials (how much a choice made on the selection rows can carry to the validation split).
 """
@@ -79,8 +80,8 @@ def main() -> int:
         print(f"--stage2 must be in [0, --budget), got {args.stage2}", file=sys.stderr)
         return 2
     if "optuna" in arms and args.stage2 == 0:
-        print("the optuna arm needs --stage2 >= 1 (its Optuna trials); without them it repeats the search arm",
-              file=sys.stderr)
+        print(f"--stage2 {args.stage2} with the optuna arm: it needs --stage2 >= 1 (its Optuna trials); "
+              "without them it repeats the search arm", file=sys.stderr)
         return 2
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.reuse:
