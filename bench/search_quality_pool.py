@@ -1,0 +1,157 @@
+"""Pool several ``search_quality.py`` runs (one per seed): is the search's lead more than noise?
+
+Each DIR is the ``--out`` of one ``bench/search_quality.py`` run. For every (run, task, target)
+cell that has the ``search`` arm and a baseline arm (``uniform``, ``grid``), this prints
+
+* ``chosen``: the search arm's chosen plan minus the better baseline arm's chosen plan, in points
+  of retention on the full validation split, with its paired standard error (a bootstrap over the
+  validation rows, resampled together for both plans): what ``search_quality.py`` reports;
+* ``family``: the mean of all the search arm's completed trials minus the same mean of the baseline
+  arm whose mean is higher, with the paired bootstrap SE: how good the plans the search proposes
+  are, apart from which one its selection rows picked;
+* ``search_regret``, ``baseline_regret``: the points each chosen plan is below its arm's best trial
+  on the validation split: what choosing on the selection rows gave up (no SE: a maximum is biased);
+
+then, per task and over every cell, the mean difference with two standard errors:
+
+* ``se_rows``: from the cells' paired SEs, sqrt(sum se^2) / cells: the validation rows' noise only;
+* ``se_cells``: the spread of the differences between cells, sd / sqrt(cells): what a new seed would
+  move, training noise and selection included (NaN for one cell).
+
+``--csv FILE`` writes the per-cell table. Runs whose arms of one name differ in trials, stages,
+steps or selection rows are refused: their differences measure different things.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from _common import add_data_dir  # noqa: E402  (also puts the repository on sys.path)
+
+BASELINES = ("uniform", "grid")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_dir(parser)
+    parser.add_argument("runs", nargs="+", help="search_quality.py --out directories, one per seed")
+    parser.add_argument("--draws", type=int, default=1000, help="bootstrap draws over the validation rows")
+    parser.add_argument("--csv", help="write the per-cell table here")
+    args = parser.parse_args()
+    if args.draws < 2:
+        print(f"--draws must be at least 2, got {args.draws}", file=sys.stderr)
+        return 2
+    try:
+        cells = collect(args.runs)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+
+    import pandas as pd
+
+    rows = [measure(cell, args.data_dir, args.draws) for cell in cells]
+    table = pd.DataFrame(rows)
+    with pd.option_context("display.width", 250, "display.max_colwidth", 60):
+        print(table.drop(columns=["run"]).round(2).to_string(index=False))
+    print()
+    for (task, target), group in [(("all", ""), table)] + list(table.groupby(["task", "target"])):
+        for what in ("chosen", "family"):
+            p = pool(group[what], group[f"{what}_se"])
+            print(f"{task} {target}: {what} mean {p['mean']:+.2f} points over {p['cells']} cells "
+                  f"(se_rows {p['se_rows']:.2f}, se_cells {p['se_cells']:.2f}); >= 0 in {p['at_least_zero']} of {p['cells']}")
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    return 0
+
+
+def collect(runs: list[str]) -> list[dict]:
+    """The (run, task, target) cells of ``runs``: each arm's directory, settings checked alike.
+
+    Raises ``ValueError`` (one line) for a directory that is not a finished run, a cell without
+    the search arm or a baseline, or runs whose arms of one name differ in trials, stages, steps or
+    selection rows."""
+    from nxmiformer.search import SearchConfig
+
+    cells: dict[tuple, dict] = {}
+    settings: dict[str, dict[str, str]] = {}  # arm -> its settings -> the first run with them
+    for run in runs:
+        arm_dirs = sorted(p for p in Path(run).glob("*-*-*") if (p / "results.parquet").is_file())
+        if not arm_dirs:
+            raise ValueError(f"{run} holds no finished search_quality arm (<task>-<target>-<arm>/results.parquet)")
+        for arm_dir in arm_dirs:
+            task, target, arm = arm_dir.name.rsplit("-", 2)
+            config = SearchConfig.load(arm_dir)
+            setting = (f"{config.trials} + {config.learn_trials} learned + {config.refine_trials} Optuna trials x "
+                       f"{config.steps} steps, {config.selection_size} selection rows")
+            settings.setdefault(arm, {}).setdefault(setting, run)
+            cell = cells.setdefault((run, task, target), {"run": run, "task": task, "target": target,
+                                                         "seed": config.seed, "arms": {}})
+            cell["arms"][arm] = arm_dir
+    for arm, seen in settings.items():
+        if len(seen) > 1:
+            raise ValueError(f"the {arm} arms differ: " + "; ".join(f"{s} in {r}" for s, r in seen.items()))
+    for cell in cells.values():
+        if "search" not in cell["arms"] or not set(BASELINES) & set(cell["arms"]):
+            raise ValueError(f"{cell['run']} {cell['task']} {cell['target']}: needs the search arm and one of "
+                             f"{', '.join(BASELINES)}, has {', '.join(sorted(cell['arms']))}")
+    return list(cells.values())
+
+
+def measure(cell: dict, data_dir: str, draws: int) -> dict:
+    """One cell's ``chosen`` and ``family`` differences (points of retention) with paired bootstrap SEs."""
+    import numpy as np
+    from search_quality import _finished, _validation_labels
+
+    from nxmiformer.trials.metrics import compute_metrics
+
+    labels = _validation_labels(data_dir, cell["task"])
+    arms = {}
+    for arm, arm_dir in cell["arms"].items():
+        result = _finished(arm_dir)
+        done = result.results[result.results["status"] == "completed"]
+        if result.best is None or done.empty:
+            raise ValueError(f"{arm_dir}: no completed trial to compare")
+        dense = float(result.best["primary"] / result.best["retention"])
+        if "predictions" not in done or not done["predictions"].map(lambda p: isinstance(p, str) and bool(p)).all():
+            raise ValueError(f"{arm_dir}: its records keep no validation predictions (written before they were kept)")
+        predictions = [np.asarray(json.loads(p)) for p in done["predictions"]]
+        chosen = int(np.flatnonzero(done.index == result.best.name)[0])
+        arms[arm] = {"dense": dense, "predictions": predictions, "chosen": chosen,
+                     "plan": result.best["plan_summary"]}
+    rng = np.random.default_rng(0)
+    samples = [np.arange(len(labels))] + [rng.integers(0, len(labels), len(labels)) for _ in range(draws)]
+    # retention (%) of every trial of every arm on each sample of rows; sample 0 is the validation split itself
+    scores = {arm: np.array([[100 * compute_metrics(cell["task"], p[rows], labels[rows])["primary"] / a["dense"]
+                              for p in a["predictions"]] for rows in samples]) for arm, a in arms.items()}
+    baselines = [b for b in BASELINES if b in arms]
+    best_chosen = max(baselines, key=lambda b: scores[b][0, arms[b]["chosen"]])
+    best_family = max(baselines, key=lambda b: scores[b][0].mean())
+    chosen = scores["search"][:, arms["search"]["chosen"]] - scores[best_chosen][:, arms[best_chosen]["chosen"]]
+    family = scores["search"].mean(axis=1) - scores[best_family].mean(axis=1)
+    return {"run": cell["run"], "seed": cell["seed"], "task": cell["task"], "target": cell["target"],
+            "search_plan": arms["search"]["plan"], "baseline": best_chosen, "baseline_plan": arms[best_chosen]["plan"],
+            "chosen": chosen[0], "chosen_se": chosen[1:].std(ddof=1),
+            "family_baseline": best_family, "family": family[0], "family_se": family[1:].std(ddof=1),
+            # points each arm's selection gave up against its best trial on the validation split
+            "search_regret": scores["search"][0].max() - scores["search"][0, arms["search"]["chosen"]],
+            "baseline_regret": scores[best_chosen][0].max() - scores[best_chosen][0, arms[best_chosen]["chosen"]]}
+
+
+def pool(differences, standard_errors) -> dict:
+    """Mean of per-cell differences with the two standard errors of the module docstring."""
+    import numpy as np
+
+    d = np.asarray(differences, dtype=float)
+    se = np.asarray(standard_errors, dtype=float)
+    k = len(d)
+    return {"cells": k, "mean": float(d.mean()), "se_rows": float(math.sqrt((se ** 2).sum()) / k),
+            "se_cells": float(d.std(ddof=1) / math.sqrt(k)) if k > 1 else math.nan,
+            "at_least_zero": int((d >= 0).sum())}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
