@@ -220,26 +220,18 @@ def _agreement(results) -> float:
 
 def _paired_standard_error(task: str, data_dir, first: str, second: str, draws: int = 2000) -> float:
     """Bootstrap standard error of the difference in the task's primary metric between two
-    models' predictions (JSON lists, the records' ``predictions``) on the same validation rows:
-    the rows are resampled together, so what both models get right or wrong cancels. NaN when
-    either lacks predictions (a record written before they were kept)."""
-    import numpy as np
-
-    from nxmiformer.trials.metrics import compute_metrics
+    models' predictions (JSON lists, the records' ``predictions``) on the same validation rows
+    (:func:`~nxmiformer.trials.metrics.paired_difference`: what both models get right or wrong
+    cancels). NaN when either lacks predictions (a record written before they were kept)."""
+    from nxmiformer.trials.metrics import paired_difference
 
     if not isinstance(first, str) or not isinstance(second, str) or not first or not second:
         return float("nan")
     labels = _validation_labels(data_dir, task)
-    a, b = np.asarray(json.loads(first)), np.asarray(json.loads(second))
+    a, b = json.loads(first), json.loads(second)
     if not len(a) == len(b) == len(labels):
         return float("nan")
-    rng = np.random.default_rng(0)
-    diffs = []
-    for _ in range(draws):
-        rows = rng.integers(0, len(labels), len(labels))
-        diffs.append(compute_metrics(task, a[rows], labels[rows])["primary"]
-                     - compute_metrics(task, b[rows], labels[rows])["primary"])
-    return float(np.std(diffs, ddof=1))
+    return paired_difference(task, a, b, labels, draws=draws)[1]
 
 
 def _finished(search_dir: Path):

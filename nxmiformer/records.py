@@ -5,9 +5,10 @@ these names; the search collects one :class:`TrialRecord` per trial and writes t
 :func:`records_frame`; analysis reads them with :func:`read_records`. Neither side renames or
 re-derives a column, and analysis never imports the search to know the schema.
 
-Versions: ``record_version`` 3 is this schema (version 2 lacked ``predictions``). Older files
-(version 1 also lacks ``record_version``) are read and upgraded, their missing columns taking the
-defaults; a file of a newer version is refused with a message naming it.
+Versions: ``record_version`` 4 is this schema (version 3 lacked ``selection_predictions``, version 2
+also ``predictions``). Older files (version 1 also lacks ``record_version``) are read and
+upgraded, their missing columns taking the defaults; a file of a newer version is refused with a
+message naming it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pandas as pd
 from .errors import NxmiError, first_line
 from .outputs import atomic_file
 
-RECORD_VERSION = 3
+RECORD_VERSION = 4
 # the columns every version has; a table without them is not a search's results table
 REQUIRED_COLUMNS = (
     "trial_id", "status", "kind", "plan_json", "plan_summary", "ratio_paper", "ratio_storage", "primary",
@@ -80,6 +81,10 @@ class TrialRecord:
         "the trial's prediction on each row of the validation split, in order (JSON list of class ids, or scores "
         "for a regression task); empty when not reported. Two trials' lists on the same rows give a paired "
         "difference", "object"))
+    selection_predictions: str = field(default="", metadata=_doc(
+        "the trial's prediction on each selection row, in order (as ``predictions``); empty when not reported. "
+        "Gives the paired standard error of one trial's lead over another on the rows the search decides on",
+        "object"))
     record_version: int = field(default=RECORD_VERSION, metadata=_doc("schema version of this record", "int64"))
 
     @classmethod
@@ -118,6 +123,7 @@ class TrialRecord:
             selection_primary=_num(given.get("selection_primary")), selection_loss=_num(given.get("selection_loss")),
             selection_kl=_num(given.get("selection_kl")), admm_distance=_num(given.get("admm_distance")), admm_mask_agreement=_num(given.get("admm_mask_agreement")),
             duplicate_of=str(given.get("duplicate_of", "")), predictions=str(given.get("predictions", "")),
+            selection_predictions=str(given.get("selection_predictions", "")),
         )
 
 

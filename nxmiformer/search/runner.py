@@ -494,7 +494,9 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
 
     _say_failures(results, progress)
     _check_reference(dense, results, config, state_file, progress)
-    return SearchResult(results, best_trial(results, config), out, time.perf_counter() - start)
+    best = best_trial(results, config)
+    _check_choice(best, results, config, dense.path, state_file, progress)
+    return SearchResult(results, best, out, time.perf_counter() - start)
 
 
 def _say_failures(results: pd.DataFrame, progress: bool) -> None:
@@ -569,6 +571,60 @@ def _check_reference(dense, results: pd.DataFrame, config: SearchConfig, state_f
                    f"means little (train it longer with --dense-epochs / --dense-patience)")
         _say(progress, f"warning: {message}")
         _update_state(state_file, warnings=[message])
+
+
+def choice_margin(best: pd.Series | None, results: pd.DataFrame, config: SearchConfig, labels) -> dict | None:
+    """How far the chosen trial ``best`` leads the runner-up on the selection rows, in the task's
+    primary metric, with the paired bootstrap standard error of that lead (both trials'
+    ``selection_predictions`` on the same ``labels``). The runner-up is the next trial by the
+    search's objective among the completed ones that meet the target, trained on another plan.
+    None without a runner-up or without the predictions (records written before they were kept)."""
+    from ..trials.metrics import paired_difference
+
+    if best is None:
+        return None
+    done = results[(results["status"] == "completed") & config.target.is_met(results[config.target.column])
+                   & (results["plan_json"] != best["plan_json"]) & results[config.objective].notna()]
+    if done.empty:
+        return None
+    runner_up = select(done, config.target, metric=config.objective)
+    first, second = (row.get("selection_predictions", "") for row in (best, runner_up))
+    if not first or not second or not isinstance(first, str) or not isinstance(second, str):
+        return None
+    lead, se = paired_difference(config.task, json.loads(first), json.loads(second), labels)
+    return {"trial_id": best["trial_id"], "runner_up": runner_up["trial_id"], "metric": "selection_primary",
+            "lead": lead, "se": se, "rows": len(labels)}
+
+
+def _selection_labels(config: SearchConfig, dense_path: Path):
+    """The labels of the search's selection rows, in the order the trials predict them."""
+    import numpy as np
+
+    from ..models import load_tokenizer
+    from ..trials.data import prepare_task_data
+
+    data = config.data_config()
+    glue = prepare_task_data(data.task, load_tokenizer(str(dense_path)), data_dir=data.data_dir,
+                             max_length=data.max_length, train_size=data.train_size, eval_size=1, seed=data.seed,
+                             include_train=False, holdout_size=data.holdout_size, selection_size=data.selection_size)
+    return np.asarray(glue.selection["labels"])
+
+
+def _check_choice(best: pd.Series | None, results: pd.DataFrame, config: SearchConfig, dense_path: Path,
+                  state_file: Path, progress: bool) -> None:
+    """Say by how much the chosen plan leads the runner-up on the selection rows, with its paired
+    standard error, and note it in search.json (``choice``): within two standard errors, which of
+    the two the search returns is decided by the rows' noise (more --selection-size narrows it)."""
+    if best is None or not best.get("selection_predictions"):  # records written before they were kept
+        return
+    margin = choice_margin(best, results, config, _selection_labels(config, dense_path))
+    if margin is None:
+        return
+    _update_state(state_file, choice=margin)
+    verdict = ("more than two standard errors" if margin["lead"] > 2 * margin["se"] else
+               f"within two: the {margin['rows']} selection rows' noise may have decided between the two")
+    _say(progress, f"      the chosen trial leads the runner-up ({margin['runner_up']}) on the selection rows by "
+                   f"{margin['lead']:+.4f} +- {margin['se']:.4f} (paired SE; {verdict})")
 
 
 def _refine(config: SearchConfig, stage1: pd.DataFrame, sensitivity: pd.DataFrame, modules: pd.DataFrame,

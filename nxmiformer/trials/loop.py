@@ -174,11 +174,14 @@ def encode_predictions(logits: np.ndarray, regression: bool) -> str:
 
 
 def selection_metrics(model: nn.Module, data: GlueData, tokenizer, reference: np.ndarray | None = None,
-                      batch_size: int = 64) -> dict[str, float]:
+                      batch_size: int = 64, keep_predictions: bool = False) -> dict[str, float]:
     """What a search decides on, measured on the selection rows (none: ``{}``): the task's
     ``selection_primary`` metric, the task loss ``selection_loss`` and, given the dense warm
     start's logits on the same rows, ``selection_kl``: the mean KL divergence of the model's
-    predictions from the dense model's (squared error of the outputs for a regression task)."""
+    predictions from the dense model's (squared error of the outputs for a regression task).
+    With ``keep_predictions``, also ``selection_predictions``: the prediction per selection row,
+    in order (:func:`encode_predictions`), so that two trials' lead on these rows has a paired
+    standard error."""
     if data.selection is None:
         return {}
     logits, labels = predict(model, data.selection, tokenizer, batch_size)
@@ -188,6 +191,8 @@ def selection_metrics(model: nn.Module, data: GlueData, tokenizer, reference: np
     if reference is not None:
         out["selection_kl"] = float(distillation_loss(torch.from_numpy(logits), torch.from_numpy(reference), 1.0,
                                                       regression))
+    if keep_predictions:
+        out["selection_predictions"] = encode_predictions(logits, regression)
     return out
 
 

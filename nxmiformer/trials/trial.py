@@ -184,19 +184,21 @@ class Trial:
 
     def measure(self, phase: str) -> dict:
         """Evaluate the model; append the row to the history and hand it to ``report``. The final
-        row also reports the validation ``predictions`` (not kept in the history)."""
-        metrics = evaluate(self.model, self.data, self.tokenizer, keep_predictions=phase == "final")
-        predictions = metrics.pop("predictions", None)
+        row also reports the ``predictions`` on the validation rows and the
+        ``selection_predictions`` on the selection rows (not kept in the history)."""
+        final = phase == "final"
+        metrics = evaluate(self.model, self.data, self.tokenizer, keep_predictions=final)
+        selection = selection_metrics(self.model, self.data, self.tokenizer, self.reference, keep_predictions=final)
+        kept = {k: v.pop(k) for k, v in (("predictions", metrics), ("selection_predictions", selection)) if k in v}
         row = {
-            "step": self.step, "phase": phase, **metrics,
-            **selection_metrics(self.model, self.data, self.tokenizer, self.reference),
+            "step": self.step, "phase": phase, **metrics, **selection,
             "retention": retention(metrics["primary"], self.dense.primary), "loss": self.last_loss,
             "ratio_paper": self.ratios["paper"], "ratio_storage": self.ratios["storage"],
             **self._admm_diagnostics(),
         }
         self.history.append(row)
         if self.report is not None:
-            self.report(row if predictions is None else row | {"predictions": predictions}, self.state)
+            self.report(row | kept, self.state)
         return row
 
     def result(self, final: dict, wall_time: float, keep_model: bool = False) -> TrialResult:

@@ -47,7 +47,7 @@ def synthetic_results(seed: int, n: int = 30, ratio_levels: int | None = 5, metr
         "retention": primary / 0.9, "dense_primary": 0.9, "metrics_json": "{}", "steps": 8, "wall_time": 1.0,
         "node_id": "", "selection_primary": primary - rng.uniform(0, 0.05, n), "selection_loss": 1.0 - primary,
         "selection_kl": rng.uniform(0, 0.3, n), "admm_distance": rng.uniform(0, 0.5, n), "admm_mask_agreement": rng.uniform(0.7, 1.0, n),
-        "duplicate_of": "", "predictions": "", "record_version": RECORD_VERSION,
+        "duplicate_of": "", "predictions": "", "selection_predictions": "", "record_version": RECORD_VERSION,
     })
     copies = frame.sample(duplicates, random_state=seed).assign(trial_id=lambda f: f["trial_id"] + "-copy")
     return pd.concat([frame, copies], ignore_index=True)[RESULT_COLUMNS]

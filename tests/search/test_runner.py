@@ -71,6 +71,13 @@ def test_search_end_to_end(local_ray, assets, tmp_path):
     assert result.best["selection_primary"] == done["selection_primary"].max()
     stored = json.loads((tmp_path / "run" / "search.json").read_text())
     assert stored["objective"] == "selection_primary" and stored["selection_size"] == 8 and stored["proxy"] == "fisher"
+    # the selection rows' predictions give the chosen trial's lead over the runner-up a paired SE
+    assert done["selection_predictions"].map(lambda p: len(json.loads(p))).eq(8).all()
+    choice = stored["choice"]
+    runner_up = done.set_index("trial_id").loc[choice["runner_up"]]
+    assert choice["trial_id"] == result.best["trial_id"] and runner_up["plan_json"] != result.best["plan_json"]
+    assert choice["lead"] == pytest.approx(result.best["selection_primary"] - runner_up["selection_primary"])
+    assert choice["lead"] >= 0 and choice["se"] >= 0 and choice["rows"] == 8
     # nxmi search and nxmi export name the same plan: one selection rule
     from nxmiformer.analysis import export_plan, load_results
 

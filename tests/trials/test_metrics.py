@@ -11,6 +11,7 @@ import torch
 
 from nxmiformer.errors import NxmiError
 from nxmiformer.trials import TASKS, compute_metrics, primary_metric
+from nxmiformer.trials.metrics import paired_difference
 
 # --- Hand-computed references ----------------------------------------------------------------
 #
@@ -184,3 +185,44 @@ def test_degenerate_cases_give_zero_not_nan(task, predictions, labels, key):
 def test_bad_inputs_raise_with_the_offending_value(task, predictions, labels, fragment):
     with pytest.raises(NxmiError, match=fragment):
         compute_metrics(task, predictions, labels)
+
+
+# --- paired_difference ------------------------------------------------------------------------
+
+
+def _paired_accuracy_se(first, second, labels) -> float:
+    """Independent reference: the standard error of a mean of per-row differences in correctness."""
+    d = (np.asarray(first) == labels).astype(float) - (np.asarray(second) == labels).astype(float)
+    return float(d.std(ddof=0) / math.sqrt(len(d)))
+
+
+def test_paired_difference_matches_the_analytic_paired_error_and_is_tighter_than_unpaired():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 2000)
+    first = np.where(rng.random(2000) < 0.85, labels, 1 - labels)
+    second = np.where(rng.random(2000) < 0.05, 1 - first, first)  # a similar model: 5% of rows flipped
+    lead, se = paired_difference("sst2", first, second, labels, draws=2000)
+    assert lead == pytest.approx((first == labels).mean() - (second == labels).mean(), abs=1e-12)
+    assert se == pytest.approx(_paired_accuracy_se(first, second, labels), rel=0.1)
+    unpaired = math.sqrt(sum(p * (1 - p) for p in ((first == labels).mean(), (second == labels).mean())) / 2000)
+    assert se < unpaired / 2
+
+
+@pytest.mark.parametrize("task,first,second,labels,lead", [
+    ("sst2", [1, 0, 1, 1], [1, 0, 1, 1], [1, 0, 0, 1], 0.0),  # the same predictions: no difference, no noise
+    ("mrpc", F1_PREDS, [1] * 6, F1_LABELS, 17 / 24 - (0.8 + 4 / 6) / 2),  # combined: F1 0.8, accuracy 4/6
+])
+def test_paired_difference_of_the_primary_metric(task, first, second, labels, lead):
+    got, se = paired_difference(task, first, second, labels, draws=50)
+    assert got == pytest.approx(lead, abs=1e-12)
+    assert se == 0.0 if first == second else se > 0
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"second": [1, 0, 1]}, "same rows"),
+    ({"draws": 1}, "draws must be an int >= 2"),
+])
+def test_paired_difference_rejects_bad_input(kwargs, fragment):
+    args = {"task": "sst2", "first": [1, 0, 1, 1], "second": [1, 0, 0, 1], "labels": [1, 1, 0, 1]} | kwargs
+    with pytest.raises(NxmiError, match=fragment):
+        paired_difference(**args)

@@ -259,6 +259,17 @@ def test_trials_report_the_selection_rows_and_the_kl_from_the_dense_model(make_c
     # the dense model's logits on the selection rows are computed once and cached beside the warm start
     dense = finetune_dense(config.data, config.dense, config.cache_dir, progress=False)
     assert len(list(dense.path.glob("selection-*.npy"))) == 1
+    # the final report also carries the selection rows' predictions, which give selection_primary again
+    from nxmiformer.models import load_tokenizer
+    from nxmiformer.trials.data import prepare_task_data
+
+    assert ["selection_predictions" in r for r in rows] == [False, False, True]
+    data = config.data
+    selection = prepare_task_data("sst2", load_tokenizer(str(dense.path)), data_dir=data.data_dir, train_size=data.train_size,
+                                  seed=data.seed, holdout_size=4, selection_size=8, include_train=False).selection
+    chosen = json.loads(rows[-1]["selection_predictions"])
+    assert len(chosen) == 8
+    assert compute_metrics("sst2", chosen, selection["labels"])["primary"] == pytest.approx(rows[-1]["selection_primary"])
     assert {"selection_primary", "selection_loss"} <= set(dense.metrics)
     # the uncompressed model has no divergence from itself
     same = run_trial("dense", config.replace(steps=0))
