@@ -9,6 +9,8 @@ cell that has the ``search`` arm and a baseline arm (``uniform``, ``grid``), thi
 * ``family``: the mean of all the search arm's completed trials minus the same mean of the baseline
   arm whose mean is higher, with the paired bootstrap SE: how good the plans the search proposes
   are, apart from which one its selection rows picked;
+* ``choice_lead``, ``choice_se``: on the selection rows, the points by which the search arm's
+  choice led its runner-up, with the paired SE (runs whose records keep selection predictions);
 * ``search_regret``, ``baseline_regret``: the points each chosen plan is below its arm's best trial
   on the validation split: what choosing on the selection rows gave up (no SE: a maximum is biased);
 
@@ -138,7 +140,17 @@ def measure(cell: dict, data_dir: str, draws: int) -> dict:
             "family_baseline": best_family, "family": family[0], "family_se": family[1:].std(ddof=1),
             # points each arm's selection gave up against its best trial on the validation split
             "search_regret": scores["search"][0].max() - scores["search"][0, arms["search"]["chosen"]],
-            "baseline_regret": scores[best_chosen][0].max() - scores[best_chosen][0, arms[best_chosen]["chosen"]]}
+            "baseline_regret": scores[best_chosen][0].max() - scores[best_chosen][0, arms[best_chosen]["chosen"]],
+            **_choice(cell["arms"]["search"])}
+
+
+def _choice(arm_dir: Path) -> dict:
+    """The search arm's lead of its chosen trial over its runner-up on the selection rows, in
+    points, with the paired SE (``search.json``'s ``choice``; NaN for a run written before)."""
+    choice = json.loads((arm_dir / "search.json").read_text()).get("choice")
+    if not choice:
+        return {"choice_lead": math.nan, "choice_se": math.nan}
+    return {"choice_lead": 100 * choice["lead"], "choice_se": 100 * choice["se"]}
 
 
 def pool(differences, standard_errors) -> dict:
