@@ -47,15 +47,13 @@ def main() -> int:
     if args.draws < 2:
         print(f"--draws must be at least 2, got {args.draws}", file=sys.stderr)
         return 2
+    import pandas as pd
+
     try:
-        cells = collect(args.runs)
+        rows = [measure(cell, args.data_dir, args.draws) for cell in collect(args.runs)]
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2
-
-    import pandas as pd
-
-    rows = [measure(cell, args.data_dir, args.draws) for cell in cells]
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 250, "display.max_colwidth", 60):
         print(table.drop(columns=["run"]).round(2).to_string(index=False))
