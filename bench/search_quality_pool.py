@@ -106,7 +106,7 @@ def measure(cell: dict, data_dir: str, draws: int) -> dict:
     import numpy as np
     from search_quality import _finished, _validation_labels
 
-    from nxmiformer.trials.metrics import compute_metrics
+    from nxmiformer.trials.metrics import bootstrap_primary
 
     labels = _validation_labels(data_dir, cell["task"])
     arms = {}
@@ -122,11 +122,9 @@ def measure(cell: dict, data_dir: str, draws: int) -> dict:
         chosen = int(np.flatnonzero(done.index == result.best.name)[0])
         arms[arm] = {"dense": dense, "predictions": predictions, "chosen": chosen,
                      "plan": result.best["plan_summary"]}
-    rng = np.random.default_rng(0)
-    samples = [np.arange(len(labels))] + [rng.integers(0, len(labels), len(labels)) for _ in range(draws)]
-    # retention (%) of every trial of every arm on each sample of rows; sample 0 is the validation split itself
-    scores = {arm: np.array([[100 * compute_metrics(cell["task"], p[rows], labels[rows])["primary"] / a["dense"]
-                              for p in a["predictions"]] for rows in samples]) for arm, a in arms.items()}
+    # retention (%) of every trial of every arm on the same samples of rows; sample 0 is the validation split itself
+    scores = {arm: 100 * bootstrap_primary(cell["task"], a["predictions"], labels, draws) / a["dense"]
+              for arm, a in arms.items()}
     baselines = [b for b in BASELINES if b in arms]
     best_chosen = max(baselines, key=lambda b: scores[b][0, arms[b]["chosen"]])
     best_family = max(baselines, key=lambda b: scores[b][0].mean())

@@ -25,7 +25,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from nxmiformer.errors import NxmiError
 from nxmiformer.trials.data import TaskInfo, get_task
 
-__all__ = ["compute_metrics", "paired_difference", "primary_metric"]
+__all__ = ["bootstrap_primary", "compute_metrics", "paired_difference", "primary_metric"]
 
 
 def primary_metric(task: str | TaskInfo) -> str:
@@ -147,28 +147,39 @@ def compute_metrics(task: str | TaskInfo, predictions: object, labels: object) -
     return metrics
 
 
+def bootstrap_primary(task: str | TaskInfo, predictions: list, labels: object, draws: int = 1000,
+                      seed: int = 0) -> np.ndarray:
+    """``task``'s primary metric of several models' ``predictions`` (each as
+    :func:`compute_metrics` takes them) on the same rows: row 0 on ``labels`` as given, then one
+    row per bootstrap resample of the rows (``draws``, with ``seed``), the same rows for every
+    model, so that differences between the columns are paired. Shape ``[draws + 1, models]``.
+
+    Raises:
+        NxmiError: the inputs differ in length, or ``draws`` < 2.
+    """
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
+        raise NxmiError(f"draws must be an int >= 2, got {draws!r}")
+    labels = _to_numpy(labels, "labels")
+    models = [_to_numpy(p, "predictions") for p in predictions]
+    if any(len(p) != len(labels) for p in models):
+        raise NxmiError(f"paired predictions need the same rows: got {', '.join(str(len(p)) for p in models)} "
+                        f"and {len(labels)} labels")
+    rng = np.random.default_rng(seed)
+    samples = [np.arange(len(labels))] + [rng.integers(0, len(labels), len(labels)) for _ in range(draws)]
+    return np.array([[compute_metrics(task, p[rows], labels[rows])["primary"] for p in models] for rows in samples])
+
+
 def paired_difference(task: str | TaskInfo, first: object, second: object, labels: object, draws: int = 1000,
                       seed: int = 0) -> tuple[float, float]:
     """The difference in ``task``'s primary metric between two models' predictions on the same
     rows (``first`` minus ``second``, as :func:`compute_metrics` takes them), and its bootstrap
     standard error: the rows are resampled together for both models, so what both get right or
     wrong cancels (a paired difference; far tighter than two independent errors for similar
-    models). ``draws`` resamples with ``seed``.
+    models). ``draws`` resamples with ``seed`` (:func:`bootstrap_primary`).
 
     Raises:
         NxmiError: the three inputs differ in length, or ``draws`` < 2.
     """
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
-        raise NxmiError(f"draws must be an int >= 2, got {draws!r}")
-    first, second, labels = (_to_numpy(v, what) for v, what in
-                             ((first, "first predictions"), (second, "second predictions"), (labels, "labels")))
-    if not len(first) == len(second) == len(labels):
-        raise NxmiError(f"paired predictions need the same rows: got {len(first)}, {len(second)} and {len(labels)} labels")
-    difference = compute_metrics(task, first, labels)["primary"] - compute_metrics(task, second, labels)["primary"]
-    rng = np.random.default_rng(seed)
-    resampled = []
-    for _ in range(draws):
-        rows = rng.integers(0, len(labels), len(labels))
-        resampled.append(compute_metrics(task, first[rows], labels[rows])["primary"]
-                         - compute_metrics(task, second[rows], labels[rows])["primary"])
-    return float(difference), float(np.std(resampled, ddof=1))
+    scores = bootstrap_primary(task, [first, second], labels, draws, seed)
+    difference = scores[:, 0] - scores[:, 1]
+    return float(difference[0]), float(np.std(difference[1:], ddof=1))
