@@ -20,7 +20,8 @@ then, per task and over every cell, the mean difference with two standard errors
 * ``se_cells``: the spread of the differences between cells, sd / sqrt(cells): what a new seed would
   move, training noise and selection included (NaN for one cell).
 
-``--csv FILE`` writes the per-cell table. Runs whose arms of one name differ in trials, stages,
+Last, each proxy's rank correlations from the runs' ``proxies.csv``, per task: the mean and how
+many runs reach 0.6. ``--csv FILE`` writes the per-cell table. Runs whose arms of one name differ in trials, stages,
 steps or selection rows are refused: their differences measure different things.
 """
 
@@ -63,9 +64,30 @@ def main() -> int:
             p = pool(group[what], group[f"{what}_se"])
             print(f"{task} {target}: {what} mean {p['mean']:+.2f} points over {p['cells']} cells "
                   f"(se_rows {p['se_rows']:.2f}, se_cells {p['se_cells']:.2f}); >= 0 in {p['at_least_zero']} of {p['cells']}")
+    proxies = _proxies(args.runs)
+    if proxies is not None:
+        print("\nproxy rank correlations (each run's proxies.csv): mean over the runs, and in how many >= 0.6")
+        print(proxies.to_string())
     if args.csv:
         table.to_csv(args.csv, index=False)
     return 0
+
+
+def _proxies(runs: list[str]):
+    """The runs' proxy rank correlations (``proxies.csv``) per (task, target) and column: the
+    mean over the runs and ``k/n`` runs at 0.6 or above; None when a run has no ``proxies.csv``."""
+    import pandas as pd
+
+    files = [Path(run) / "proxies.csv" for run in runs]
+    if not all(f.is_file() for f in files):
+        return None
+    table = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    columns = [c for c in table.columns if c not in ("task", "target", "trials") and table[c].notna().any()]
+    rows = {}
+    for key, group in table.groupby(["task", "target"]):
+        rows[key] = {c: f"{group[c].mean():+.2f} ({int((group[c] >= 0.6).sum())}/{int(group[c].notna().sum())})"
+                     for c in columns}
+    return pd.DataFrame.from_dict(rows, orient="index").T
 
 
 def collect(runs: list[str]) -> list[dict]:

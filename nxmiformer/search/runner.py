@@ -42,6 +42,7 @@ STAGE1_FILE = "stage1.parquet"
 # search.json's layout and the trials' Tune configs: a search of another version is not resumed
 STATE_VERSION = 2
 OBJECTIVES = ("selection_primary", "selection_loss", "selection_kl")
+HIGHER_IS_BETTER = ("selection_primary", "primary")  # record columns that are task metrics, not losses
 # a trainable -> the trainable Tune runs (e.g. one that injects faults, in tests)
 Wrapper = Callable[[Callable[[dict], None]], Callable[[dict], None]]
 
@@ -516,8 +517,9 @@ def best_trial(results: pd.DataFrame, config: SearchConfig) -> pd.Series | None:
 
 def proxy_correlation(results: pd.DataFrame, profile: pd.DataFrame, objective: str = "selection_loss") -> dict:
     """How well each proxy ranks the trained plans: Spearman's rank correlation between a plan's
-    predicted cost (its modules' proxy scores, summed) and its trial's final ``objective`` (sign
-    flipped for ``selection_primary``, so that +1 is a perfect ranking for every objective);
+    predicted cost (its modules' proxy scores, summed) and its trial's final ``objective``, any
+    column of ``results`` (sign flipped for a task metric, ``selection_primary`` or the
+    validation ``primary``, so that +1 is a perfect ranking for every objective);
     NaN with fewer than three completed trials, or for a proxy ``profile`` did not measure
     (``probe`` unless the probes were run, ``oneshot`` without ``oneshot_profile``)."""
     from scipy.stats import spearmanr
@@ -532,7 +534,7 @@ def proxy_correlation(results: pd.DataFrame, profile: pd.DataFrame, objective: s
         modules = profile["module"].unique()
         predicted = [sum(lookup.get((m, str(plan.spec_for(m))), math.nan) for m in modules)
                      for plan in (CompressionPlan.from_json(p) for p in done["plan_json"])]
-        observed = done[objective].to_numpy() * (-1 if objective == "selection_primary" else 1)
+        observed = done[objective].to_numpy() * (-1 if objective in HIGHER_IS_BETTER else 1)
         ok = len(done) >= 3 and len(set(predicted)) > 1 and len(set(observed)) > 1
         out[proxy] = float(spearmanr(predicted, observed).statistic) if ok else math.nan
     return out

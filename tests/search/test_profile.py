@@ -213,3 +213,7 @@ def test_proxy_correlation_ranks_plans_by_their_summed_scores():
     got = proxy_correlation(results, profile)
     assert got["oneshot"] == pytest.approx(1.0) and got["fisher"] == pytest.approx(-1.0) and got["trials"] == 4
     assert np.isnan(proxy_correlation(results.head(2), profile)["oneshot"])  # too few trials to rank
+    # a task metric (higher is better) is ranked the other way: the plan with the least predicted cost should score most
+    results["primary"] = [0.90, 0.85, 0.70, 0.80]
+    got = proxy_correlation(results, profile, "primary")
+    assert got["oneshot"] == pytest.approx(0.8) and got["fisher"] == pytest.approx(-0.8)
