@@ -137,7 +137,7 @@ def main() -> int:
             profile = _profile_of(out / f"{task}-{target}-{arms[0]}", args)
             trials = pd.concat(pooled)
             correlations.append({"task": task, "target": target} | proxy_correlation(trials, profile)
-                                | _against(proxy_correlation, trials, profile)
+                                | _against(trials, profile)
                                 | {"selection_vs_validation": _agreement(trials)})
 
     table = pd.DataFrame(rows)
@@ -216,11 +216,13 @@ def _arm_mean(results) -> dict:
             "mean_selection": float(selection.mean()) if len(selection) else float("nan")}
 
 
-def _against(proxy_correlation, results, profile) -> dict:
+def _against(results, profile) -> dict:
     """Each proxy's rank correlation with the selection rows' task metric (what the search decides
     on) and with the validation metric (``@validation``: a diagnosis of the proxy, never used to
     decide), beside the one with the selection loss that the issue's target names. On MRPC the
     selection loss and the task metric can rank the same trials in opposite orders."""
+    from nxmiformer.search.runner import proxy_correlation
+
     out = {}
     for column, suffix in (("selection_primary", "selection_primary"), ("primary", "validation")):
         out |= {f"{k}@{suffix}": v for k, v in proxy_correlation(results, profile, column).items() if k != "trials"}
