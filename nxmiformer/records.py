@@ -33,6 +33,8 @@ REQUIRED_COLUMNS = (
 )
 # the task metrics a trial reports (validation split), kept in ``metrics_json``
 TASK_METRICS = ("accuracy", "f1", "mcc", "pearson", "spearmanr", "combined", "eval_loss")
+# the record columns that are task metrics (higher is better); the others a search ranks on are losses
+HIGHER_IS_BETTER = ("selection_primary", "primary")
 
 
 def _doc(text: str, dtype: str) -> dict:

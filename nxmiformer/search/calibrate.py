@@ -38,6 +38,7 @@ import pandas as pd
 
 from ..compression import CompressionPlan, RatioTarget
 from ..errors import NxmiError
+from ..records import HIGHER_IS_BETTER
 from .heuristic import CandidateProblem, solve_mckp
 
 CALIBRATED = "calibrated"
@@ -102,13 +103,13 @@ def calibrated_candidates(problem: CandidateProblem, target: RatioTarget, result
     """Up to ``count`` new plans meeting ``target``: the knapsack optimum of the calibrated
     scores and the next best, each differing from every plan trained so far (and from each
     other) in at least one module. ``results`` are the trials so far (their records);
-    ``objective`` is the column they are fitted on, lower is better unless it is
-    ``selection_primary``."""
+    ``objective`` is the column they are fitted on, lower is better unless it is a
+    task metric (``records.HIGHER_IS_BETTER``)."""
     if objective not in results.columns:
         raise NxmiError(f"the results lack the objective column {objective!r}")
     done = results[(results["status"] == "completed") & results[objective].notna()]
     plans = [CompressionPlan.from_json(p) for p in done["plan_json"]]
-    observed = done[objective].to_numpy(dtype=float) * (-1.0 if objective == "selection_primary" else 1.0)
+    observed = done[objective].to_numpy(dtype=float) * (-1.0 if objective in HIGHER_IS_BETTER else 1.0)
     scores = fit_corrections(problem, plans, observed, ridge)
     costs = problem.costs[target.convention]
     budget = target.budget_bits(problem.dense_bits)

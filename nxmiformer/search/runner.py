@@ -26,7 +26,7 @@ from ..analysis.pareto import select
 from ..compression import CONVENTIONS, CompressionPlan, RatioTarget
 from ..errors import NxmiError
 from ..outputs import atomic_file, write_json
-from ..records import TrialRecord, records_frame, write_records
+from ..records import HIGHER_IS_BETTER, TrialRecord, records_frame, write_records
 from ..trials.config import (
     PRECISION_HELP, DataConfig, DenseConfig, TrialConfig, check_device, check_precision, default_cache_dir,
 )
@@ -42,7 +42,6 @@ STAGE1_FILE = "stage1.parquet"
 # search.json's layout and the trials' Tune configs: a search of another version is not resumed
 STATE_VERSION = 2
 OBJECTIVES = ("selection_primary", "selection_loss", "selection_kl")
-HIGHER_IS_BETTER = ("selection_primary", "primary")  # record columns that are task metrics, not losses
 # a trainable -> the trainable Tune runs (e.g. one that injects faults, in tests)
 Wrapper = Callable[[Callable[[dict], None]], Callable[[dict], None]]
 
@@ -236,7 +235,7 @@ class SearchConfig:
     @property
     def mode(self) -> str:
         """``min`` or ``max``: the direction of the objective."""
-        return "max" if self.objective == "selection_primary" else "min"
+        return "max" if self.objective in HIGHER_IS_BETTER else "min"
 
     def cache_root(self) -> Path:
         return Path(self.cache_dir).resolve() if self.cache_dir else default_cache_dir()
