@@ -23,6 +23,10 @@ then, per task and over every cell, the mean difference with two standard errors
 Last, each proxy's rank correlations from the runs' ``proxies.csv``, per task: the mean and how
 many runs reach 0.6. ``--csv FILE`` writes the per-cell table. Runs whose arms of one name differ in trials, stages,
 steps or selection rows are refused: their differences measure different things.
+
+Cells whose runs are gone can still be pooled from what earlier runs wrote: ``--cells FILE`` (a
+per-cell table written by ``--csv``, e.g. ``bench/results/*_pooled_*.csv``) and ``--proxies FILE``
+(a run's ``proxies.csv``), each repeatable. A (seed, task, target) cell given twice is refused.
 """
 
 from __future__ import annotations
@@ -41,30 +45,47 @@ BASELINES = ("uniform", "grid")
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir(parser)
-    parser.add_argument("runs", nargs="+", help="search_quality.py --out directories, one per seed")
+    parser.add_argument("runs", nargs="*", help="search_quality.py --out directories, one per seed")
     parser.add_argument("--draws", type=int, default=1000, help="bootstrap draws over the validation rows")
     parser.add_argument("--csv", help="write the per-cell table here")
+    parser.add_argument("--cells", action="append", default=[],
+                        help="a per-cell table written earlier by --csv, pooled with the runs' (repeatable)")
+    parser.add_argument("--proxies", action="append", default=[],
+                        help="an earlier run's proxies.csv, pooled with the runs' (repeatable)")
     args = parser.parse_args()
     if args.draws < 2:
         print(f"--draws must be at least 2, got {args.draws}", file=sys.stderr)
+        return 2
+    if not args.runs and not args.cells:
+        print("give at least one run directory or --cells FILE", file=sys.stderr)
+        return 2
+    missing = [f for f in args.cells + args.proxies if not Path(f).is_file()]
+    if missing:
+        print(f"no such file: {missing[0]}", file=sys.stderr)
         return 2
     import pandas as pd
 
     try:
         rows = [measure(cell, args.data_dir, args.draws) for cell in collect(args.runs)]
+        table = pd.concat([pd.DataFrame(rows)] + [_earlier_cells(f) for f in args.cells], ignore_index=True)
+        table["target"] = table["target"].astype(float)  # a run's directory names it as text
+        duplicated = table[table.duplicated(["seed", "task", "target"], keep=False)]
+        if not duplicated.empty:
+            first = duplicated.iloc[0]
+            raise ValueError(f"cell seed {first['seed']} {first['task']} {first['target']} is given more than once "
+                             f"(runs: {', '.join(map(str, duplicated['run'].unique()))})")
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2
-    table = pd.DataFrame(rows)
     with pd.option_context("display.width", 250, "display.max_colwidth", 60):
-        print(table.drop(columns=["run"]).round(2).to_string(index=False))
+        print(table.drop(columns=["run"]).round({c: 2 for c in table.columns if c != "target"}).to_string(index=False))
     print()
     for (task, target), group in [(("all", ""), table)] + list(table.groupby(["task", "target"])):
         for what in ("chosen", "family"):
             p = pool(group[what], group[f"{what}_se"])
             print(f"{task} {target}: {what} mean {p['mean']:+.2f} points over {p['cells']} cells "
                   f"(se_rows {p['se_rows']:.2f}, se_cells {p['se_cells']:.2f}); >= 0 in {p['at_least_zero']} of {p['cells']}")
-    proxies = _proxies(args.runs)
+    proxies = _proxies(args.runs, args.proxies)
     if proxies is not None:
         print("\nproxy rank correlations (each run's proxies.csv): mean over the runs, and in how many >= 0.6")
         print(proxies.to_string())
@@ -73,13 +94,28 @@ def main() -> int:
     return 0
 
 
-def _proxies(runs: list[str]):
-    """The runs' proxy rank correlations (``proxies.csv``) per (task, target) and column: the
-    mean over the runs and ``k/n`` runs at 0.6 or above; None when a run has no ``proxies.csv``."""
+def _earlier_cells(path: str):
+    """A per-cell table that ``--csv`` wrote, its ``run`` column naming the file."""
     import pandas as pd
 
-    files = [Path(run) / "proxies.csv" for run in runs]
-    if not all(f.is_file() for f in files):
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--cells {path}: cannot read it ({err})") from err
+    needed = {"seed", "task", "target", "chosen", "chosen_se", "family", "family_se"}
+    if not needed <= set(table.columns):
+        raise ValueError(f"--cells {path}: not a table written by --csv (lacks {', '.join(sorted(needed - set(table.columns)))})")
+    return table.assign(run=path)
+
+
+def _proxies(runs: list[str], earlier: list[str]):
+    """The proxy rank correlations of the runs (their ``proxies.csv``) and of ``earlier`` files,
+    per (task, target) and column: the mean over the runs and ``k/n`` runs at 0.6 or above; None
+    when a run has no ``proxies.csv``."""
+    import pandas as pd
+
+    files = [Path(run) / "proxies.csv" for run in runs] + [Path(f) for f in earlier]
+    if not files or not all(f.is_file() for f in files):
         return None
     table = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
     columns = [c for c in table.columns if c not in ("task", "target", "trials") and table[c].notna().any()]
