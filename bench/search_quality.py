@@ -10,6 +10,9 @@ early stopping, so no arm loses a trial to ASHA):
   calibrated on the trials, re-solved);
 * ``optuna``: the same first stage, then ``--stage2`` trials (at least 1) of the Optuna stage
   seeded with its results (``refine_trials``), to measure the two second stages against each other;
+* ``anchored`` (not run by default): the knapsack optimum, then the anchored plans: the knapsack
+  optimum within N/2, N/4, ... 1 modules of the proxy's best uniform plan (a path from the
+  heterogeneous optimum back to uniform);
 * ``uniform``: the uniform plans that meet the target, best proxy score first;
 * ``grid``: the per-component-type plans (one option per query/key/value/attn_out/ffn_in/ffn_out
   shared by every layer), best proxy score first, as the original research did.
@@ -42,8 +45,10 @@ from pathlib import Path
 
 from _common import ROOT, add_data_dir  # noqa: E402  (also puts the repository on sys.path)
 
-ARMS = {"search": ("optimal", "diverse"), "optuna": ("optimal", "diverse"), "uniform": ("uniform",), "grid": ("grid",)}
-SEARCH_ARMS = ("search", "optuna")
+ARMS = {"search": ("optimal", "diverse"), "optuna": ("optimal", "diverse"), "anchored": ("optimal", "anchored"),
+        "uniform": ("uniform",), "grid": ("grid",)}
+STAGED_ARMS = ("search", "optuna")  # the arms whose last --stage2 trials go to a second stage
+SEARCH_ARMS = STAGED_ARMS + ("anchored",)
 
 
 def main() -> int:
@@ -62,6 +67,9 @@ def main() -> int:
     parser.add_argument("--selection-size", type=int, default=500)
     parser.add_argument("--calib-size", type=int, default=128)
     parser.add_argument("--proxy", default="fisher")
+    parser.add_argument("--min-hamming", type=int,
+                        help="modules each diverse plan of the search arms changes against every earlier one "
+                             "(default: nxmi search's, a twelfth of the modules)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", help="warm starts and profiles (default: the user cache)")
     parser.add_argument("--arms", default="search,uniform,grid",
@@ -103,14 +111,14 @@ def main() -> int:
         for target in [float(t) for t in args.targets.split(",")]:
             pooled = []
             for arm in arms:
-                second = args.stage2 if arm in SEARCH_ARMS else 0
+                second = args.stage2 if arm in STAGED_ARMS else 0
                 config = SearchConfig(
                     out=str(out / f"{task}-{target}-{arm}"), task=task, target_ratio=target, data_dir=args.data_dir,
                     max_length=64, train_size=args.train_size, eval_size=None, selection_size=args.selection_size,
                     seed=args.seed, trials=args.budget - second, steps=args.steps,
                     refine_trials=second if arm == "optuna" else 0, learn_trials=second if arm == "search" else 0,
                     kinds=ARMS[arm], calib_size=args.calib_size, asha=False, cache_dir=args.cache_dir,
-                    proxy=args.proxy)
+                    proxy=args.proxy, min_hamming=args.min_hamming)
                 arm_dir = Path(config.out)
                 if args.reuse and (arm_dir / "results.parquet").is_file():
                     print(f"\n=== {task} target {target:.3%}, arm {arm}: read from {arm_dir}", flush=True)

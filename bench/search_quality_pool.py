@@ -22,7 +22,7 @@ then, per task and over every cell, the mean difference with two standard errors
 
 Last, each proxy's rank correlations from the runs' ``proxies.csv``, per task: the mean and how
 many runs reach 0.6. ``--csv FILE`` writes the per-cell table. Runs whose arms of one name differ in trials, stages,
-steps or selection rows are refused: their differences measure different things.
+steps, selection rows or min_hamming are refused: their differences measure different things.
 
 Cells whose runs are gone can still be pooled from what earlier runs wrote: ``--cells FILE`` (a
 per-cell table written by ``--csv``, e.g. ``bench/results/*_pooled_*.csv``) and ``--proxies FILE``
@@ -130,8 +130,8 @@ def collect(runs: list[str]) -> list[dict]:
     """The (run, task, target) cells of ``runs``: each arm's directory, settings checked alike.
 
     Raises ``ValueError`` (one line) for a directory that is not a finished run, a cell without
-    the search arm or a baseline, or runs whose arms of one name differ in trials, stages, steps or
-    selection rows."""
+    the search arm or a baseline, or runs whose arms of one name differ in trials, stages, steps,
+    selection rows or min_hamming."""
     from nxmiformer.search import SearchConfig
 
     cells: dict[tuple, dict] = {}
@@ -144,7 +144,7 @@ def collect(runs: list[str]) -> list[dict]:
             task, target, arm = arm_dir.name.rsplit("-", 2)
             config = SearchConfig.load(arm_dir)
             setting = (f"{config.trials} + {config.learn_trials} learned + {config.refine_trials} Optuna trials x "
-                       f"{config.steps} steps, {config.selection_size} selection rows")
+                       f"{config.steps} steps, {config.selection_size} selection rows, min_hamming {config.min_hamming}")
             settings.setdefault(arm, {}).setdefault(setting, run)
             cell = cells.setdefault((run, task, target), {"run": run, "task": task, "target": target,
                                                          "seed": config.seed, "arms": {}})

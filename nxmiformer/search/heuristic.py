@@ -13,6 +13,10 @@ optimal  the exact optimum of the multiple-choice knapsack (one option per modul
          within budget, least summed score), solved as a small MILP with HiGHS
 diverse  the next-best plans, each forced by no-good cuts to differ from every plan before it
          in at least ``min_hamming`` modules, so trials do not spend time on near-copies
+anchored the knapsack optimum among the plans that change at most ``d`` modules of the
+         proxy's best uniform plan (the anchor), for ``d`` = N/2, N/4, ... 1: a path from the
+         optimum back to the uniform plan, for when the proxy overrates what heterogeneity
+         buys (a 1:8 module scores cheap one-shot but recovers worse in short training)
 grid     one option per component type (query, key, ... ffn_out) shared by all layers: the
          coarse, per-component plans a person would try by hand; all combinations are scored
 uniform  the same option everywhere: the baselines the heterogeneous plans must beat
@@ -64,7 +68,7 @@ __all__ = [
     "solve_mckp",
 ]
 
-KINDS = ("optimal", "diverse", "grid", "uniform")
+KINDS = ("optimal", "diverse", "anchored", "grid", "uniform")
 MODULE_COLUMNS = ("module", "layer", "component", "out_features", "in_features")
 SENSITIVITY_COLUMNS = ("module", "option", "score")
 
@@ -190,6 +194,7 @@ def solve_mckp(
     forbidden: Iterable[Sequence[int]] = (),
     min_hamming: int = 1,
     min_cost: float = -np.inf,
+    near: tuple[Sequence[int], int] | None = None,
 ) -> np.ndarray | None:
     """Exact multiple-choice knapsack: one option per row, total cost within budget, least score.
 
@@ -206,6 +211,8 @@ def solve_mckp(
         min_hamming: how many rows must differ from each forbidden vector (>= 1).
         min_cost: the least total cost a choice may have (default: none), e.g. to spend at
             least what plans already measured spent.
+        near: ``(p, d)``: the choice may differ from the vector ``p`` in at most ``d`` rows
+            (``sum_i x[i, p[i]] >= N - d``), e.g. to stay close to a uniform plan.
 
     Returns:
         The chosen option index per row (``int`` array of length ``N``), or ``None`` when no
@@ -223,10 +230,14 @@ def solve_mckp(
         raise NxmiError(f"min_hamming must be an integer >= 1, got {min_hamming!r}")
     n_rows, n_opts = costs.shape
     forbidden = [np.asarray(p, dtype=int) for p in forbidden]
-    for p in forbidden:
+    if near is not None:
+        anchor, max_distance = np.asarray(near[0], dtype=int), near[1]
+        if not isinstance(max_distance, numbers.Integral) or isinstance(max_distance, bool) or max_distance < 0:
+            raise NxmiError(f"near's distance must be an integer >= 0, got {max_distance!r}")
+    for p in forbidden + ([anchor] if near is not None else []):
         if p.shape != (n_rows,) or (p < 0).any() or (p >= n_opts).any():
             raise NxmiError(
-                f"a forbidden choice must hold {n_rows} option indices in 0..{n_opts - 1}, got {p.tolist()}"
+                f"a forbidden or anchor choice must hold {n_rows} option indices in 0..{n_opts - 1}, got {p.tolist()}"
             )
 
     allowed = np.isfinite(costs) & np.isfinite(scores)
@@ -256,15 +267,21 @@ def solve_mckp(
     ]
     var_index = {(int(i), int(j)): v for v, (i, j) in enumerate(zip(rows, cols))}
 
-    def cut(p: np.ndarray, hamming: int) -> LinearConstraint:
+    def same_as(p: np.ndarray) -> np.ndarray:
+        """Coefficients counting the rows whose choice equals ``p``'s."""
         row = np.zeros(n_vars)
         for i, j in enumerate(p):
             v = var_index.get((i, int(j)))
             if v is not None:  # an option the row cannot take already differs from p there
                 row[v] = 1.0
-        return LinearConstraint(row[None, :], -np.inf, n_rows - hamming)
+        return row[None, :]
+
+    def cut(p: np.ndarray, hamming: int) -> LinearConstraint:
+        return LinearConstraint(same_as(p), -np.inf, n_rows - hamming)
 
     cuts = [cut(p, min_hamming) for p in forbidden]
+    if near is not None:
+        cuts.append(LinearConstraint(same_as(anchor), n_rows - max_distance, np.inf))
     for _ in range(_MAX_RESOLVES):
         res = milp(
             objective,
@@ -298,6 +315,7 @@ def generate_candidates(
     include_uniform: bool = True,
     include_grid: bool = True,
     grid_top: int = 4,
+    n_anchored: int = 0,
 ) -> list[Candidate]:
     """Plans that meet ``target_ratio`` under ``convention``, best summed sensitivity first per kind.
 
@@ -316,9 +334,12 @@ def generate_candidates(
             default ``max(1, N // 12)`` (about one layer's worth of a BERT-base's 72 modules).
         include_uniform, include_grid: add the uniform baselines / per-component grid plans.
         grid_top: how many of the best feasible grid plans to add.
+        n_anchored: how many anchored plans (default none): the knapsack optimum within ``d``
+            modules of the best-scoring uniform plan that meets the target, for ``d`` = N // 2,
+            N // 4, ... down to 1 (fewer when N is small or no uniform plan meets the target).
 
     Returns:
-        Candidates grouped by kind in the order ``optimal, diverse, grid, uniform``; within a
+        Candidates grouped by kind in the order ``optimal, diverse, anchored, grid, uniform``; within a
         group, best score first. A plan produced by several generators appears once, under the
         first kind, and lists them all in ``kinds``.
 
@@ -328,7 +349,7 @@ def generate_candidates(
     """
     target = RatioTarget.of(target_ratio, convention)
     convention = target.convention
-    for name, value, least in (("n_best", n_best, 1), ("grid_top", grid_top, 0)):
+    for name, value, least in (("n_best", n_best, 1), ("grid_top", grid_top, 0), ("n_anchored", n_anchored, 0)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
             raise NxmiError(f"{name} must be an integer >= {least}, got {value!r}")
     problem = build_problem(sensitivity, modules)
@@ -358,11 +379,19 @@ def generate_candidates(
             break
         add(choice, "diverse")
         previous.append(choice)
+    uniform = _uniform_choices(problem, costs, budget)
+    distance, anchored = n_modules // 2, 0
+    while uniform and distance >= 1 and anchored < n_anchored:
+        choice = solve_mckp(costs, problem.scores, budget, near=(uniform[0], distance))
+        if choice is not None and tuple(int(k) for k in choice) not in found:
+            add(choice, "anchored")
+            anchored += 1
+        distance //= 2
     if include_grid and grid_top > 0:
         for choice in _grid_choices(problem, costs, budget, grid_top):
             add(choice, "grid")
     if include_uniform:
-        for choice in _uniform_choices(problem, costs, budget):
+        for choice in uniform:
             add(choice, "uniform")
 
     candidates = []

@@ -132,7 +132,11 @@ class SearchConfig:
         "dense warm start: quarter-epoch checks without a lower selection loss before it stops (0: all epochs)"))
     asha: bool = field(default=True, metadata=_help("stop weak trials early at the hard projection (ASHA)"))
     kinds: tuple[str, ...] = field(default=("optimal", "diverse", "grid", "uniform"), metadata=_help(
-        "candidate kinds to train, comma-separated: optimal,diverse,grid,uniform"))
+        "candidate kinds to train, comma-separated, some of optimal,diverse,anchored,grid,uniform (anchored: the "
+        "knapsack optimum within N/2, N/4 ... 1 modules of the best uniform plan; not in the default)"))
+    min_hamming: int | None = field(default=None, metadata=_help(
+        "modules each diverse stage-1 plan must change against the optimum and every diverse plan before it "
+        "(default: a twelfth of the modules, 3 of MiniLM's 36)"))
     refine_trials: int = field(default=0, metadata=_help(
         "stage 2: this many Optuna-sampled per-group plans, seeded with the candidates' results"))
     refine_fill: bool = field(default=False, metadata=_help(
@@ -163,8 +167,10 @@ class SearchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise NxmiError(f"{name} must be a positive integer, got {value!r}")
-        if self.concurrency is not None and (isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1):
-            raise NxmiError(f"concurrency must be a positive integer, got {self.concurrency!r}")
+        for name in ("concurrency", "min_hamming"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise NxmiError(f"{name} must be a positive integer, got {value!r}")
         for name in ("steps", "refine_trials", "learn_trials"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -284,7 +290,7 @@ def select_candidates(candidates: list, budget: int) -> list:
     the best per-component grid and uniform plans share the rest, so the baselines a user will
     compare against are always trained alongside."""
     pools = {
-        "het": [c for c in candidates if c.kind in ("optimal", "diverse")],
+        "het": [c for c in candidates if c.kind in ("optimal", "diverse", "anchored")],
         "grid": [c for c in candidates if c.kind == "grid"],
         "uniform": [c for c in candidates if c.kind == "uniform"],
     }
@@ -457,7 +463,9 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
             cand_frame = pd.read_parquet(candidates_file)
         else:
             candidates = generate_candidates(sensitivity, modules, config.target, n_best=max(2, config.trials),
-                                             grid_top=max(4, config.trials))  # enough of each kind for --kinds
+                                             grid_top=max(4, config.trials),  # enough of each kind for --kinds
+                                             min_hamming=config.min_hamming,
+                                             n_anchored=config.trials if "anchored" in config.kinds else 0)
             chosen = select_candidates(_of_kinds(candidates, config.kinds), config.trials)
             cand_frame = pd.DataFrame([{
                 "kind": c.kind, "score": c.score, "ratio_paper": c.ratio_paper, "ratio_storage": c.ratio_storage,

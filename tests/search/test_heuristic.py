@@ -251,6 +251,23 @@ def test_min_hamming_cuts_match_greedy_brute_force(n, k, min_hamming):
         ref_previous.append(far[0][1])
 
 
+@pytest.mark.parametrize("n,k,distance", [(4, 3, 0), (4, 3, 1), (5, 3, 2), (6, 2, 3), (5, 4, 5)])
+def test_near_keeps_the_choice_within_the_distance_and_matches_brute_force(n, k, distance):
+    rng = np.random.default_rng(3 * n + 7 * k + 11 * distance)
+    for _ in range(3):
+        costs, scores = random_instance(rng, n, k, integer_costs=False)
+        budget = budgets(costs)[4]
+        anchor = rng.integers(0, k, n)
+        near = [(s, c) for s, c in brute_force_all(costs, scores, budget)
+                if sum(a != b for a, b in zip(c, anchor)) <= distance]
+        got = solve_mckp(costs, scores, budget, near=(anchor, distance))
+        if not near:
+            assert got is None
+            continue
+        assert (got != anchor).sum() <= distance
+        assert scores[np.arange(n), got].sum() == pytest.approx(near[0][0], abs=1e-9)
+
+
 def test_an_over_budget_answer_from_highs_is_cut_off_and_resolved(monkeypatch):
     # HiGHS accepts constraint violations up to its feasibility tolerance; the solver must not
     # pass such a choice on. Fake one such answer (the best-scoring, over-budget choice) first.
@@ -278,6 +295,10 @@ def test_solve_mckp_rejects_bad_arrays():
         solve_mckp(np.array([[np.nan, 1.0]]), np.ones((1, 2)), 1.0)
     with pytest.raises(NxmiError, match="min_hamming"):
         solve_mckp(np.ones((2, 2)), np.ones((2, 2)), 2.0, min_hamming=0)
+    with pytest.raises(NxmiError, match="distance"):
+        solve_mckp(np.ones((2, 2)), np.ones((2, 2)), 2.0, near=([0, 0], -1))
+    with pytest.raises(NxmiError, match="anchor"):
+        solve_mckp(np.ones((2, 2)), np.ones((2, 2)), 2.0, near=([0, 2], 1))
 
 
 # ---------------------------------------------------------------- candidates
@@ -337,6 +358,32 @@ def test_diverse_plans_are_far_apart_and_ordered(candidate_sets):
         differ = sum(a.plan.spec_for(n) != b.plan.spec_for(n) for n in synthetic_modules()["module"])
         assert differ >= 2
     assert [c.score for c in knapsack] == sorted(c.score for c in knapsack)
+
+
+@pytest.mark.parametrize("convention,target", [("paper", 0.875), ("paper", 0.92), ("storage", 0.9)])
+def test_anchored_plans_lead_from_the_optimum_back_to_the_best_uniform_plan(table, convention, target):
+    modules, sensitivity = table
+    candidates = generate_candidates(sensitivity, modules, target, convention, n_best=1, n_anchored=8)
+    anchor = min((c for c in candidates if c.kind == "uniform"), key=lambda c: c.score)
+    anchored = [c for c in candidates if c.kind == "anchored"]
+    n = len(modules)
+    assert 1 <= len(anchored) <= int(np.log2(n))  # one per distance n // 2, n // 4, ... 1, when new
+    names = list(modules["module"])
+    distances = [sum(c.plan.spec_for(m) != anchor.plan.spec_for(m) for m in names) for c in anchored]
+    assert max(distances) <= n // 2 and min(distances) >= 1
+    # nearer the anchor, no better by the proxy; every one at least as good as the anchor itself
+    ordered = sorted(zip(distances, [c.score for c in anchored]), reverse=True)
+    assert [s for _, s in ordered] == sorted(s for _, s in ordered)
+    assert all(candidates[0].score - 1e-12 <= c.score <= anchor.score + 1e-12 for c in anchored)
+    assert all(c.ratio >= target - 1e-12 for c in anchored)
+    # by default none: the shipped candidates are unchanged
+    assert not any(c.kind == "anchored" for c in generate_candidates(sensitivity, modules, target, convention, n_best=1))
+
+
+def test_n_anchored_must_be_a_count(table):
+    modules, sensitivity = table
+    with pytest.raises(NxmiError, match="n_anchored"):
+        generate_candidates(sensitivity, modules, 0.875, n_anchored=-1)
 
 
 def uniform_spec(plan, modules):

@@ -45,7 +45,7 @@ def local_ray():
 
 
 def test_search_end_to_end(local_ray, assets, tmp_path):
-    cfg = config(assets, tmp_path / "run", refine_trials=2)
+    cfg = config(assets, tmp_path / "run", refine_trials=2, min_hamming=4)
     result = run_search(cfg, progress=False)
     table = pd.read_parquet(tmp_path / "run" / "results.parquet")
     assert len(table) == 6 and list(table.columns) == list(result.results.columns)
@@ -57,6 +57,10 @@ def test_search_end_to_end(local_ray, assets, tmp_path):
     refined = table[table["kind"] == "refined"]
     assert len(refined) == 2 and refined["primary"].notna().all()
     assert len(pd.read_parquet(tmp_path / "run" / "stage1.parquet")) == 4
+    # the diverse plan changes at least min_hamming of the 12 modules against the optimum
+    candidates = pd.read_parquet(tmp_path / "run" / "candidates.parquet")
+    het = [CompressionPlan.from_json(j) for j in candidates.loc[candidates["kind"].isin(["optimal", "diverse"]), "plan_json"]]
+    assert len(het) == 2 and sum(het[0][m] != het[1][m] for m in het[0]) >= 4
     provenance = json.loads((tmp_path / "run" / "search.json").read_text())["provenance"]
     assert provenance["dense_primary"] == result.results["dense_primary"].iloc[0]
     assert len(provenance["model_fingerprint"]) == 16 and provenance["dense_path"]
@@ -218,6 +222,7 @@ BAD = [
     (["--target-ratio", "0.8", "--options", "2:4:int8,9:4:int8"], "n=9"),
     (["--target-ratio", "0.8", "--concurrency", "0"], "concurrency"),
     (["--target-ratio", "0.8", "--refine-trials", "-1"], "refine_trials"),
+    (["--target-ratio", "0.8", "--min-hamming", "0"], "min_hamming"),
     (["--target-ratio", "0.8", "--kinds", "uniform,best"], "best"),
     (["--target-ratio", "0.8", "--refine-trials", "2", "--refine-layer-groups", "0"], "refine_layer_groups"),
     (["--target-ratio", "0.8", "--convention", "bytes"], "paper, storage"),
@@ -258,6 +263,22 @@ def test_kinds_filter_relabels_plans_found_by_several_generators():
     assert len(uniform) == sum("uniform" in c.kinds for c in candidates)
     het = _of_kinds(candidates, ("optimal", "diverse"))
     assert {c.kind for c in het} <= {"optimal", "diverse"} and het[0].kind == "optimal"
+
+
+def test_anchored_kind_trains_the_optimum_then_the_path_back_to_uniform(assets, tmp_path):
+    from nxmiformer.search.heuristic import generate_candidates, modules_frame
+    from nxmiformer.search.runner import _of_kinds, select_candidates
+
+    cfg = config(assets, tmp_path / "run", kinds="optimal,anchored", trials=4)
+    assert cfg.kinds == ("optimal", "anchored")
+    model = tiny_bert()
+    modules = modules_frame(model)
+    table = pd.DataFrame([{"module": m, "option": o, "score": float((i * 7 + j) % 5)}
+                          for j, m in enumerate(modules["module"]) for i, o in enumerate(MENU)])
+    candidates = generate_candidates(table, modules, 0.875, n_best=cfg.trials, n_anchored=cfg.trials)
+    chosen = select_candidates(_of_kinds(candidates, cfg.kinds), cfg.trials)
+    assert chosen[0].kind == "optimal" and len(chosen) > 1 and {c.kind for c in chosen[1:]} == {"anchored"}
+    assert [c.score for c in chosen] == sorted(c.score for c in chosen)  # farther from uniform first
 
 
 @pytest.mark.parametrize("extra,expected", [
