@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 # the main job: a search on the embedded MiniLM default model (SST-2 from ../shared/data/glue
-# when present, else from the hub), about 6 minutes on 2 cores (README: The search)
+# when present, else from the hub), 5.5 to 11 minutes on 2 cores as measured (README: The search)
 GLUE_DIR ?= $(abspath ../shared/data/glue)
 SEARCH_OUT ?= runs/search-sst2
 demo: $(STAMP)
