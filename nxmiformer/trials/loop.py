@@ -166,10 +166,11 @@ def evaluate(model: nn.Module, data: GlueData, tokenizer, batch_size: int = 64,
 
 def encode_predictions(logits: np.ndarray, regression: bool) -> str:
     """Predictions as a JSON list: the class id of each row (argmax), or its score for a
-    regression task (6 significant digits). The decoded list goes to
-    :func:`nxmiformer.trials.metrics.compute_metrics` as logits would."""
+    regression task (9 significant digits: a float32 exactly, so that a nearly constant model's
+    scores keep their order and its correlation metrics come back unchanged). The decoded list goes
+    to :func:`nxmiformer.trials.metrics.compute_metrics` as logits would."""
     if regression:
-        return json.dumps([float(f"{v:.6g}") for v in np.asarray(logits).reshape(len(logits), -1)[:, 0]])
+        return json.dumps([float(f"{v:.9g}") for v in np.asarray(logits).reshape(len(logits), -1)[:, 0]])
     return json.dumps(np.asarray(logits).argmax(axis=-1).astype(int).tolist(), separators=(",", ":"))
 
 
