@@ -55,6 +55,7 @@ from nxmiformer.compression.accounting import check_convention
 from nxmiformer.errors import NxmiError
 
 __all__ = [
+    "HETEROGENEOUS",
     "KINDS",
     "MODULE_COLUMNS",
     "SENSITIVITY_COLUMNS",
@@ -69,6 +70,7 @@ __all__ = [
 ]
 
 KINDS = ("optimal", "diverse", "anchored", "grid", "uniform")
+HETEROGENEOUS = KINDS[:3]  # the kinds that give each module its own option
 MODULE_COLUMNS = ("module", "layer", "component", "out_features", "in_features")
 SENSITIVITY_COLUMNS = ("module", "option", "score")
 
@@ -366,7 +368,7 @@ def generate_candidates(
     found: dict[tuple[int, ...], list[str]] = {}
 
     def add(choice: np.ndarray, kind: str) -> None:
-        found.setdefault(tuple(int(k) for k in choice), []).append(kind)
+        found.setdefault(_key(choice), []).append(kind)
 
     optimum = solve_mckp(costs, problem.scores, budget)
     if optimum is None:  # check_reachable ruled this out
@@ -383,7 +385,7 @@ def generate_candidates(
     distance, anchored = n_modules // 2, 0
     while uniform and distance >= 1 and anchored < n_anchored:
         choice = solve_mckp(costs, problem.scores, budget, near=(uniform[0], distance))
-        if choice is not None and tuple(int(k) for k in choice) not in found:
+        if choice is not None and _key(choice) not in found:
             add(choice, "anchored")
             anchored += 1
         distance //= 2
@@ -486,6 +488,11 @@ def build_problem(sensitivity: pd.DataFrame, modules: pd.DataFrame) -> Candidate
         )
     scores[~fits] = np.inf
     return CandidateProblem(modules=modules, menu=menu, scores=scores, costs=costs, dense_bits=dense_bits(modules))
+
+
+def _key(choice: np.ndarray) -> tuple[int, ...]:
+    """A choice vector as a hashable key (one option index per module)."""
+    return tuple(int(k) for k in choice)
 
 
 def _uniform_choices(problem: CandidateProblem, costs: np.ndarray, budget: float) -> list[np.ndarray]:

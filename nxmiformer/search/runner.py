@@ -289,8 +289,10 @@ def select_candidates(candidates: list, budget: int) -> list:
     """Up to ``budget`` candidates: the heterogeneous ones (optimal first) get half the budget,
     the best per-component grid and uniform plans share the rest, so the baselines a user will
     compare against are always trained alongside."""
+    from .heuristic import HETEROGENEOUS
+
     pools = {
-        "het": [c for c in candidates if c.kind in ("optimal", "diverse", "anchored")],
+        "het": [c for c in candidates if c.kind in HETEROGENEOUS],
         "grid": [c for c in candidates if c.kind == "grid"],
         "uniform": [c for c in candidates if c.kind == "uniform"],
     }
