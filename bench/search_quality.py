@@ -13,6 +13,8 @@ early stopping, so no arm loses a trial to ASHA):
 * ``anchored`` (not run by default): the knapsack optimum, then the anchored plans: the knapsack
   optimum within N/2, N/4, ... 1 modules of the proxy's best uniform plan (a path from the
   heterogeneous optimum back to uniform);
+* ``halfway`` (not run by default): the knapsack optimum, then the halfway plans: the knapsack
+  optimum within N/2 modules of each of the proxy's three best uniform plans, then within N/4;
 * ``uniform``: the uniform plans that meet the target, best proxy score first;
 * ``grid``: the per-component-type plans (one option per query/key/value/attn_out/ffn_in/ffn_out
   shared by every layer), best proxy score first, as the original research did.
@@ -46,9 +48,9 @@ from pathlib import Path
 from _common import ROOT, add_data_dir  # noqa: E402  (also puts the repository on sys.path)
 
 ARMS = {"search": ("optimal", "diverse"), "optuna": ("optimal", "diverse"), "anchored": ("optimal", "anchored"),
-        "uniform": ("uniform",), "grid": ("grid",)}
+        "halfway": ("optimal", "halfway"), "uniform": ("uniform",), "grid": ("grid",)}
 STAGED_ARMS = ("search", "optuna")  # the arms whose last --stage2 trials go to a second stage
-SEARCH_ARMS = STAGED_ARMS + ("anchored",)
+SEARCH_ARMS = STAGED_ARMS + ("anchored", "halfway")
 
 
 def main() -> int:

@@ -17,6 +17,9 @@ anchored the knapsack optimum among the plans that change at most ``d`` modules 
          proxy's best uniform plan (the anchor), for ``d`` = N/2, N/4, ... 1: a path from the
          optimum back to the uniform plan, for when the proxy overrates what heterogeneity
          buys (a 1:8 module scores cheap one-shot but recovers worse in short training)
+halfway  the knapsack optimum within N/2 modules of each of the proxy's best uniform plans
+         (up to three), then within N/4 of each: plans halfway between the optimum and
+         several uniform plans, a hedge over which uniform plan short training recovers best
 grid     one option per component type (query, key, ... ffn_out) shared by all layers: the
          coarse, per-component plans a person would try by hand; all combinations are scored
 uniform  the same option everywhere: the baselines the heterogeneous plans must beat
@@ -55,6 +58,7 @@ from nxmiformer.compression.accounting import check_convention
 from nxmiformer.errors import NxmiError
 
 __all__ = [
+    "HALFWAY_ANCHORS",
     "HETEROGENEOUS",
     "KINDS",
     "MODULE_COLUMNS",
@@ -69,8 +73,9 @@ __all__ = [
     "solve_mckp",
 ]
 
-KINDS = ("optimal", "diverse", "anchored", "grid", "uniform")
-HETEROGENEOUS = KINDS[:3]  # the kinds that give each module its own option
+KINDS = ("optimal", "diverse", "anchored", "halfway", "grid", "uniform")
+HETEROGENEOUS = KINDS[:4]  # the kinds that give each module its own option
+HALFWAY_ANCHORS = 3  # halfway plans lead towards this many of the best-scoring uniform plans
 MODULE_COLUMNS = ("module", "layer", "component", "out_features", "in_features")
 SENSITIVITY_COLUMNS = ("module", "option", "score")
 
@@ -318,6 +323,7 @@ def generate_candidates(
     include_grid: bool = True,
     grid_top: int = 4,
     n_anchored: int = 0,
+    n_halfway: int = 0,
 ) -> list[Candidate]:
     """Plans that meet ``target_ratio`` under ``convention``, best summed sensitivity first per kind.
 
@@ -339,9 +345,12 @@ def generate_candidates(
         n_anchored: how many anchored plans (default none): the knapsack optimum within ``d``
             modules of the best-scoring uniform plan that meets the target, for ``d`` = N // 2,
             N // 4, ... down to 1 (fewer when N is small or no uniform plan meets the target).
+        n_halfway: how many halfway plans (default none): the knapsack optimum within N // 2
+            modules of each of the :data:`HALFWAY_ANCHORS` best-scoring uniform plans that meet
+            the target, then within N // 4 of each (fewer when those repeat earlier plans).
 
     Returns:
-        Candidates grouped by kind in the order ``optimal, diverse, anchored, grid, uniform``; within a
+        Candidates grouped by kind in the order ``optimal, diverse, anchored, halfway, grid, uniform``; within a
         group, best score first. A plan produced by several generators appears once, under the
         first kind, and lists them all in ``kinds``.
 
@@ -351,7 +360,8 @@ def generate_candidates(
     """
     target = RatioTarget.of(target_ratio, convention)
     convention = target.convention
-    for name, value, least in (("n_best", n_best, 1), ("grid_top", grid_top, 0), ("n_anchored", n_anchored, 0)):
+    for name, value, least in (("n_best", n_best, 1), ("grid_top", grid_top, 0), ("n_anchored", n_anchored, 0),
+                               ("n_halfway", n_halfway, 0)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
             raise NxmiError(f"{name} must be an integer >= {least}, got {value!r}")
     problem = build_problem(sensitivity, modules)
@@ -389,6 +399,15 @@ def generate_candidates(
             add(choice, "anchored")
             anchored += 1
         distance //= 2
+    halfway = 0
+    for distance in (n_modules // 2, n_modules // 4):
+        for anchor in uniform[:HALFWAY_ANCHORS] if distance >= 1 else ():
+            if halfway >= n_halfway:
+                break
+            choice = solve_mckp(costs, problem.scores, budget, near=(anchor, distance))
+            if choice is not None and _key(choice) not in found:
+                add(choice, "halfway")
+                halfway += 1
     if include_grid and grid_top > 0:
         for choice in _grid_choices(problem, costs, budget, grid_top):
             add(choice, "grid")

@@ -132,8 +132,9 @@ class SearchConfig:
         "dense warm start: quarter-epoch checks without a lower selection loss before it stops (0: all epochs)"))
     asha: bool = field(default=True, metadata=_help("stop weak trials early at the hard projection (ASHA)"))
     kinds: tuple[str, ...] = field(default=("optimal", "diverse", "grid", "uniform"), metadata=_help(
-        "candidate kinds to train, comma-separated, some of optimal,diverse,anchored,grid,uniform (anchored: the "
-        "knapsack optimum within N/2, N/4 ... 1 modules of the best uniform plan; not in the default)"))
+        "candidate kinds to train, comma-separated, some of optimal,diverse,anchored,halfway,grid,uniform (anchored: "
+        "the knapsack optimum within N/2, N/4 ... 1 modules of the best uniform plan; halfway: within N/2, then N/4, "
+        "modules of each of the three best uniform plans; neither is in the default)"))
     min_hamming: int | None = field(default=None, metadata=_help(
         "modules each diverse stage-1 plan must change against the optimum and every diverse plan before it "
         "(default: a twelfth of the modules, 3 of MiniLM's 36)"))
@@ -305,6 +306,19 @@ def select_candidates(candidates: list, budget: int) -> list:
     return chosen
 
 
+def stage1_candidates(config: SearchConfig, sensitivity: pd.DataFrame, modules: pd.DataFrame) -> list:
+    """The first stage's ``config.trials`` plans: candidates of ``config.kinds`` for ``config.target``,
+    shared out by :func:`select_candidates`."""
+    from .heuristic import generate_candidates
+
+    candidates = generate_candidates(sensitivity, modules, config.target, n_best=max(2, config.trials),
+                                     grid_top=max(4, config.trials),  # enough of each kind for --kinds
+                                     min_hamming=config.min_hamming,
+                                     n_anchored=config.trials if "anchored" in config.kinds else 0,
+                                     n_halfway=config.trials if "halfway" in config.kinds else 0)
+    return select_candidates(_of_kinds(candidates, config.kinds), config.trials)
+
+
 def _of_kinds(candidates: list, kinds: tuple[str, ...]) -> list:
     """The candidates that any of ``kinds`` produced, each labelled with the first such kind (a
     uniform plan is also a grid plan: with ``kinds=("uniform",)`` it counts as uniform)."""
@@ -435,7 +449,7 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         from ray import tune
 
         from ..trials.trainable import trial_trainable
-        from .heuristic import generate_candidates, modules_frame
+        from .heuristic import modules_frame
         from .profile import profile_sensitivity
 
         check_cluster_gpus(config)  # a trial that cannot be placed would wait forever
@@ -464,11 +478,7 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         if resume and candidates_file.is_file():
             cand_frame = pd.read_parquet(candidates_file)
         else:
-            candidates = generate_candidates(sensitivity, modules, config.target, n_best=max(2, config.trials),
-                                             grid_top=max(4, config.trials),  # enough of each kind for --kinds
-                                             min_hamming=config.min_hamming,
-                                             n_anchored=config.trials if "anchored" in config.kinds else 0)
-            chosen = select_candidates(_of_kinds(candidates, config.kinds), config.trials)
+            chosen = stage1_candidates(config, sensitivity, modules)
             cand_frame = pd.DataFrame([{
                 "kind": c.kind, "score": c.score, "ratio_paper": c.ratio_paper, "ratio_storage": c.ratio_storage,
                 "plan_json": c.plan.to_json(indent=None), "plan_summary": c.plan.summary()} for c in chosen])

@@ -380,10 +380,50 @@ def test_anchored_plans_lead_from_the_optimum_back_to_the_best_uniform_plan(tabl
     assert not any(c.kind == "anchored" for c in generate_candidates(sensitivity, modules, target, convention, n_best=1))
 
 
-def test_n_anchored_must_be_a_count(table):
+@pytest.mark.parametrize("convention,target", [("paper", 0.875), ("paper", 0.92), ("storage", 0.9)])
+def test_halfway_plans_are_the_optima_near_each_of_the_best_uniform_plans(table, convention, target):
     modules, sensitivity = table
-    with pytest.raises(NxmiError, match="n_anchored"):
-        generate_candidates(sensitivity, modules, 0.875, n_anchored=-1)
+    candidates = generate_candidates(sensitivity, modules, target, convention, n_best=1, n_halfway=6)
+    halfway = [c for c in candidates if c.kind == "halfway"]
+    names = list(modules["module"])
+    n = len(names)
+    uniform = sorted((c for c in candidates if "uniform" in c.kinds), key=lambda c: c.score)
+    anchors = [c.plan for c in uniform[:heuristic.HALFWAY_ANCHORS]]
+    assert len(anchors) == heuristic.HALFWAY_ANCHORS and 1 <= len(halfway) <= 6
+
+    def distance(a, b):
+        return sum(a.spec_for(m) != b.spec_for(m) for m in names)
+
+    # independent of the generator's loop: each (distance, anchor) optimum by the exact solver, in order
+    problem = heuristic.build_problem(sensitivity, modules)
+    costs = problem.costs[convention]
+    budget = heuristic.RatioTarget.of(target, convention).budget_bits(problem.dense_bits)
+    index = {str(spec): k for k, spec in enumerate(problem.menu)}
+    expected, seen = [], {candidates[0].plan.to_json()}  # the optimum is already a candidate
+    for d in (n // 2, n // 4):
+        for plan in anchors:
+            vector = [index[str(plan.spec_for(m))] for m in names]
+            choice = heuristic.solve_mckp(costs, problem.scores, budget, near=(vector, d))
+            got = problem.plan(choice)
+            assert distance(got, plan) <= d
+            if got.to_json() not in seen:
+                seen.add(got.to_json())
+                expected.append(problem.score(choice))
+    assert sorted(c.score for c in halfway) == pytest.approx(sorted(expected[:6]), abs=1e-12)
+    # each at least as good as the anchor it leads to, none better than the optimum, all within budget
+    assert all(candidates[0].score - 1e-12 <= c.score <= uniform[heuristic.HALFWAY_ANCHORS - 1].score + 1e-12
+               for c in halfway)
+    assert all(min(distance(c.plan, a) for a in anchors) <= n // 2 for c in halfway)
+    assert all(c.ratio >= target - 1e-12 for c in halfway)
+    # by default none: the shipped candidates are unchanged
+    assert not any(c.kind == "halfway" for c in generate_candidates(sensitivity, modules, target, convention, n_best=1))
+
+
+@pytest.mark.parametrize("name", ["n_anchored", "n_halfway"])
+def test_plan_counts_must_be_counts(table, name):
+    modules, sensitivity = table
+    with pytest.raises(NxmiError, match=name):
+        generate_candidates(sensitivity, modules, 0.875, **{name: -1})
 
 
 def uniform_spec(plan, modules):

@@ -265,20 +265,35 @@ def test_kinds_filter_relabels_plans_found_by_several_generators():
     assert {c.kind for c in het} <= {"optimal", "diverse"} and het[0].kind == "optimal"
 
 
-def test_anchored_kind_trains_the_optimum_then_the_path_back_to_uniform(assets, tmp_path):
-    from nxmiformer.search.heuristic import generate_candidates, modules_frame
-    from nxmiformer.search.runner import _of_kinds, select_candidates
+def _stage1(assets, tmp_path, kinds, trials=4):
+    from nxmiformer.search.heuristic import modules_frame
+    from nxmiformer.search.runner import stage1_candidates
 
-    cfg = config(assets, tmp_path / "run", kinds="optimal,anchored", trials=4)
-    assert cfg.kinds == ("optimal", "anchored")
-    model = tiny_bert()
-    modules = modules_frame(model)
+    cfg = config(assets, tmp_path / "run", kinds=kinds, trials=trials)
+    modules = modules_frame(tiny_bert())
     table = pd.DataFrame([{"module": m, "option": o, "score": float((i * 7 + j) % 5)}
                           for j, m in enumerate(modules["module"]) for i, o in enumerate(MENU)])
-    candidates = generate_candidates(table, modules, 0.875, n_best=cfg.trials, n_anchored=cfg.trials)
-    chosen = select_candidates(_of_kinds(candidates, cfg.kinds), cfg.trials)
+    return cfg, modules, stage1_candidates(cfg, table, modules)
+
+
+def test_anchored_kind_trains_the_optimum_then_the_path_back_to_uniform(assets, tmp_path):
+    cfg, _, chosen = _stage1(assets, tmp_path, "optimal,anchored")
+    assert cfg.kinds == ("optimal", "anchored")
     assert chosen[0].kind == "optimal" and len(chosen) > 1 and {c.kind for c in chosen[1:]} == {"anchored"}
     assert [c.score for c in chosen] == sorted(c.score for c in chosen)  # farther from uniform first
+
+
+def test_halfway_kind_trains_the_optimum_then_plans_near_several_uniform_plans(assets, tmp_path):
+    cfg, modules, chosen = _stage1(assets, tmp_path, "optimal,halfway")
+    assert cfg.kinds == ("optimal", "halfway") and len(chosen) == cfg.trials
+    assert chosen[0].kind == "optimal" and {c.kind for c in chosen[1:]} == {"halfway"}
+    names = list(modules["module"])
+    # each halfway plan keeps at least half of the modules at one uniform option (its anchor)
+    for c in chosen[1:]:
+        specs = [str(c.plan.spec_for(m)) for m in names]
+        assert max(specs.count(s) for s in set(specs)) >= len(names) - len(names) // 2
+    # and the shipped default trains none
+    assert not any(c.kind in ("halfway", "anchored") for c in _stage1(assets, tmp_path, "optimal,diverse,grid,uniform")[2])
 
 
 @pytest.mark.parametrize("extra,expected", [
