@@ -20,6 +20,11 @@ then, per task and over every cell, the mean difference with two standard errors
 * ``se_cells``: the spread of the differences between cells, sd / sqrt(cells): what a new seed would
   move, training noise and selection included (NaN for one cell).
 
+``--arm A`` measures another arm than ``search`` (e.g. ``halfway``) and ``--baselines B,C`` against
+other arms than ``uniform,grid`` (the better of them per cell, as above), so ``--arm halfway
+--baselines search`` pits two ways of proposing plans against each other; the ``search_*`` columns
+then describe arm A. Cells measured with other arms are not pooled together.
+
 Last, each proxy's rank correlations from the runs' ``proxies.csv``, per task: the mean and how
 many runs reach 0.6. ``--csv FILE`` writes the per-cell table. Runs whose arms of one name differ in trials, stages,
 steps, selection rows or min_hamming are refused: their differences measure different things.
@@ -47,6 +52,9 @@ def main() -> int:
     add_data_dir(parser)
     parser.add_argument("runs", nargs="*", help="search_quality.py --out directories, one per seed")
     parser.add_argument("--draws", type=int, default=1000, help="bootstrap draws over the validation rows")
+    parser.add_argument("--arm", default="search", help="the arm measured against the baselines (default: search)")
+    parser.add_argument("--baselines", default=",".join(BASELINES),
+                        help="comma-separated arms, the better of which per cell is compared (default: uniform,grid)")
     parser.add_argument("--csv", help="write the per-cell table here")
     parser.add_argument("--cells", action="append", default=[],
                         help="a per-cell table written earlier by --csv, pooled with the runs' (repeatable)")
@@ -55,6 +63,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.draws < 2:
         print(f"--draws must be at least 2, got {args.draws}", file=sys.stderr)
+        return 2
+    baselines = tuple(b for b in args.baselines.split(",") if b)
+    if not baselines or args.arm in baselines:
+        print(f"--baselines must name one or more arms other than --arm {args.arm!r}, got {args.baselines!r}",
+              file=sys.stderr)
         return 2
     if not args.runs and not args.cells:
         print("give at least one run directory or --cells FILE", file=sys.stderr)
@@ -66,8 +79,13 @@ def main() -> int:
     import pandas as pd
 
     try:
-        rows = [measure(cell, args.data_dir, args.draws) for cell in collect(args.runs)]
+        rows = [measure(cell, args.data_dir, args.draws, args.arm, baselines)
+                for cell in collect(args.runs, args.arm, baselines)]
         table = pd.concat([pd.DataFrame(rows)] + [_earlier_cells(f) for f in args.cells], ignore_index=True)
+        compared = table[["arm", "baselines"]].drop_duplicates()
+        if len(compared) > 1:
+            raise ValueError("the cells compare different arms: " + "; ".join(
+                f"{a} against {b}" for a, b in compared.itertuples(index=False)))
         table["target"] = table["target"].astype(float)  # a run's directory names it as text
         duplicated = table[table.duplicated(["seed", "task", "target"], keep=False)]
         if not duplicated.empty:
@@ -105,6 +123,8 @@ def _earlier_cells(path: str):
     needed = {"seed", "task", "target", "chosen", "chosen_se", "family", "family_se"}
     if not needed <= set(table.columns):
         raise ValueError(f"--cells {path}: not a table written by --csv (lacks {', '.join(sorted(needed - set(table.columns)))})")
+    if "arm" not in table:  # written before --arm: the search arm against the default baselines
+        table = table.assign(arm="search", baselines=",".join(BASELINES))
     return table.assign(run=path)
 
 
@@ -126,11 +146,11 @@ def _proxies(runs: list[str], earlier: list[str]):
     return pd.DataFrame.from_dict(rows, orient="index").T
 
 
-def collect(runs: list[str]) -> list[dict]:
+def collect(runs: list[str], arm: str = "search", baselines: tuple[str, ...] = BASELINES) -> list[dict]:
     """The (run, task, target) cells of ``runs``: each arm's directory, settings checked alike.
 
     Raises ``ValueError`` (one line) for a directory that is not a finished run, a cell without
-    the search arm or a baseline, or runs whose arms of one name differ in trials, stages, steps,
+    ``arm`` or any of ``baselines``, or runs whose arms of one name differ in trials, stages, steps,
     selection rows or min_hamming."""
     from nxmiformer.search import SearchConfig
 
@@ -141,26 +161,27 @@ def collect(runs: list[str]) -> list[dict]:
         if not arm_dirs:
             raise ValueError(f"{run} holds no finished search_quality arm (<task>-<target>-<arm>/results.parquet)")
         for arm_dir in arm_dirs:
-            task, target, arm = arm_dir.name.rsplit("-", 2)
+            task, target, name = arm_dir.name.rsplit("-", 2)
             config = SearchConfig.load(arm_dir)
             setting = (f"{config.trials} + {config.learn_trials} learned + {config.refine_trials} Optuna trials x "
                        f"{config.steps} steps, {config.selection_size} selection rows, min_hamming {config.min_hamming}")
-            settings.setdefault(arm, {}).setdefault(setting, run)
+            settings.setdefault(name, {}).setdefault(setting, run)
             cell = cells.setdefault((run, task, target), {"run": run, "task": task, "target": target,
                                                          "seed": config.seed, "arms": {}})
-            cell["arms"][arm] = arm_dir
-    for arm, seen in settings.items():
+            cell["arms"][name] = arm_dir
+    for name, seen in settings.items():
         if len(seen) > 1:
-            raise ValueError(f"the {arm} arms differ: " + "; ".join(f"{s} in {r}" for s, r in seen.items()))
+            raise ValueError(f"the {name} arms differ: " + "; ".join(f"{s} in {r}" for s, r in seen.items()))
     for cell in cells.values():
-        if "search" not in cell["arms"] or not set(BASELINES) & set(cell["arms"]):
-            raise ValueError(f"{cell['run']} {cell['task']} {cell['target']}: needs the search arm and one of "
-                             f"{', '.join(BASELINES)}, has {', '.join(sorted(cell['arms']))}")
+        if arm not in cell["arms"] or not set(baselines) & set(cell["arms"]):
+            raise ValueError(f"{cell['run']} {cell['task']} {cell['target']}: needs the {arm} arm and one of "
+                             f"{', '.join(baselines)}, has {', '.join(sorted(cell['arms']))}")
     return list(cells.values())
 
 
-def measure(cell: dict, data_dir: str, draws: int) -> dict:
-    """One cell's ``chosen`` and ``family`` differences (points of retention) with paired bootstrap SEs."""
+def measure(cell: dict, data_dir: str, draws: int, arm: str = "search", baselines: tuple[str, ...] = BASELINES) -> dict:
+    """One cell's ``chosen`` and ``family`` differences (points of retention) of ``arm`` against the
+    better of ``baselines``, with paired bootstrap SEs."""
     import numpy as np
     from search_quality import _finished, _validation_labels
 
@@ -168,7 +189,9 @@ def measure(cell: dict, data_dir: str, draws: int) -> dict:
 
     labels = _validation_labels(data_dir, cell["task"])
     arms = {}
-    for arm, arm_dir in cell["arms"].items():
+    for name, arm_dir in cell["arms"].items():
+        if name != arm and name not in baselines:
+            continue
         result = _finished(arm_dir)
         done = result.results[result.results["status"] == "completed"]
         if result.best is None or done.empty:
@@ -178,28 +201,29 @@ def measure(cell: dict, data_dir: str, draws: int) -> dict:
             raise ValueError(f"{arm_dir}: its records keep no validation predictions (written before they were kept)")
         predictions = [np.asarray(json.loads(p)) for p in done["predictions"]]
         chosen = int(np.flatnonzero(done.index == result.best.name)[0])
-        arms[arm] = {"dense": dense, "predictions": predictions, "chosen": chosen,
+        arms[name] = {"dense": dense, "predictions": predictions, "chosen": chosen,
                      "plan": result.best["plan_summary"]}
     # retention (%) of every trial of every arm on the same samples of rows; sample 0 is the validation split itself
-    scores = {arm: 100 * bootstrap_primary(cell["task"], a["predictions"], labels, draws) / a["dense"]
-              for arm, a in arms.items()}
-    baselines = [b for b in BASELINES if b in arms]
-    best_chosen = max(baselines, key=lambda b: scores[b][0, arms[b]["chosen"]])
-    best_family = max(baselines, key=lambda b: scores[b][0].mean())
-    chosen = scores["search"][:, arms["search"]["chosen"]] - scores[best_chosen][:, arms[best_chosen]["chosen"]]
-    family = scores["search"].mean(axis=1) - scores[best_family].mean(axis=1)
+    scores = {name: 100 * bootstrap_primary(cell["task"], a["predictions"], labels, draws) / a["dense"]
+              for name, a in arms.items()}
+    present = [b for b in baselines if b in arms]
+    best_chosen = max(present, key=lambda b: scores[b][0, arms[b]["chosen"]])
+    best_family = max(present, key=lambda b: scores[b][0].mean())
+    chosen = scores[arm][:, arms[arm]["chosen"]] - scores[best_chosen][:, arms[best_chosen]["chosen"]]
+    family = scores[arm].mean(axis=1) - scores[best_family].mean(axis=1)
     return {"run": cell["run"], "seed": cell["seed"], "task": cell["task"], "target": cell["target"],
-            "search_plan": arms["search"]["plan"], "baseline": best_chosen, "baseline_plan": arms[best_chosen]["plan"],
+            "arm": arm, "baselines": ",".join(baselines),
+            "search_plan": arms[arm]["plan"], "baseline": best_chosen, "baseline_plan": arms[best_chosen]["plan"],
             "chosen": chosen[0], "chosen_se": chosen[1:].std(ddof=1),
             "family_baseline": best_family, "family": family[0], "family_se": family[1:].std(ddof=1),
             # points each arm's selection gave up against its best trial on the validation split
-            "search_regret": scores["search"][0].max() - scores["search"][0, arms["search"]["chosen"]],
+            "search_regret": scores[arm][0].max() - scores[arm][0, arms[arm]["chosen"]],
             "baseline_regret": scores[best_chosen][0].max() - scores[best_chosen][0, arms[best_chosen]["chosen"]],
-            **_choice(cell["arms"]["search"])}
+            **_choice(cell["arms"][arm])}
 
 
 def _choice(arm_dir: Path) -> dict:
-    """The search arm's lead of its chosen trial over its runner-up on the selection rows, in
+    """An arm's lead of its chosen trial over its runner-up on the selection rows, in
     points, with the paired SE (``search.json``'s ``choice``; NaN for a run written before)."""
     choice = json.loads((arm_dir / "search.json").read_text()).get("choice")
     if not choice:
