@@ -392,22 +392,22 @@ def generate_candidates(
         add(choice, "diverse")
         previous.append(choice)
     uniform = _uniform_choices(problem, costs, budget)
-    distance, anchored = n_modules // 2, 0
-    while uniform and distance >= 1 and anchored < n_anchored:
-        choice = solve_mckp(costs, problem.scores, budget, near=(uniform[0], distance))
-        if choice is not None and _key(choice) not in found:
-            add(choice, "anchored")
-            anchored += 1
-        distance //= 2
-    halfway = 0
-    for distance in (n_modules // 2, n_modules // 4):
-        for anchor in uniform[:HALFWAY_ANCHORS] if distance >= 1 else ():
-            if halfway >= n_halfway:
+
+    def add_near(kind: str, limit: int, schedule: list) -> None:
+        """Up to ``limit`` new plans of ``kind``: the knapsack optimum within ``d`` modules of
+        ``anchor``, for each ``(anchor, d)`` of ``schedule`` in turn."""
+        added = 0
+        for anchor, distance in schedule:
+            if added >= limit:
                 break
             choice = solve_mckp(costs, problem.scores, budget, near=(anchor, distance))
             if choice is not None and _key(choice) not in found:
-                add(choice, "halfway")
-                halfway += 1
+                add(choice, kind)
+                added += 1
+
+    halvings = [n_modules >> k for k in range(1, n_modules.bit_length())]  # N//2, N//4, ... 1
+    add_near("anchored", n_anchored, [(uniform[0], d) for d in halvings] if uniform else [])
+    add_near("halfway", n_halfway, [(u, d) for d in halvings[:2] for u in uniform[:HALFWAY_ANCHORS]])
     if include_grid and grid_top > 0:
         for choice in _grid_choices(problem, costs, budget, grid_top):
             add(choice, "grid")
