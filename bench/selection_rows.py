@@ -13,7 +13,8 @@ selection rows' task metric), from the predictions on a subset of ``n`` of the s
 
 Printed per cell and size: the validation retention (points) of the search arm's choice minus that
 of the better baseline arm's choice (``chosen``, as ``search_quality.py`` reports it), and each
-arm's regret (its best trial on the validation split minus its choice). Then per size, pooled over
+arm's regret (its best trial on the validation split minus its choice; beside the search arm's, the
+regret of a trial picked at random: what choosing on no rows at all would give). Then per size, pooled over
 the cells, with ``se_cells`` (spread between cells over sqrt(cells)). ``--csv FILE`` writes the
 per-cell table.
 """
@@ -70,7 +71,8 @@ def main() -> int:
                     outcome = np.mean([_decide(arms, cell["task"], labels, rows_) for rows_ in draws], axis=0)
                     rows.append({"run": cell["run"], "seed": cell["seed"], "task": cell["task"],
                                  "target": cell["target"], "rows": n, "subset": how, "chosen": outcome[0],
-                                 "search_regret": outcome[1], "baseline_regret": outcome[2]})
+                                 "search_regret": outcome[1], "baseline_regret": outcome[2],
+                                 "search_coin_regret": outcome[3]})
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2
@@ -82,7 +84,8 @@ def main() -> int:
         se = group["chosen"].std(ddof=1) / np.sqrt(k) if k > 1 else float("nan")
         print(f"{n:>5} rows, {how:>6}: chosen mean {group['chosen'].mean():+.2f} points over {k} cells "
               f"(se_cells {se:.2f}), >= 0 in {int((group['chosen'] >= 0).sum())}; regret search "
-              f"{group['search_regret'].mean():.2f}, baseline {group['baseline_regret'].mean():.2f}")
+              f"{group['search_regret'].mean():.2f} (a random pick {group['search_coin_regret'].mean():.2f}), "
+              f"baseline {group['baseline_regret'].mean():.2f}")
     if args.csv:
         table.to_csv(args.csv, index=False)
     return 0
@@ -125,7 +128,8 @@ def _labels(arm_dir: Path, data_dir: str):
 
 def _decide(arms: dict, task: str, labels, rows) -> tuple[float, float, float]:
     """On selection ``rows``: (search choice minus the better baseline choice, search regret,
-    that baseline's regret), in points of validation retention."""
+    that baseline's regret, the search's regret had it picked a trial at random), in points of
+    validation retention."""
     from nxmiformer.analysis import select
     from nxmiformer.trials.metrics import compute_metrics, primary_metric
 
@@ -136,11 +140,11 @@ def _decide(arms: dict, task: str, labels, rows) -> tuple[float, float, float]:
         chosen = select(arm["results"].assign(selection_primary=scores), arm["config"].target,
                         metric="selection_primary")
         values = 100 * arm["results"]["retention"]
-        retention[name] = (100 * float(chosen["retention"]), float(values.max()))
+        retention[name] = (100 * float(chosen["retention"]), float(values.max()), float(values.mean()))
     baseline = max((b for b in BASELINES if b in retention), key=lambda b: retention[b][0])
     search = retention[ARM]
     return (search[0] - retention[baseline][0], search[1] - search[0],
-            retention[baseline][1] - retention[baseline][0])
+            retention[baseline][1] - retention[baseline][0], search[1] - search[2])
 
 
 if __name__ == "__main__":
