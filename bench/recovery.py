@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from _common import ROOT, add_data_dir  # noqa: E402  (also puts the repository on sys.path)
+from _common import add_data_dir  # noqa: E402  (also puts the repository on sys.path)
 
 METHODS = {
     "one-shot": dict(steps=0),
