@@ -63,6 +63,9 @@ def main() -> int:
             arms = {name: _arm(d) for name, d in cell["arms"].items() if name == ARM or name in BASELINES}
             labels = _labels(cell["arms"][ARM], args.data_dir)
             full = len(labels)
+            if any(len(p) != full for arm in arms.values() for p in arm["predictions"]):
+                raise ValueError(f"{cell['run']} {cell['task']}: the trials predicted other rows than the {full} "
+                                 f"selection rows read from {args.data_dir}")
             for n in [s for s in sizes if s < full] + [full]:
                 subsets = {"first": [np.arange(n)]}
                 subsets["random"] = [np.arange(full)] if n == full else [
@@ -95,9 +98,8 @@ def _arm(arm_dir: Path) -> dict:
     """An arm's eligible trials (completed, meeting the target), with their selection predictions."""
     import numpy as np
 
-    from nxmiformer.search import SearchConfig
-
     from nxmiformer.analysis import load_results
+    from nxmiformer.search import SearchConfig
 
     config = SearchConfig.load(arm_dir)
     results = load_results(arm_dir)
@@ -126,7 +128,7 @@ def _labels(arm_dir: Path, data_dir: str):
     return _selection_labels(config, dense if dense.is_dir() else Path(resolve_model_path(config.model)))
 
 
-def _decide(arms: dict, task: str, labels, rows) -> tuple[float, float, float]:
+def _decide(arms: dict, task: str, labels, rows) -> tuple[float, float, float, float]:
     """On selection ``rows``: (search choice minus the better baseline choice, search regret,
     that baseline's regret, the search's regret had it picked a trial at random), in points of
     validation retention."""
