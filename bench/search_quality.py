@@ -15,6 +15,9 @@ early stopping, so no arm loses a trial to ASHA):
   heterogeneous optimum back to uniform);
 * ``halfway`` (not run by default): the knapsack optimum, then the halfway plans: the knapsack
   optimum within N/2 modules of each of the proxy's three best uniform plans, then within N/4;
+* ``fine`` (not run by default): the search arm's kinds on ``--menu fine`` (a finer ladder of bits
+  per weight, 3-bit and 3:8 / 6:8 / 3:4 options, none beyond a factor 2 of the target's average),
+  profiled for ``fisher`` only (no one-shot forwards for the extra options);
 * ``uniform``: the uniform plans that meet the target, best proxy score first;
 * ``grid``: the per-component-type plans (one option per query/key/value/attn_out/ffn_in/ffn_out
   shared by every layer), best proxy score first, as the original research did.
@@ -28,9 +31,10 @@ the trial records keep) and, beside it, unpaired (binomial, as if the rows were 
 conservative); ``differences.csv`` holds them. Beside each arm's choice, the mean validation
 retention of all its completed trials (with its standard error) and their mean selection metric.
 And each proxy's Spearman rank correlation between predicted plan cost and the final selection
-loss over every trial of the three arms (``fisher``), and beside it with the selection rows' task
-metric (``fisher@selection_primary``) and with the validation metric (``fisher@validation``, a
-diagnosis only),
+loss over every trial of the arms on the first arm's menu (``fisher``), and beside it with the
+selection rows' task metric (``fisher@selection_primary``), with the KL divergence from the dense
+model's predictions on those rows (``fisher@selection_kl``: what a Fisher-weighted error
+approximates) and with the validation metric (``fisher@validation``, a diagnosis only),
 with the rank correlation between the selection rows' metric and the validation metric over the
 same trials (how much a choice made on the selection rows can carry to the validation split).
 """
@@ -48,9 +52,10 @@ from pathlib import Path
 from _common import ROOT, add_data_dir  # noqa: E402  (also puts the repository on sys.path)
 
 ARMS = {"search": ("optimal", "diverse"), "optuna": ("optimal", "diverse"), "anchored": ("optimal", "anchored"),
-        "halfway": ("optimal", "halfway"), "uniform": ("uniform",), "grid": ("grid",)}
+        "halfway": ("optimal", "halfway"), "fine": ("optimal", "diverse"), "uniform": ("uniform",), "grid": ("grid",)}
+MENUS = {"fine": "fine"}  # arms on another --menu than nxmi search's default (auto); the rest use auto
 STAGED_ARMS = ("search", "optuna")  # the arms whose last --stage2 trials go to a second stage
-SEARCH_ARMS = STAGED_ARMS + ("anchored", "halfway")
+SEARCH_ARMS = STAGED_ARMS + ("anchored", "halfway", "fine")
 
 
 def main() -> int:
@@ -120,7 +125,8 @@ def main() -> int:
                     seed=args.seed, trials=args.budget - second, steps=args.steps,
                     refine_trials=second if arm == "optuna" else 0, learn_trials=second if arm == "search" else 0,
                     kinds=ARMS[arm], calib_size=args.calib_size, asha=False, cache_dir=args.cache_dir,
-                    proxy=args.proxy, min_hamming=args.min_hamming)
+                    proxy=args.proxy, min_hamming=args.min_hamming, menu=MENUS.get(arm, "auto"),
+                    oneshot_profile=arm not in MENUS)
                 arm_dir = Path(config.out)
                 if args.reuse and (arm_dir / "results.parquet").is_file():
                     print(f"\n=== {task} target {target:.3%}, arm {arm}: read from {arm_dir}", flush=True)
@@ -128,7 +134,8 @@ def main() -> int:
                 else:
                     print(f"\n=== {task} target {target:.3%}, arm {arm}: {args.budget} trials x {args.steps} steps", flush=True)
                     result = run_search(config, progress=True)
-                pooled.append(result.results)
+                if MENUS.get(arm) == MENUS.get(arms[0]):  # the proxies are scored on the first arm's menu
+                    pooled.append(result.results)
                 best = result.best
                 n_val = len(_validation_labels(args.data_dir, task))
                 rows.append({
@@ -179,8 +186,9 @@ def main() -> int:
                   f"({paired_text}, +- {se / dense:.2%} unpaired; one standard error)")
             differences.append({"task": task, "target": target, "arm": arm, "baseline": best, "difference": diff,
                                 "se_paired": paired, "se_unpaired": se / dense})
-    print("\nproxy rank correlation (Spearman, predicted plan cost vs final selection loss, all arms' trials; "
-          "@selection_primary: vs the selection rows' metric; @validation: vs the validation metric), and"
+    print("\nproxy rank correlation (Spearman, predicted plan cost vs final selection loss, the trials of the arms on "
+          "the first arm's menu; @selection_primary: vs the selection rows' metric; @selection_kl: vs the KL from the "
+          "dense model on them; @validation: vs the validation metric), and"
           " selection_vs_validation (the selection rows' metric vs the validation metric):")
     with pd.option_context("display.width", 250, "display.float_format", "{:.2f}".format):
         shown = pd.DataFrame(correlations).dropna(axis=1, how="all")
@@ -234,7 +242,8 @@ def _against(results, profile) -> dict:
     from nxmiformer.search.runner import proxy_correlation
 
     out = {}
-    for column, suffix in (("selection_primary", "selection_primary"), ("primary", "validation")):
+    for column, suffix in (("selection_primary", "selection_primary"), ("selection_kl", "selection_kl"),
+                           ("primary", "validation")):
         out |= {f"{k}@{suffix}": v for k, v in proxy_correlation(results, profile, column).items() if k != "trials"}
     return out
 

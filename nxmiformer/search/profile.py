@@ -64,22 +64,39 @@ CATALOGUE = ("dense", "dense:fp16", "dense:int8", "dense:int4", "dense:int2", "2
              "1:8:int8", "1:8:int4", "1:4:int2", "2:8:int2", "1:8:int2")
 # the options sparse GPU kernels accelerate: 2:4 (semi-structured) and dense, at 8 or 16 bits
 KERNEL_MENU = ("dense:fp16", "dense:int8", "2:4:fp16", "2:4:int8")
-MENUS = ("auto", "kernel", "classic")
+MENUS = ("auto", "kernel", "classic", "fine")
 AUTO_MENU_SIZE = 12
+# --menu fine: these sparsity patterns x widths (3-bit integers included; 16-bit floats only at half
+# density or more), kept within a factor FINE_SPAN of the target's bits per weight, so the ladder has
+# steps of about 1.5x (0.5, 0.75, 1, 1.125, 1.5, 2 at 1 bit) and no option far from the average (at
+# 96.875% paper: 22 options, nothing below 0.5 bit, so no 1:8:int2)
+FINE_PATTERNS = ("dense", "3:4", "6:8", "2:4", "4:8", "3:8", "1:4", "2:8", "1:8")
+FINE_WIDTHS = ("int2", "int3", "int4", "int8", "fp16")
+FINE_SPAN = 2.0
 
 
 def menu_for(name: str, target_bits: float) -> tuple[str, ...]:
     """A named option menu. ``auto``: the :data:`AUTO_MENU_SIZE` options of :data:`CATALOGUE`
     nearest (in log bits per weight) to ``target_bits``, the average the target allows, with at
     least a third of them on each side, so plans can mix cheaper and dearer modules;
-    ``kernel``: :data:`KERNEL_MENU`; ``classic``: :data:`DEFAULT_MENU` (the fixed 11 options)."""
+    ``kernel``: :data:`KERNEL_MENU`; ``classic``: :data:`DEFAULT_MENU` (the fixed 11 options);
+    ``fine``: every :data:`FINE_PATTERNS` x :data:`FINE_WIDTHS` option (floats at half density or more) whose bits
+    per weight lie within a factor :data:`FINE_SPAN` of ``target_bits``: a finer ladder (3-bit and
+    3:8 / 6:8 / 3:4 options) without the extremes, sorted from the most bits to the fewest."""
+    import math
+
     if name == "kernel":
         return KERNEL_MENU
     if name == "classic":
         return DEFAULT_MENU
+    if name == "fine":
+        specs = {f"{p}:{w}": LayerSpec.parse(f"{p}:{w}") for p in FINE_PATTERNS for w in FINE_WIDTHS}
+        options = [o for o, spec in specs.items() if spec.is_integer or spec.density >= 0.5]
+        per_weight = {o: specs[o].density * specs[o].bits for o in options}
+        near = [o for o in options if abs(math.log2(per_weight[o] / target_bits)) <= math.log2(FINE_SPAN) + 1e-9]
+        return tuple(sorted(near, key=lambda o: -per_weight[o]))  # stable: pattern order within a width
     if name != "auto":
         raise NxmiError(f"unknown menu {name!r}; allowed: {', '.join(MENUS)}")
-    import math
 
     bits = {o: LayerSpec.parse(o).density * LayerSpec.parse(o).bits for o in CATALOGUE}
     distance = {o: abs(math.log2(b / target_bits)) for o, b in bits.items()}

@@ -26,6 +26,8 @@ from tests.conftest import tiny_bert
 DIMS = dict(hidden_size=128, intermediate_size=512, num_attention_heads=2)
 SPECS = ["2:4:int8", "2:4:int4", "4:8:int4", "1:4:int8", "2:8:int8", "dense:int8", "dense:int4", "2:4:fp16",
          "2:4:int8:g8", "4:8:int2:gtensor", "dense:fp16", "2:4",
+         # --menu fine's options: 3-bit integers and 3:8 / 6:8 / 3:4 patterns
+         "3:8:int4", "4:8:int3", "6:8:int2", "3:4:int3",
          # every scale method: the hardened scale is read back from max-abs, bit for bit
          "2:4:int4:max", "2:4:int4:mse", "2:4:int4:lsq", "4:8:int2:g8:lsq", "dense:int4:g16:lsq", "2:4:int8:max"]
 
@@ -199,7 +201,7 @@ def test_heterogeneous_round_trip(batch, tmp_path, tiny_tokenizer):
         "2:4:int8", "2:4:int8:a8", "2:4:int4", "2:4:fp16", "4:8:int4:g16", "dense:int8", "dense:int4"}
 
 
-@pytest.mark.parametrize("spec", ["2:4:int8", "2:4:int4", "1:4:int8"])
+@pytest.mark.parametrize("spec", ["2:4:int8", "2:4:int4", "1:4:int8", "3:8:int3"])
 def test_file_within_5_percent_of_storage_at_minilm_width(spec, tmp_path):
     # at MiniLM's 384/1536 the safetensors header (~100 bytes per tensor) is well under 1% of a
     # module, so the whole file, header included, lands within 5% of the accounting

@@ -183,6 +183,30 @@ def test_auto_menu_brackets_the_targets_bits_per_weight(target):
     assert sum(b < bits for b in per_weight) >= AUTO_MENU_SIZE // 3 and sum(b >= bits for b in per_weight) >= AUTO_MENU_SIZE // 3
 
 
+@pytest.mark.parametrize("target, size, fewest, most", [
+    (0.875, 19, 2.0, 8.0),       # 4 bits: 2:4/4:8 at fp16 but no sparser float
+    (0.9375, 25, 1.0, 4.0),
+    (0.96875, 22, 0.5, 2.0),     # 1 bit: nothing below 0.5 bit, so no 1:8:int2
+    (0.984375, 13, 0.25, 1.0),
+])
+def test_fine_menu_is_a_finer_ladder_within_a_factor_two(target, size, fewest, most):
+    from nxmiformer.compression import LayerSpec
+    from nxmiformer.search.profile import menu_for
+
+    bits = 32 * (1 - target)
+    menu = menu_for("fine", bits)
+    specs = [LayerSpec.parse(o) for o in menu]
+    per_weight = [s.density * s.bits for s in specs]
+    assert len(menu) == size == len(set(menu))
+    assert min(per_weight) == fewest and max(per_weight) == most
+    assert per_weight == sorted(per_weight, reverse=True)
+    assert all(s.is_integer or s.density >= 0.5 for s in specs)
+    # the ladder: every step between neighbouring widths is at most 1.5x, and 3-bit options are in it
+    levels = sorted(set(per_weight))
+    assert max(b / a for a, b in zip(levels, levels[1:])) <= 1.5 + 1e-9
+    assert any(s.bits == 3 for s in specs) and any(s.m == 8 and s.n in (3, 6) for s in specs)
+
+
 def test_named_menus_and_proxies_in_the_search_config(tmp_path):
     from nxmiformer.errors import NxmiError
     from nxmiformer.search import SearchConfig
@@ -191,7 +215,8 @@ def test_named_menus_and_proxies_in_the_search_config(tmp_path):
     assert SearchConfig(out=str(tmp_path), target_ratio=0.96875).options == menu_for("auto", 1.0)
     assert SearchConfig(out=str(tmp_path), menu="kernel").options == KERNEL_MENU
     assert SearchConfig(out=str(tmp_path), menu="kernel", options="2:4:int8").options == ("2:4:int8",)  # explicit wins
-    with pytest.raises(NxmiError, match="unknown menu 'fast'; allowed: auto, kernel, classic"):
+    assert SearchConfig(out=str(tmp_path), target_ratio=0.96875, menu="fine").options == menu_for("fine", 1.0)
+    with pytest.raises(NxmiError, match="unknown menu 'fast'; allowed: auto, kernel, classic, fine"):
         SearchConfig(out=str(tmp_path), menu="fast")
     with pytest.raises(NxmiError, match="unknown proxy 'oracle'; allowed: oneshot, fisher, probe"):
         SearchConfig(out=str(tmp_path), proxy="oracle")
