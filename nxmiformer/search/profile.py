@@ -94,7 +94,7 @@ def menu_for(name: str, target_bits: float) -> tuple[str, ...]:
         options = [o for o, spec in specs.items() if spec.is_integer or spec.density >= 0.5]
         per_weight = {o: specs[o].density * specs[o].bits for o in options}
         near = [o for o in options if abs(math.log2(per_weight[o] / target_bits)) <= math.log2(FINE_SPAN) + 1e-9]
-        return tuple(sorted(near, key=lambda o: -per_weight[o]))  # stable: pattern order within a width
+        return tuple(sorted(near, key=lambda o: -per_weight[o]))  # stable: pattern order within one level
     if name != "auto":
         raise NxmiError(f"unknown menu {name!r}; allowed: {', '.join(MENUS)}")
 
