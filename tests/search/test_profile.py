@@ -201,7 +201,7 @@ def test_fine_menu_is_a_finer_ladder_within_a_factor_two(target, size, fewest, m
     assert min(per_weight) == fewest and max(per_weight) == most
     assert per_weight == sorted(per_weight, reverse=True)
     assert all(s.is_integer or s.density >= 0.5 for s in specs)
-    # the ladder: every step between neighbouring widths is at most 1.5x, and 3-bit options are in it
+    # the ladder: every step between neighbouring levels is at most 1.5x, and 3-bit options are in it
     levels = sorted(set(per_weight))
     assert max(b / a for a, b in zip(levels, levels[1:])) <= 1.5 + 1e-9
     assert any(s.bits == 3 for s in specs) and any(s.m == 8 and s.n in (3, 6) for s in specs)
