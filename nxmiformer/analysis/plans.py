@@ -99,7 +99,7 @@ def plan_table(plan: "CompressionPlan | Mapping | pd.Series | str | os.PathLike"
         table = named.reindex(grid.union(named.index, sort=False)).reset_index()
         table["module"] = table["module"].fillna("")
         table["spec"] = table["spec"].map(lambda spec: DENSE if pd.isna(spec) else spec)  # unnamed: dense
-    table["bits_per_weight"] = table["spec"].map(lambda spec: spec.density * spec.bits)
+    table["bits_per_weight"] = table["spec"].map(lambda spec: spec.bits_per_weight)
     table["spec"] = table["spec"].map(str)
     order = {c: i for i, c in enumerate(COMPONENTS)}
     table = table.sort_values(["layer", "component"], key=lambda s: s.map(order) if s.name == "component" else s,

@@ -106,6 +106,11 @@ class LayerSpec:
     def density(self) -> float:
         return self.n / self.m
 
+    @property
+    def bits_per_weight(self) -> float:
+        """``density * bits``: the ``paper`` cost per weight (2:4:int8 is 4, dense:int8 is 8)."""
+        return self.density * self.bits
+
     @classmethod
     def parse(cls, text: "str | LayerSpec") -> "LayerSpec":
         """Parse the compact string form; see the class docstring."""

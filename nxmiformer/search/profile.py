@@ -92,13 +92,13 @@ def menu_for(name: str, target_bits: float) -> tuple[str, ...]:
     if name == "fine":
         specs = {f"{p}:{w}": LayerSpec.parse(f"{p}:{w}") for p in FINE_PATTERNS for w in FINE_WIDTHS}
         options = [o for o, spec in specs.items() if spec.is_integer or spec.density >= 0.5]
-        per_weight = {o: specs[o].density * specs[o].bits for o in options}
+        per_weight = {o: specs[o].bits_per_weight for o in options}
         near = [o for o in options if abs(math.log2(per_weight[o] / target_bits)) <= math.log2(FINE_SPAN) + 1e-9]
         return tuple(sorted(near, key=lambda o: -per_weight[o]))  # stable: pattern order within one level
     if name != "auto":
         raise NxmiError(f"unknown menu {name!r}; allowed: {', '.join(MENUS)}")
 
-    bits = {o: LayerSpec.parse(o).density * LayerSpec.parse(o).bits for o in CATALOGUE}
+    bits = {o: LayerSpec.parse(o).bits_per_weight for o in CATALOGUE}
     distance = {o: abs(math.log2(b / target_bits)) for o, b in bits.items()}
     below = sorted((o for o in CATALOGUE if bits[o] < target_bits), key=distance.get)
     above = sorted((o for o in CATALOGUE if bits[o] >= target_bits), key=distance.get)
