@@ -4,8 +4,8 @@ For each task and target ratio (``paper`` convention) three arms each get the sa
 short trials with the same settings (steps, training rows, seed), every trial run to the end (no
 early stopping, so no arm loses a trial to ASHA):
 
-* ``search``: what ``nxmi search`` ships by default (stage 1 only): the knapsack optimum and the
-  next diverse heterogeneous plans on the chosen ``--proxy``; with ``--stage2 N``, its last N
+* ``search``: ``nxmi search``'s stage 1 on ``--menu auto`` (the default menu before ``fine``): the
+  knapsack optimum and the next diverse heterogeneous plans on the chosen ``--proxy``; with ``--stage2 N``, its last N
   trials go to the stage that learns from the first ones (``learn_trials``: the additive model
   calibrated on the trials, re-solved);
 * ``optuna``: the same first stage, then ``--stage2`` trials (at least 1) of the Optuna stage
@@ -15,9 +15,9 @@ early stopping, so no arm loses a trial to ASHA):
   heterogeneous optimum back to uniform);
 * ``halfway`` (not run by default): the knapsack optimum, then the halfway plans: the knapsack
   optimum within N/2 modules of each of the proxy's three best uniform plans, then within N/4;
-* ``fine`` (not run by default): the search arm's kinds on ``--menu fine`` (a finer ladder of bits
-  per weight, 3-bit and 3:8 / 6:8 / 3:4 options, none beyond a factor 2 of the target's average),
-  profiled for ``fisher`` only (no one-shot forwards for the extra options);
+* ``fine`` (not run by default): the search arm's kinds on ``--menu fine``, ``nxmi search``'s default
+  menu (a finer ladder of bits per weight, 3-bit and 3:8 / 6:8 / 3:4 options, none beyond a factor 2
+  of the target's average), profiled for ``fisher`` only (no one-shot forwards for the extra options);
 * ``uniform``: the uniform plans that meet the target, best proxy score first;
 * ``grid``: the per-component-type plans (one option per query/key/value/attn_out/ffn_in/ffn_out
   shared by every layer), best proxy score first, as the original research did.
@@ -53,7 +53,7 @@ from _common import ROOT, add_data_dir  # noqa: E402  (also puts the repository 
 
 ARMS = {"search": ("optimal", "diverse"), "optuna": ("optimal", "diverse"), "anchored": ("optimal", "anchored"),
         "halfway": ("optimal", "halfway"), "fine": ("optimal", "diverse"), "uniform": ("uniform",), "grid": ("grid",)}
-MENUS = {"fine": "fine"}  # arms on another --menu than nxmi search's default (auto); the rest use auto
+MENUS = {"fine": "fine"}  # arms on --menu fine (nxmi search's default); the rest on auto, as all kept records
 STAGED_ARMS = ("search", "optuna")  # the arms whose last --stage2 trials go to a second stage
 SEARCH_ARMS = STAGED_ARMS + ("anchored", "halfway", "fine")
 

@@ -82,7 +82,8 @@ def menu_for(name: str, target_bits: float) -> tuple[str, ...]:
     ``kernel``: :data:`KERNEL_MENU`; ``classic``: :data:`DEFAULT_MENU` (the fixed 11 options);
     ``fine``: every :data:`FINE_PATTERNS` x :data:`FINE_WIDTHS` option (floats at half density or more) whose bits
     per weight lie within a factor :data:`FINE_SPAN` of ``target_bits``: a finer ladder (3-bit and
-    3:8 / 6:8 / 3:4 options) without the extremes, sorted from the most bits to the fewest."""
+    3:8 / 6:8 / 3:4 options) without the extremes, sorted from the most bits to the fewest (a target
+    beyond the ladder's ends, 0.25 to 16 bits, takes the options within a factor 2 of that end)."""
     import math
 
     if name == "kernel":
@@ -93,7 +94,10 @@ def menu_for(name: str, target_bits: float) -> tuple[str, ...]:
         specs = {f"{p}:{w}": LayerSpec.parse(f"{p}:{w}") for p in FINE_PATTERNS for w in FINE_WIDTHS}
         options = [o for o, spec in specs.items() if spec.is_integer or spec.density >= 0.5]
         per_weight = {o: specs[o].bits_per_weight for o in options}
-        near = [o for o in options if abs(math.log2(per_weight[o] / target_bits)) <= math.log2(FINE_SPAN) + 1e-9]
+        # a target beyond the ladder's ends keeps the options nearest it, so an unreachable ratio is
+        # reported as such (the highest reachable) instead of as an empty menu
+        centre = min(max(target_bits, min(per_weight.values())), max(per_weight.values()))
+        near = [o for o in options if abs(math.log2(per_weight[o] / centre)) <= math.log2(FINE_SPAN) + 1e-9]
         return tuple(sorted(near, key=lambda o: -per_weight[o]))  # stable: pattern order within one level
     if name != "auto":
         raise NxmiError(f"unknown menu {name!r}; allowed: {', '.join(MENUS)}")

@@ -108,10 +108,13 @@ class SearchConfig:
         "the GPU Ray assigns it, none without --gpus-per-trial), cpu, or cuda"))
     options: tuple[str, ...] | None = field(default=None, metadata=_help(
         "comma-separated option menu (default: the --menu for the target)"))
-    menu: str = field(default="auto", metadata=_help(
-        "the option menu when --options is not given: auto (the options around the target's bits per weight, on "
-        "both sides), kernel (2:4 and dense at 8/16 bits: what sparse GPU kernels accelerate), classic (11 fixed) or "
-        "fine (a finer ladder, 3-bit and 3:8/6:8/3:4 options included, within a factor 2 of the target's bits)"))
+    # fine is the default by measurement (bench/search_quality.py, README: Search quality): its plans beat the
+    # best uniform/grid plan in 9 of 9 cells at 93.75% and 96.875%, and auto's plans on SST-2 at both targets
+    menu: str = field(default="fine", metadata=_help(
+        "the option menu when --options is not given: fine (every N:M pattern of 1:8 to 3:4 and dense at 2, 3, 4 "
+        "and 8 bits, floats at half density or more, within a factor 2 of the target's bits per weight), auto (the "
+        "12 catalogue options nearest the target's bits, on both sides), kernel (2:4 and dense at 8/16 bits: what "
+        "sparse GPU kernels accelerate) or classic (11 fixed)"))
     # measured (same runs): rank correlation with the trials' selection loss 0.17 / 0.83 for fisher,
     # 0.04 / 0.77 for oneshot (93.75% / 96.875%)
     proxy: str = field(default="fisher", metadata=_help(

@@ -207,12 +207,25 @@ def test_fine_menu_is_a_finer_ladder_within_a_factor_two(target, size, fewest, m
     assert any(s.bits == 3 for s in specs) and any(s.m == 8 and s.n in (3, 6) for s in specs)
 
 
+@pytest.mark.parametrize("target, menu", [
+    # beyond the ladder's cheapest end (0.25 bit): the options within a factor 2 of it, not an empty menu
+    (0.999, ("1:4:int2", "2:8:int2", "1:8:int4", "1:8:int3", "1:8:int2")),
+    # beyond its dearest end (16 bits; there is no fp32 option): 8 to 16 bits
+    (0.001, ("dense:fp16", "3:4:fp16", "6:8:fp16", "dense:int8", "2:4:fp16", "4:8:fp16")),
+])
+def test_fine_menu_beyond_the_ladders_ends(target, menu):
+    from nxmiformer.search.profile import menu_for
+
+    assert menu_for("fine", 32 * (1 - target)) == menu
+
+
 def test_named_menus_and_proxies_in_the_search_config(tmp_path):
     from nxmiformer.errors import NxmiError
     from nxmiformer.search import SearchConfig
     from nxmiformer.search.profile import KERNEL_MENU, menu_for
 
-    assert SearchConfig(out=str(tmp_path), target_ratio=0.96875).options == menu_for("auto", 1.0)
+    assert SearchConfig(out=str(tmp_path), target_ratio=0.96875).options == menu_for("fine", 1.0)  # the default
+    assert SearchConfig(out=str(tmp_path), target_ratio=0.9375, menu="auto").options == menu_for("auto", 2.0)
     assert SearchConfig(out=str(tmp_path), menu="kernel").options == KERNEL_MENU
     assert SearchConfig(out=str(tmp_path), menu="kernel", options="2:4:int8").options == ("2:4:int8",)  # explicit wins
     assert SearchConfig(out=str(tmp_path), target_ratio=0.96875, menu="fine").options == menu_for("fine", 1.0)

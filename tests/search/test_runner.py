@@ -218,7 +218,7 @@ def test_search_places_trials_on_both_nodes_of_a_cluster(assets, tmp_path):
 BAD = [
     (["--target-ratio", "1.2"], "(0, 1)"),
     (["--target-ratio", "0"], "(0, 1)"),
-    (["--target-ratio", "0.999"], "highest reachable is 0.9922"),  # the auto menu reaches 1:8:int2
+    (["--target-ratio", "0.999"], "highest reachable is 0.9922"),  # the default menu reaches 1:8:int2
     (["--target-ratio", "0.8", "--options", "2:4:int8,9:4:int8"], "n=9"),
     (["--target-ratio", "0.8", "--concurrency", "0"], "concurrency"),
     (["--target-ratio", "0.8", "--refine-trials", "-1"], "refine_trials"),
