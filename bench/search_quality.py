@@ -5,9 +5,9 @@ short trials with the same settings (steps, training rows, seed), every trial ru
 early stopping, so no arm loses a trial to ASHA):
 
 * ``search``: ``nxmi search``'s stage 1 on ``--menu auto`` (the default menu before ``fine``): the
-  knapsack optimum and the next diverse heterogeneous plans on the chosen ``--proxy``; with ``--stage2 N``, its last N
-  trials go to the stage that learns from the first ones (``learn_trials``: the additive model
-  calibrated on the trials, re-solved);
+  knapsack optimum and the next diverse heterogeneous plans on the chosen ``--proxy``; with
+  ``--stage2 N``, its last N trials go to the stage that learns from the first ones
+  (``learn_trials``: the additive model calibrated on the trials, re-solved);
 * ``optuna``: the same first stage, then ``--stage2`` trials (at least 1) of the Optuna stage
   seeded with its results (``refine_trials``), to measure the two second stages against each other;
 * ``anchored`` (not run by default): the knapsack optimum, then the anchored plans: the knapsack
