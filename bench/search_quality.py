@@ -31,12 +31,16 @@ the trial records keep) and, beside it, unpaired (binomial, as if the rows were 
 conservative); ``differences.csv`` holds them. Beside each arm's choice, the mean validation
 retention of all its completed trials (with its standard error) and their mean selection metric.
 And each proxy's Spearman rank correlation between predicted plan cost and the final selection
-loss over every trial of the arms on the first arm's menu (``fisher``), and beside it with the
+loss over every arm's trials (``fisher``: its profile is completed for every option the trials
+use, which costs no forward per option; ``oneshot`` and ``probe`` rank the plans of the first
+arm's menu, which they measured; ``<proxy>_trials`` counts what each ranked), and beside it with the
 selection rows' task metric (``fisher@selection_primary``), with the KL divergence from the dense
 model's predictions on those rows (``fisher@selection_kl``: what a Fisher-weighted error
 approximates) and with the validation metric (``fisher@validation``, a diagnosis only),
 with the rank correlation between the selection rows' metric and the validation metric over the
-same trials (how much a choice made on the selection rows can carry to the validation split).
+same trials (how much a choice made on the selection rows can carry to the validation split), and
+the same for the selection loss (``loss_vs_validation``, lowest loss first: below 0, a lower loss
+went with a worse validation metric, and a proxy cannot rank both).
 """
 
 from __future__ import annotations
@@ -134,8 +138,7 @@ def main() -> int:
                 else:
                     print(f"\n=== {task} target {target:.3%}, arm {arm}: {args.budget} trials x {args.steps} steps", flush=True)
                     result = run_search(config, progress=True)
-                if MENUS.get(arm) == MENUS.get(arms[0]):  # the proxies are scored on the first arm's menu
-                    pooled.append(result.results)
+                pooled.append(result.results)  # the proxies are scored on every arm's trials
                 best = result.best
                 n_val = len(_validation_labels(args.data_dir, task))
                 rows.append({
@@ -151,11 +154,12 @@ def main() -> int:
                     "predictions": "" if best is None else best.get("predictions", ""),
                 })
                 pd.DataFrame(rows).to_csv(out / "summary.csv", index=False)  # so far: a long run that stops keeps its arms
-            profile = _profile_of(out / f"{task}-{target}-{arms[0]}", args)
             trials = pd.concat(pooled)
+            profile = _profile_of(out / f"{task}-{target}-{arms[0]}", args, _options_of(trials))
             correlations.append({"task": task, "target": target} | proxy_correlation(trials, profile)
                                 | _against(trials, profile)
-                                | {"selection_vs_validation": _agreement(trials)})
+                                | {"selection_vs_validation": _agreement(trials),
+                                   "loss_vs_validation": _agreement(trials, "selection_loss")})
 
     table = pd.DataFrame(rows)
     print(f"\nMiniLM default, {args.budget} trials per arm x {args.steps} steps, {args.train_size} training rows, "
@@ -186,10 +190,11 @@ def main() -> int:
                   f"({paired_text}, +- {se / dense:.2%} unpaired; one standard error)")
             differences.append({"task": task, "target": target, "arm": arm, "baseline": best, "difference": diff,
                                 "se_paired": paired, "se_unpaired": se / dense})
-    print("\nproxy rank correlation (Spearman, predicted plan cost vs final selection loss, the trials of the arms on "
-          "the first arm's menu; @selection_primary: vs the selection rows' metric; @selection_kl: vs the KL from the "
+    print("\nproxy rank correlation (Spearman, predicted plan cost vs final selection loss, every arm's trials that "
+          "the proxy prices: <proxy>_trials; @selection_primary: vs the selection rows' metric; @selection_kl: vs the KL from the "
           "dense model on them; @validation: vs the validation metric), and"
-          " selection_vs_validation (the selection rows' metric vs the validation metric):")
+          " selection_vs_validation and loss_vs_validation (the selection rows' metric, and their loss lowest-first, vs the"
+          " validation metric; +1: full agreement):")
     with pd.option_context("display.width", 250, "display.float_format", "{:.2f}".format):
         shown = pd.DataFrame(correlations).dropna(axis=1, how="all")
         shown["target"] = shown["target"].map(lambda v: f"{v:.3%}")
@@ -244,18 +249,24 @@ def _against(results, profile) -> dict:
     out = {}
     for column, suffix in (("selection_primary", "selection_primary"), ("selection_kl", "selection_kl"),
                            ("primary", "validation")):
-        out |= {f"{k}@{suffix}": v for k, v in proxy_correlation(results, profile, column).items() if k != "trials"}
+        out |= {f"{k}@{suffix}": v for k, v in proxy_correlation(results, profile, column).items()
+                if k != "trials" and not k.endswith("_trials")}
     return out
 
 
-def _agreement(results) -> float:
-    """Spearman rank correlation between the selection rows' metric (what decides) and the
-    validation metric (what is reported) over completed trials: near 0, picking on the
-    selection rows cannot carry a lead to the validation split."""
+def _agreement(results, column: str = "selection_primary") -> float:
+    """Spearman rank correlation between a selection-row measure (by default the metric, what
+    decides) and the validation metric (what is reported) over completed trials, signed so that
+    +1 is full agreement (a loss is ranked lowest-first): near 0, a choice on that measure cannot
+    carry a lead to the validation split; below 0 (``selection_loss`` on most cells), a proxy that
+    ranks the measure well ranks the validation metric badly."""
     from scipy.stats import spearmanr
 
-    done = results[(results["status"] == "completed") & results["selection_primary"].notna() & results["primary"].notna()]
-    return float(spearmanr(done["selection_primary"], done["primary"]).statistic) if len(done) >= 3 else float("nan")
+    from nxmiformer.records import HIGHER_IS_BETTER
+
+    done = results[(results["status"] == "completed") & results[column].notna() & results["primary"].notna()]
+    sign = 1 if column in HIGHER_IS_BETTER else -1
+    return float(spearmanr(sign * done[column], done["primary"]).statistic) if len(done) >= 3 else float("nan")
 
 
 def _paired_standard_error(task: str, data_dir, first: str, second: str, draws: int = 2000) -> float:
@@ -285,16 +296,27 @@ def _finished(search_dir: Path):
     return SearchResult(results, best_trial(results, config), search_dir, float("nan"))
 
 
-def _profile_of(search_dir: Path, args):
-    """The arm's profile table; with ``--probes``, the probe column beside it (cost printed)."""
+def _options_of(results) -> list[str]:
+    """Every option the completed trials' plans use, and ``dense`` (the modules a plan leaves out)."""
+    from nxmiformer.compression import DENSE, CompressionPlan
+
+    plans = [CompressionPlan.from_json(p) for p in results.loc[results["status"] == "completed", "plan_json"]]
+    return sorted({str(plan.spec_for(m)) for plan in plans for m in plan} | {str(DENSE)})
+
+
+def _profile_of(search_dir: Path, args, extra=()):
+    """The arm's profile table, with ``fisher`` also for the ``extra`` options (no one-shot forwards
+    for them: their ``oneshot`` is NaN unless cached, so that proxy prices only the plans of the
+    arm's menu); with ``--probes``, the probe column beside it (cost printed)."""
     from nxmiformer.search import SearchConfig, profile_sensitivity
     from nxmiformer.search.probes import probe_sensitivity
 
     stored = json.loads((search_dir / "search.json").read_text())
     config = SearchConfig.load(search_dir)
     dense_path = stored["provenance"]["dense_path"]
-    table = profile_sensitivity(dense_path, config.data_config(), config.options, config.calib_size,
-                                cache_dir=config.cache_root(), progress=False).table
+    options = list(dict.fromkeys([*config.options, *extra]))
+    table = profile_sensitivity(dense_path, config.data_config(), options, config.calib_size,
+                                cache_dir=config.cache_root(), progress=False, oneshot=False).table
     if not args.probes:
         return table
     settings = dataclasses.replace(config.probe_settings(), steps=args.probe_steps, blocks=args.probe_blocks)

@@ -544,22 +544,30 @@ def proxy_correlation(results: pd.DataFrame, profile: pd.DataFrame, objective: s
     column of ``results`` (sign flipped for a task metric, ``selection_primary`` or the
     validation ``primary``, so that +1 is a perfect ranking for every objective);
     NaN with fewer than three completed trials, or for a proxy ``profile`` did not measure
-    (``probe`` unless the probes were run, ``oneshot`` without ``oneshot_profile``)."""
+    (``probe`` unless the probes were run, ``oneshot`` without ``oneshot_profile``).
+
+    A proxy ranks only the plans it can price: a trial whose plan uses an option the proxy's
+    column lacks (NaN or absent, e.g. a one-shot column measured on another menu) is left out of
+    that proxy's correlation; ``<proxy>_trials`` counts the trials each one ranked."""
+    import numpy as np
     from scipy.stats import spearmanr
 
     done = results[(results["status"] == "completed") & results[objective].notna()]
     out: dict = {"trials": int(len(done))}
+    plans = [CompressionPlan.from_json(p) for p in done["plan_json"]]
+    observed_all = done[objective].to_numpy() * (-1 if objective in HIGHER_IS_BETTER else 1)
     for proxy, column in PROXIES.items():
         if column not in profile.columns or profile[column].isna().all():
-            out[proxy] = math.nan
+            out[proxy], out[f"{proxy}_trials"] = math.nan, 0
             continue
         lookup = dict(zip(zip(profile["module"], profile["option"]), profile[column]))
         modules = profile["module"].unique()
-        predicted = [sum(lookup.get((m, str(plan.spec_for(m))), math.nan) for m in modules)
-                     for plan in (CompressionPlan.from_json(p) for p in done["plan_json"])]
-        observed = done[objective].to_numpy() * (-1 if objective in HIGHER_IS_BETTER else 1)
-        ok = len(done) >= 3 and len(set(predicted)) > 1 and len(set(observed)) > 1
+        predicted = np.array([sum(lookup.get((m, str(plan.spec_for(m))), math.nan) for m in modules) for plan in plans])
+        priced = ~np.isnan(predicted)
+        predicted, observed = predicted[priced], observed_all[priced]
+        ok = len(predicted) >= 3 and len(set(predicted)) > 1 and len(set(observed)) > 1
         out[proxy] = float(spearmanr(predicted, observed).statistic) if ok else math.nan
+        out[f"{proxy}_trials"] = int(priced.sum())
     return out
 
 

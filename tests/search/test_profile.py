@@ -255,3 +255,28 @@ def test_proxy_correlation_ranks_plans_by_their_summed_scores():
     results["primary"] = [0.90, 0.85, 0.70, 0.80]
     got = proxy_correlation(results, profile, "primary")
     assert got["oneshot"] == pytest.approx(0.8) and got["fisher"] == pytest.approx(-0.8)
+
+
+@pytest.mark.parametrize("missing, oneshot, trials", [
+    (None, 1.0, 4),  # every plan priced
+    (("b", "2:4:int4"), 1.0, 3),  # the second plan uses a module x option without a one-shot score: ranked without it
+    (("b", "1:4:int4"), float("nan"), 2),  # two plans unpriced: too few left to rank
+])
+def test_proxy_correlation_ranks_only_the_plans_a_proxy_can_price(missing, oneshot, trials):
+    import json
+
+    from nxmiformer.compression import CompressionPlan
+    from nxmiformer.search.runner import proxy_correlation
+
+    profile = pd.DataFrame([{"module": m, "option": o, "delta_loss": float("nan") if (m, o) == missing else s,
+                             "fisher": s}
+                            for m in ("a", "b") for o, s in (("2:4:int8", 0.1), ("2:4:int4", 0.5), ("1:4:int4", 2.0))])
+    plans = [{"a": "2:4:int8", "b": "2:4:int8"}, {"a": "2:4:int8", "b": "2:4:int4"},
+             {"a": "2:4:int4", "b": "1:4:int4"}, {"a": "1:4:int4", "b": "1:4:int4"}]
+    results = pd.DataFrame({"status": "completed", "plan_json": [json.dumps(CompressionPlan(p).to_dict()) for p in plans],
+                            "selection_loss": [0.3, 0.4, 0.9, 1.5]})
+    got = proxy_correlation(results, profile)
+    assert got["oneshot_trials"] == trials and got["fisher_trials"] == 4 and got["trials"] == 4
+    assert got["fisher"] == pytest.approx(1.0)  # fisher prices every plan, whatever the one-shot column lacks
+    assert np.isnan(got["oneshot"]) if np.isnan(oneshot) else got["oneshot"] == pytest.approx(oneshot)
+    assert np.isnan(got["probe"]) and got["probe_trials"] == 0  # not measured

@@ -163,7 +163,8 @@ def test_the_learning_stage_trains_new_plans_from_the_calibrated_model(local_ray
     plans = [dict(CompressionPlan.from_json(p)) for p in table["plan_json"]]
     assert all(plans.count(p) == 1 for p in plans)  # new plans: none trained twice
     spearman = json.loads((out / "search.json").read_text())["proxy_spearman"]
-    assert set(spearman) == {"trials", "oneshot", "fisher", "probe"}
+    assert set(spearman) == {"trials", "oneshot", "fisher", "probe", "oneshot_trials", "fisher_trials", "probe_trials"}
+    assert spearman["fisher_trials"] == 5 and spearman["probe_trials"] == 0
     assert spearman["oneshot"] is None or math.isnan(spearman["oneshot"])  # not measured
     assert spearman["trials"] == 5 and isinstance(spearman["fisher"], float)
 
