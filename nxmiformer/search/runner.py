@@ -558,7 +558,7 @@ def proxy_correlation(results: pd.DataFrame, profile: pd.DataFrame, objective: s
     plans = [CompressionPlan.from_json(p) for p in done["plan_json"]]
     observed_all = done[objective].to_numpy() * (-1 if objective in HIGHER_IS_BETTER else 1)
     for proxy, column in PROXIES.items():
-        if column not in profile.columns or profile[column].isna().all():
+        if column not in profile.columns:  # a proxy that was not measured (an all-NaN column prices nothing below)
             out[proxy], out[f"{proxy}_trials"] = math.nan, 0
             continue
         lookup = dict(zip(zip(profile["module"], profile["option"]), profile[column]))
