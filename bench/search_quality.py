@@ -36,11 +36,14 @@ use, which costs no forward per option; ``oneshot`` and ``probe`` rank the plans
 arm's menu, which they measured; ``<proxy>_trials`` counts what each ranked), and beside it with the
 selection rows' task metric (``fisher@selection_primary``), with the KL divergence from the dense
 model's predictions on those rows (``fisher@selection_kl``: what a Fisher-weighted error
-approximates) and with the validation metric (``fisher@validation``, a diagnosis only),
+approximates), with the selection loss at each trial's best temperature
+(``fisher@selection_loss_calibrated``: the loss without the model's confidence) and with the
+validation metric (``fisher@validation``, a diagnosis only),
 with the rank correlation between the selection rows' metric and the validation metric over the
 same trials (how much a choice made on the selection rows can carry to the validation split), and
 the same for the selection loss (``loss_vs_validation``, lowest loss first: below 0, a lower loss
-went with a worse validation metric, and a proxy cannot rank both).
+went with a worse validation metric, and a proxy cannot rank both; ``calibrated_vs_validation`` for
+the calibrated loss).
 """
 
 from __future__ import annotations
@@ -159,7 +162,8 @@ def main() -> int:
             correlations.append({"task": task, "target": target} | proxy_correlation(trials, profile)
                                 | _against(trials, profile)
                                 | {"selection_vs_validation": _agreement(trials),
-                                   "loss_vs_validation": _agreement(trials, "selection_loss")})
+                                   "loss_vs_validation": _agreement(trials, "selection_loss"),
+                                   "calibrated_vs_validation": _agreement(trials, "selection_loss_calibrated")})
 
     table = pd.DataFrame(rows)
     print(f"\nMiniLM default, {args.budget} trials per arm x {args.steps} steps, {args.train_size} training rows, "
@@ -192,8 +196,9 @@ def main() -> int:
                                 "se_paired": paired, "se_unpaired": se / dense})
     print("\nproxy rank correlation (Spearman, predicted plan cost vs final selection loss, every arm's trials that "
           "the proxy prices: <proxy>_trials; @selection_primary: vs the selection rows' metric; @selection_kl: vs the KL from the "
-          "dense model on them; @validation: vs the validation metric), and"
-          " selection_vs_validation and loss_vs_validation (the selection rows' metric, and their loss lowest-first, vs the"
+          "dense model on them; @selection_loss_calibrated: vs the selection loss at each trial's best temperature; "
+          "@validation: vs the validation metric), and selection_vs_validation, loss_vs_validation and "
+          "calibrated_vs_validation (the selection rows' metric, their loss and calibrated loss lowest-first, vs the"
           " validation metric; +1: full agreement):")
     with pd.option_context("display.width", 250, "display.float_format", "{:.2f}".format):
         shown = pd.DataFrame(correlations).dropna(axis=1, how="all")
@@ -248,6 +253,7 @@ def _against(results, profile) -> dict:
 
     out = {}
     for column, suffix in (("selection_primary", "selection_primary"), ("selection_kl", "selection_kl"),
+                           ("selection_loss_calibrated", "selection_loss_calibrated"),
                            ("primary", "validation")):
         out |= {f"{k}@{suffix}": v for k, v in proxy_correlation(results, profile, column).items()
                 if not k.endswith("trials")}  # the counts are the same for every objective

@@ -5,8 +5,8 @@ these names; the search collects one :class:`TrialRecord` per trial and writes t
 :func:`records_frame`; analysis reads them with :func:`read_records`. Neither side renames or
 re-derives a column, and analysis never imports the search to know the schema.
 
-Versions: ``record_version`` 4 is this schema (version 3 lacked ``selection_predictions``, version 2
-also ``predictions``). Older files (version 1 also lacks ``record_version``) are read and
+Versions: ``record_version`` 5 is this schema (version 4 lacked ``selection_loss_calibrated``,
+version 3 also ``selection_predictions``, version 2 also ``predictions``). Older files (version 1 also lacks ``record_version``) are read and
 upgraded, their missing columns taking the defaults; a file of a newer version is refused with a
 message naming it.
 """
@@ -25,7 +25,7 @@ import pandas as pd
 from .errors import NxmiError, first_line
 from .outputs import atomic_file
 
-RECORD_VERSION = 4
+RECORD_VERSION = 5
 # the columns every version has; a table without them is not a search's results table
 REQUIRED_COLUMNS = (
     "trial_id", "status", "kind", "plan_json", "plan_summary", "ratio_paper", "ratio_storage", "primary",
@@ -70,6 +70,9 @@ class TrialRecord:
     selection_primary: float = field(default=math.nan, metadata=_doc(
         "the primary metric on the selection rows (held out of training; what a search decides on)", "float64"))
     selection_loss: float = field(default=math.nan, metadata=_doc("the task loss on the selection rows", "float64"))
+    selection_loss_calibrated: float = field(default=math.nan, metadata=_doc(
+        "the task loss on the selection rows at the temperature (affine fit, for regression) that minimises it "
+        "there: what the model separates, without how confident it is", "float64"))
     selection_kl: float = field(default=math.nan, metadata=_doc(
         "KL divergence of the trial's predictions from the dense warm start's on the selection rows", "float64"))
     admm_distance: float = field(default=math.nan, metadata=_doc(
@@ -123,6 +126,7 @@ class TrialRecord:
             steps=int(step) if math.isfinite(step) else 0,
             wall_time=_num(given.get("time_total_s")), node_id=str(given.get("node_id", "")),
             selection_primary=_num(given.get("selection_primary")), selection_loss=_num(given.get("selection_loss")),
+            selection_loss_calibrated=_num(given.get("selection_loss_calibrated")),
             selection_kl=_num(given.get("selection_kl")), admm_distance=_num(given.get("admm_distance")), admm_mask_agreement=_num(given.get("admm_mask_agreement")),
             duplicate_of=str(given.get("duplicate_of", "")), predictions=str(given.get("predictions", "")),
             selection_predictions=str(given.get("selection_predictions", "")),

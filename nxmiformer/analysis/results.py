@@ -24,8 +24,8 @@ RESULTS_FILE = "results.parquet"
 SEARCH_FILE = "search.json"
 # validation-split metrics (for the record and the report) and selection-row metrics (what a
 # search decides on; see SearchConfig.objective); the loss and KL are better when lower
-METRICS = ("primary", "retention", "selection_primary", "selection_loss", "selection_kl")
-LOWER_IS_BETTER = ("selection_loss", "selection_kl")
+METRICS = ("primary", "retention", "selection_primary", "selection_loss", "selection_loss_calibrated", "selection_kl")
+LOWER_IS_BETTER = ("selection_loss", "selection_loss_calibrated", "selection_kl")
 # columns load_results adds, after the runner's
 SEARCH_COLUMNS = ("search", "search_dir", "task", "model", "model_fingerprint", "failed")
 

@@ -177,7 +177,9 @@ def encode_predictions(logits: np.ndarray, regression: bool) -> str:
 def selection_metrics(model: nn.Module, data: GlueData, tokenizer, reference: np.ndarray | None = None,
                       batch_size: int = 64, keep_predictions: bool = False) -> dict[str, float]:
     """What a search decides on, measured on the selection rows (none: ``{}``): the task's
-    ``selection_primary`` metric, the task loss ``selection_loss`` and, given the dense warm
+    ``selection_primary`` metric, the task loss ``selection_loss``, the same loss after the
+    best rescaling of the outputs on those rows ``selection_loss_calibrated``
+    (:func:`calibrated_loss`) and, given the dense warm
     start's logits on the same rows, ``selection_kl``: the mean KL divergence of the model's
     predictions from the dense model's (squared error of the outputs for a regression task).
     With ``keep_predictions``, also ``selection_predictions``: the prediction per selection row,
@@ -188,13 +190,44 @@ def selection_metrics(model: nn.Module, data: GlueData, tokenizer, reference: np
     logits, labels = predict(model, data.selection, tokenizer, batch_size)
     regression = data.task.is_regression
     out = {"selection_primary": compute_metrics(data.task, logits, labels)["primary"],
-           "selection_loss": float(task_loss(torch.from_numpy(logits), torch.from_numpy(labels), regression))}
+           "selection_loss": float(task_loss(torch.from_numpy(logits), torch.from_numpy(labels), regression)),
+           "selection_loss_calibrated": calibrated_loss(logits, labels, regression)}
     if reference is not None:
         out["selection_kl"] = float(distillation_loss(torch.from_numpy(logits), torch.from_numpy(reference), 1.0,
                                                       regression))
     if keep_predictions:
         out["selection_predictions"] = encode_predictions(logits, regression)
     return out
+
+
+def calibrated_loss(logits: np.ndarray, labels: np.ndarray, regression: bool) -> float:
+    """The task loss of ``logits`` on ``labels`` after the rescaling of the outputs that minimises
+    it on these rows: the cross-entropy at the best temperature (``softmax(logits / T)``, T > 0;
+    ``log(classes)`` in the limit of a large T) for classification, the mean
+    squared error of the least-squares affine fit ``a * score + b`` for regression.
+
+    It keeps what the model ranks and separates and drops how confident it is: two models that
+    differ only in a temperature have the same calibrated loss. The cross-entropy is convex in
+    ``1 / T`` (a log-sum-exp of linear functions), so a bounded scalar search finds its minimum."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels)
+    if regression:
+        score, target = logits.reshape(len(logits), -1)[:, 0], labels.astype(np.float64)
+        design = np.stack([score, np.ones_like(score)], axis=1)
+        coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+        return float(np.mean((design @ coef - target) ** 2))
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    labels = labels.astype(np.int64)
+
+    def loss(inverse_temperature: float) -> float:
+        return float(-log_softmax(logits * inverse_temperature, axis=-1)[np.arange(len(labels)), labels].mean())
+
+    spread = float(np.ptp(logits, axis=-1).max()) if logits.size else 0.0
+    upper = 100.0 / max(spread, 1e-3)  # beyond this every softmax is one-hot to machine precision
+    best = minimize_scalar(loss, bounds=(0.0, upper), method="bounded", options={"xatol": upper * 1e-6})
+    return min(loss(best.x), loss(1.0))
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:

@@ -46,6 +46,7 @@ def synthetic_results(seed: int, n: int = 30, ratio_levels: int | None = 5, metr
         "ratio_paper": paper, "ratio_storage": storage, "meets_target": paper >= 0.875, "primary": primary,
         "retention": primary / 0.9, "dense_primary": 0.9, "metrics_json": "{}", "steps": 8, "wall_time": 1.0,
         "node_id": "", "selection_primary": primary - rng.uniform(0, 0.05, n), "selection_loss": 1.0 - primary,
+        "selection_loss_calibrated": 0.9 - primary,
         "selection_kl": rng.uniform(0, 0.3, n), "admm_distance": rng.uniform(0, 0.5, n), "admm_mask_agreement": rng.uniform(0.7, 1.0, n),
         "duplicate_of": "", "predictions": "", "selection_predictions": "", "record_version": RECORD_VERSION,
     })

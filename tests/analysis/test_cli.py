@@ -101,7 +101,7 @@ def synthetic_dir(tmp_path):
 COMMON_BAD = [
     ("unknown convention", ["--target-ratio", "0.85", "--convention", "bytes"], "unknown ratio convention 'bytes'; allowed: paper, storage"),
     ("unknown metric", ["--target-ratio", "0.85", "--selection-metric", "f1"],
-     "unknown metric 'f1'; allowed: primary, retention, selection_primary, selection_loss, selection_kl"),
+     "unknown metric 'f1'; allowed: primary, retention, selection_primary, selection_loss, selection_loss_calibrated, selection_kl"),
     ("ratio above 1", ["--target-ratio", "1.5"], "target ratio must be a number in (0, 1), got 1.5"),
     ("ratio 0", ["--target-ratio", "0"], "(0, 1), got 0.0"),
     ("ratio 1", ["--target-ratio", "1"], "(0, 1), got 1.0"),

@@ -39,12 +39,17 @@ def test_missing_values_take_the_schema_defaults_and_bad_types_are_one_line(tmp_
         load_results(write_search_dir(tmp_path / "bad", synthetic_results(0).assign(steps="eight")))
 
 
-@pytest.mark.parametrize("version,missing", [(2, ["predictions", "selection_predictions"]), (3, ["selection_predictions"])])
-def test_an_older_table_reads_without_the_predictions_it_lacks(tmp_path, version, missing):
+@pytest.mark.parametrize("version,missing", [
+    (2, ["predictions", "selection_predictions", "selection_loss_calibrated"]),
+    (3, ["selection_predictions", "selection_loss_calibrated"]),
+    (4, ["selection_loss_calibrated"]),
+])
+def test_an_older_table_reads_without_the_columns_it_lacks(tmp_path, version, missing):
     old = synthetic_results(0).drop(columns=missing).assign(record_version=version)
     results = load_results(write_search_dir(tmp_path / f"v{version}", old))
     assert results["record_version"].eq(version).all()
-    assert all(results[column].eq("").all() for column in missing)
+    assert all(results[column].eq("").all() for column in missing if column.endswith("predictions"))
+    assert all(results[column].isna().all() for column in missing if not column.endswith("predictions"))
 
 
 def test_a_results_table_of_a_newer_version_is_refused_naming_it(tmp_path):

@@ -246,6 +246,7 @@ def test_trials_report_the_selection_rows_and_the_kl_from_the_dense_model(make_c
     assert [r["step"] for r in rows] == [4, 6, 8]  # projection, eval_at, final
     for row in rows:
         assert {"selection_primary", "selection_loss", "selection_kl"} <= set(row) and row["selection_kl"] >= 0
+        assert 0 < row["selection_loss_calibrated"] <= row["selection_loss"] + 1e-12
     # only the final report carries the validation predictions, and they give its metric again
     assert ["predictions" in r for r in rows] == [False, False, True]
     import pandas as pd
