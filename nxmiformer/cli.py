@@ -358,7 +358,8 @@ def _add_selection_args(p, front: bool) -> None:
     if front:
         p.add_argument("--metric", default="primary", help="accuracy axis of the front: primary (the task metric) or retention")
     p.add_argument("--selection-metric", help="what the selection ranks on (default: the search's objective, "
-                   "as nxmi search chose): selection_loss, selection_loss_calibrated, selection_kl, selection_primary, primary or retention")
+                   "as nxmi search chose): selection_loss, selection_loss_calibrated, selection_kl, selection_primary, "
+                   "primary or retention")
     p.add_argument("--include-stopped", action="store_true",
                    help="let trials stopped early by ASHA (intermediate metrics) on the front and into the selection")
 

@@ -6,9 +6,9 @@ these names; the search collects one :class:`TrialRecord` per trial and writes t
 re-derives a column, and analysis never imports the search to know the schema.
 
 Versions: ``record_version`` 5 is this schema (version 4 lacked ``selection_loss_calibrated``,
-version 3 also ``selection_predictions``, version 2 also ``predictions``). Older files (version 1 also lacks ``record_version``) are read and
-upgraded, their missing columns taking the defaults; a file of a newer version is refused with a
-message naming it.
+version 3 also ``selection_predictions``, version 2 also ``predictions``). Older files (version 1
+also lacks ``record_version``) are read and upgraded, their missing columns taking the defaults; a
+file of a newer version is refused with a message naming it.
 """
 
 from __future__ import annotations

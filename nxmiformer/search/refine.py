@@ -304,8 +304,8 @@ def _trained_before(plan: CompressionPlan, known: str) -> dict | None:
         if CompressionPlan.from_json(row["plan_json"]) == plan:
             metrics = {k: v for k, v in json.loads(row["metrics_json"]).items() if k in TASK_METRICS}
             fields = ("plan_json", "plan_summary", "ratio_paper", "ratio_storage", "primary", "retention",
-                      "selection_primary", "selection_loss", "selection_loss_calibrated", "selection_kl", "admm_distance", "admm_mask_agreement", "predictions",
-                      "selection_predictions")
+                      "selection_primary", "selection_loss", "selection_loss_calibrated", "selection_kl",
+                      "admm_distance", "admm_mask_agreement", "predictions", "selection_predictions")
             return metrics | {k: row[k] for k in fields} | {
                 "kind": REFINED, "phase": "final", "step": int(row["steps"]), "duplicate_of": row["trial_id"]}
     return None

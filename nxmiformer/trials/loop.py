@@ -203,8 +203,8 @@ def selection_metrics(model: nn.Module, data: GlueData, tokenizer, reference: np
 def calibrated_loss(logits: np.ndarray, labels: np.ndarray, regression: bool) -> float:
     """The task loss of ``logits`` on ``labels`` after the rescaling of the outputs that minimises
     it on these rows: the cross-entropy at the best temperature (``softmax(logits / T)``, T > 0;
-    ``log(classes)`` in the limit of a large T) for classification, the mean
-    squared error of the least-squares affine fit ``a * score + b`` for regression.
+    ``log(classes)`` in the limit of a large T) for classification, the mean squared error of the
+    least-squares affine fit ``a * score + b`` for regression.
 
     It keeps what the model ranks and separates and drops how confident it is: two models that
     differ only in a temperature have the same calibrated loss. The cross-entropy is convex in
