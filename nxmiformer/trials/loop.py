@@ -217,12 +217,11 @@ def calibrated_loss(logits: np.ndarray, labels: np.ndarray, regression: bool) ->
         coef, *_ = np.linalg.lstsq(design, target, rcond=None)
         return float(np.mean((design @ coef - target) ** 2))
     from scipy.optimize import minimize_scalar
-    from scipy.special import log_softmax
 
-    labels = labels.astype(np.int64)
+    scores, targets = torch.from_numpy(logits), torch.from_numpy(labels)
 
     def loss(inverse_temperature: float) -> float:
-        return float(-log_softmax(logits * inverse_temperature, axis=-1)[np.arange(len(labels)), labels].mean())
+        return float(task_loss(scores * inverse_temperature, targets, regression=False))
 
     spread = float(np.ptp(logits, axis=-1).max()) if logits.size else 0.0
     upper = 100.0 / max(spread, 1e-3)  # beyond this every softmax is one-hot to machine precision
