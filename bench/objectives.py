@@ -1,0 +1,128 @@
+"""Which selection-row measure should choose the plan? Re-decide finished runs on each (kept records, no training)
+
+A search decides on one measure of its trials on the selection rows, ``--objective`` (default
+``selection_primary``, the task metric), and reports the chosen trial on the validation split. The
+issue asks for the default that best predicts the validation metric. This reads the records of the
+given ``search_quality.py`` runs (default: every run kept under ``bench/results/runs``) and, for
+every (run, task, target) cell and every objective the records carry (``selection_primary``,
+``selection_loss``, ``selection_kl``, and ``selection_loss_calibrated`` from record version 5):
+
+* ``agreement``: Spearman rank correlation between the objective (a loss or KL lowest-first) and the
+  validation metric over the cell's completed trials, every arm pooled (+1: full agreement);
+* ``regret``: per arm, the validation retention of its best completed trial minus that of the trial
+  :func:`nxmiformer.analysis.select` picks on the objective (points; 0: the objective found the
+  best), averaged over the cell's arms;
+* ``difference``: the ``--arm`` arm's choice minus the better baseline arm's choice (uniform, grid),
+  every arm choosing on that objective: the figure ``search_quality.py`` reports, had the runs
+  decided on it.
+
+Then each objective pooled over the cells that carry it, with ``se_cells`` (the spread between cells
+over sqrt(cells)), and over the cells that carry all of them, where the objectives meet on the same
+trials. The validation split is only read, to score the objectives; none decides on it. The
+re-decision is the one the run would have made wherever the objective decided nothing else: no
+trial of a kept run was cut (``search_quality.py`` runs without ASHA; every record is completed),
+and the fine, uniform and grid arms have no learning stage (the staged arms, search and optuna,
+chose their stage-2 plans on the task metric). Only completed trials are re-decided.
+
+    python bench/objectives.py [RUN_DIR ...] [--arm fine] [--csv FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from _common import ROOT  # noqa: E402  (also puts the repository on sys.path)
+
+import pandas as pd
+from scipy.stats import spearmanr
+
+from nxmiformer.analysis import select
+from nxmiformer.records import HIGHER_IS_BETTER, read_records
+
+OBJECTIVES = ("selection_primary", "selection_loss", "selection_kl", "selection_loss_calibrated")
+BASELINES = ("uniform", "grid")
+
+
+def cell_table(arms: dict[str, pd.DataFrame], arm: str) -> list[dict]:
+    """One row per objective the cell's records carry: agreement, mean regret over arms and the
+    ``arm`` minus best-baseline difference (NaN where the cell lacks ``arm`` or a baseline)."""
+    done = {name: r[(r["status"] == "completed") & r["primary"].notna()] for name, r in arms.items()}
+    done = {name: r for name, r in done.items() if not r.empty}
+    pooled = pd.concat(done.values())
+    rows = []
+    for objective in OBJECTIVES:
+        if objective not in pooled or pooled[objective].isna().any():
+            continue  # a record version without it
+        sign = 1 if objective in HIGHER_IS_BETTER else -1
+        agreement = float(spearmanr(sign * pooled[objective], pooled["primary"]).statistic)
+        chosen = {name: float(select(r, float(r["ratio_paper"].min()), metric=objective)["retention"])
+                  for name, r in done.items()}  # every trial of an arm meets its target
+        regret = [float(done[name]["retention"].max()) - value for name, value in chosen.items()]
+        baselines = [chosen[b] for b in BASELINES if b in chosen]
+        difference = chosen[arm] - max(baselines) if arm in chosen and baselines else float("nan")
+        rows.append({"objective": objective, "trials": len(pooled), "agreement": agreement,
+                     "regret": 100 * sum(regret) / len(regret), "difference": 100 * difference,
+                     **{f"chosen_{name}": 100 * value for name, value in chosen.items()}})
+    return rows
+
+
+def cells(runs: list[Path]):
+    """(run name, cell name, {arm: records}) for every cell of the runs: arm directories are
+    ``<task>-<target>-<arm>``."""
+    for run in runs:
+        by_cell: dict[str, dict[str, pd.DataFrame]] = {}
+        for records in sorted(run.glob("*/results.parquet")):
+            task, target, arm = records.parent.name.split("-", 2)
+            by_cell.setdefault(f"{task}-{target}", {})[arm] = read_records(records)
+        for cell, arms in by_cell.items():
+            yield run.name, cell, arms
+
+
+def pooled(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and se_cells of agreement, regret and difference per objective."""
+    out = []
+    for objective, group in table.groupby("objective", sort=False):
+        row = {"objective": objective, "cells": len(group)}
+        for column in ("agreement", "regret", "difference"):
+            values = group[column].dropna()
+            row[column] = values.mean()
+            row[f"{column}_se"] = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+            if column == "difference":
+                row["difference_cells"] = len(values)
+                row["difference_ge_0"] = int((values >= 0).sum())
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="*", help="search_quality.py --out directories (default: bench/results/runs/*)")
+    parser.add_argument("--arm", default="fine", help="the search arm set against the baselines (default: fine)")
+    parser.add_argument("--csv", help="write the per-cell table here")
+    args = parser.parse_args()
+    runs = [Path(r) for r in args.runs] or sorted(p for p in (ROOT / "bench" / "results" / "runs").iterdir()
+                                                  if p.is_dir())
+    rows = [{"run": run, "cell": cell} | row for run, cell, arms in cells(runs) for row in cell_table(arms, args.arm)]
+    if not rows:
+        print(f"no completed trials in {len(runs)} runs", file=sys.stderr)
+        return 1
+    table = pd.DataFrame(rows)
+    with pd.option_context("display.width", 250, "display.float_format", "{:.2f}".format):
+        print(table.drop(columns=[c for c in table.columns if c.startswith("chosen_")]).to_string(index=False))
+        print("\nPooled over the cells that carry each objective (regret and difference in points of retention; "
+              f"difference: {args.arm} minus the better baseline, each arm choosing on the objective):")
+        print(pooled(table).to_string(index=False))
+        common = table.groupby(["run", "cell"]).filter(lambda g: len(g) == len(OBJECTIVES))
+        if not common.empty:
+            print(f"\nOver the {common.groupby(['run', 'cell']).ngroups} cells that carry all {len(OBJECTIVES)}:")
+            print(pooled(common).to_string(index=False))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
