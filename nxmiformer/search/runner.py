@@ -111,7 +111,7 @@ class SearchConfig:
     options: tuple[str, ...] | None = field(default=None, metadata=_help(
         "comma-separated option menu (default: the --menu for the target)"))
     # fine is the default by measurement (bench/search_quality.py, README: Search quality): its plans beat the
-    # best uniform/grid plan in 15 of 16 cells at 93.75% and 96.875% (SST-2 seed 8 at 96.875%: -0.56 +- 1.25),
+    # best uniform/grid plan in 17 of 18 cells at 93.75% and 96.875% (SST-2 seed 8 at 96.875%: -0.56 +- 1.25),
     # and auto's plans on SST-2 at both targets
     menu: str = field(default="fine", metadata=_help(
         "the option menu when --options is not given: fine (every N:M pattern of 1:8 to 3:4 and dense at 2, 3, 4 "
