@@ -37,10 +37,10 @@ from pathlib import Path
 from _common import ROOT  # noqa: E402  (also puts the repository on sys.path)
 
 import pandas as pd
-from scipy.stats import spearmanr
+from search_quality import _agreement
 
 from nxmiformer.analysis import select
-from nxmiformer.records import HIGHER_IS_BETTER, read_records
+from nxmiformer.records import read_records
 
 OBJECTIVES = ("selection_primary", "selection_loss", "selection_kl", "selection_loss_calibrated")
 BASELINES = ("uniform", "grid")
@@ -51,13 +51,14 @@ def cell_table(arms: dict[str, pd.DataFrame], arm: str) -> list[dict]:
     ``arm`` minus best-baseline difference (NaN where the cell lacks ``arm`` or a baseline)."""
     done = {name: r[(r["status"] == "completed") & r["primary"].notna()] for name, r in arms.items()}
     done = {name: r for name, r in done.items() if not r.empty}
+    if not done:
+        return []
     pooled = pd.concat(done.values())
     rows = []
     for objective in OBJECTIVES:
         if objective not in pooled or pooled[objective].isna().any():
             continue  # a record version without it
-        sign = 1 if objective in HIGHER_IS_BETTER else -1
-        agreement = float(spearmanr(sign * pooled[objective], pooled["primary"]).statistic)
+        agreement = _agreement(pooled, objective)
         chosen = {name: float(select(r, float(r["ratio_paper"].min()), metric=objective)["retention"])
                   for name, r in done.items()}  # every trial of an arm meets its target
         regret = [float(done[name]["retention"].max()) - value for name, value in chosen.items()]
