@@ -1,8 +1,9 @@
 """Which selection-row measure should choose the plan? Re-decide finished runs on each (kept records, no training)
 
 A search decides on one measure of its trials on the selection rows, ``--objective`` (default
-``selection_primary``, the task metric), and reports the chosen trial on the validation split. The
-issue asks for the default that best predicts the validation metric. This reads the records of the
+``selection_loss_calibrated`` since 2026-11-30, chosen with this script; ``selection_primary``, the
+task metric, before), and reports the chosen trial on the validation split. The issue asks for the
+default that best predicts the validation metric. This reads the records of the
 given ``search_quality.py`` runs (default: every run kept under ``bench/results/runs``) and, for
 every (run, task, target) cell and every objective the records carry (``selection_primary``,
 ``selection_loss``, ``selection_kl``, and ``selection_loss_calibrated`` from record version 5):

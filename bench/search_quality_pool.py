@@ -14,7 +14,11 @@ cell that has the ``search`` arm and a baseline arm (``uniform``, ``grid``), thi
 * ``search_regret``, ``baseline_regret``: the points each chosen plan is below its arm's best trial
   on the validation split: what choosing on the selection rows gave up (no SE: a maximum is biased);
 
-then, per task and over every cell, the mean difference with two standard errors:
+and each arm's chosen plan on the validation split (``retention_<arm>``, % of the dense warm
+start) with the objective the measured arm chose on (``objective``);
+
+then over every cell, per target (several tasks and targets) and per task and target, the mean
+difference with two standard errors:
 
 * ``se_rows``: from the cells' paired SEs, sqrt(sum se^2) / cells: the validation rows' noise only;
 * ``se_cells``: the spread of the differences between cells, sd / sqrt(cells): what a new seed would
@@ -26,7 +30,8 @@ other arms than ``uniform,grid`` (the better of them per cell, as above), so ``-
 then describe arm A. Cells measured with other arms are not pooled together.
 
 Last, each proxy's rank correlations from the runs' ``proxies.csv``, per task: the mean and how
-many runs reach 0.6. ``--csv FILE`` writes the per-cell table. Runs whose arms of one name differ in trials, stages,
+many runs reach 0.6. ``--csv FILE`` writes the per-cell table, ``--markdown FILE`` the per-cell
+table and the pooled means as Markdown (the README's). Runs whose arms of one name differ in trials, stages,
 steps, selection rows or min_hamming are refused: their differences measure different things.
 
 Cells whose runs are gone can still be pooled from what earlier runs wrote: ``--cells FILE`` (a
@@ -56,6 +61,7 @@ def main() -> int:
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help="comma-separated arms, the better of which per cell is compared (default: uniform,grid)")
     parser.add_argument("--csv", help="write the per-cell table here")
+    parser.add_argument("--markdown", help="write the per-cell table and the pooled means here, as Markdown tables")
     parser.add_argument("--cells", action="append", default=[],
                         help="a per-cell table written earlier by --csv, pooled with the runs' (repeatable)")
     parser.add_argument("--proxies", action="append", default=[],
@@ -98,11 +104,13 @@ def main() -> int:
     with pd.option_context("display.width", 250, "display.max_colwidth", 60):
         print(table.drop(columns=["run"]).round({c: 2 for c in table.columns if c != "target"}).to_string(index=False))
     print()
-    for (task, target), group in [(("all", ""), table)] + list(table.groupby(["task", "target"])):
+    for (task, target), group in groups(table):
         for what in ("chosen", "family"):
             p = pool(group[what], group[f"{what}_se"])
             print(f"{task} {target}: {what} mean {p['mean']:+.2f} points over {p['cells']} cells "
                   f"(se_rows {p['se_rows']:.2f}, se_cells {p['se_cells']:.2f}); >= 0 in {p['at_least_zero']} of {p['cells']}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(table))
     proxies = _proxies(args.runs, args.proxies)
     if proxies is not None:
         print("\nproxy rank correlations (each run's proxies.csv): mean over the runs, and in how many >= 0.6")
@@ -110,6 +118,49 @@ def main() -> int:
     if args.csv:
         table.to_csv(args.csv, index=False)
     return 0
+
+
+def groups(table) -> list[tuple[tuple[str, str], object]]:
+    """What to pool: every cell (``all``), each target over its tasks (where the table has more
+    than one task), and each (task, target)."""
+    out = [(("all", ""), table)]
+    if table["task"].nunique() > 1 and table["target"].nunique() > 1:
+        out += [(("all", target), group) for target, group in table.groupby("target")]
+    return out + list(table.groupby(["task", "target"]))
+
+
+# how the Markdown table names an arm's --objective
+OBJECTIVE_NAMES = {"selection_primary": "metric", "selection_loss": "loss", "selection_kl": "KL",
+                   "selection_loss_calibrated": "calibrated loss"}
+
+
+def _objective_name(objective) -> str:
+    """``OBJECTIVE_NAMES``' name of it; ``?`` for a cell read from a table written before it was kept."""
+    return OBJECTIVE_NAMES.get(objective, objective) if isinstance(objective, str) else "?"
+
+
+def markdown(table) -> str:
+    """The per-cell table (one row per seed x task x target: each arm's chosen plan on the
+    validation split, the difference with its paired SE) and the pooled means, as Markdown."""
+    arm, baselines = table["arm"].iloc[0], table["baselines"].iloc[0].split(",")
+    head = (["target", "task", "seed", "chose on", f"{arm}: chosen plan", arm] + baselines
+            + ["better baseline's plan", f"{arm} - better baseline", "families"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.sort_values(["target", "task", "seed"]).itertuples(index=False):
+        row = row._asdict()
+        retention = [f"{row.get(f'retention_{name}', math.nan):.2f}%" for name in [arm] + baselines]
+        cells = [f"{100 * float(row['target']):g}%", row["task"], str(row["seed"]),
+                 _objective_name(row.get("objective")), row["search_plan"],
+                 *retention, f"{row['baseline']}: {row['baseline_plan']}",
+                 f"**{row['chosen']:+.2f} +- {row['chosen_se']:.2f}**", f"{row['family']:+.2f} +- {row['family_se']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| cells | n | chosen: mean (se_cells) | chosen >= 0 | families: mean (se_cells) |", "|---|---|---|---|---|"]
+    for (task, target), group in groups(table):
+        chosen, family = pool(group["chosen"], group["chosen_se"]), pool(group["family"], group["family_se"])
+        name = f"{task} {100 * float(target):g}%" if target != "" else "all"
+        lines.append(f"| {name} | {chosen['cells']} | {chosen['mean']:+.2f} ({chosen['se_cells']:.2f}) | "
+                     f"{chosen['at_least_zero']} of {chosen['cells']} | {family['mean']:+.2f} ({family['se_cells']:.2f}) |")
+    return "\n".join(lines) + "\n"
 
 
 def _earlier_cells(path: str):
@@ -185,6 +236,7 @@ def measure(cell: dict, data_dir: str, draws: int, arm: str = "search", baseline
     import numpy as np
     from search_quality import _finished, _validation_labels
 
+    from nxmiformer.search import SearchConfig
     from nxmiformer.trials.metrics import bootstrap_primary
 
     labels = _validation_labels(data_dir, cell["task"])
@@ -202,7 +254,7 @@ def measure(cell: dict, data_dir: str, draws: int, arm: str = "search", baseline
         predictions = [np.asarray(json.loads(p)) for p in done["predictions"]]
         chosen = int(np.flatnonzero(done.index == result.best.name)[0])
         arms[name] = {"dense": dense, "predictions": predictions, "chosen": chosen,
-                     "plan": result.best["plan_summary"]}
+                      "plan": result.best["plan_summary"], "objective": SearchConfig.load(arm_dir).objective}
     # retention (%) of every trial of every arm on the same samples of rows; sample 0 is the validation split itself
     scores = {name: 100 * bootstrap_primary(cell["task"], a["predictions"], labels, draws) / a["dense"]
               for name, a in arms.items()}
@@ -212,13 +264,15 @@ def measure(cell: dict, data_dir: str, draws: int, arm: str = "search", baseline
     chosen = scores[arm][:, arms[arm]["chosen"]] - scores[best_chosen][:, arms[best_chosen]["chosen"]]
     family = scores[arm].mean(axis=1) - scores[best_family].mean(axis=1)
     return {"run": cell["run"], "seed": cell["seed"], "task": cell["task"], "target": cell["target"],
-            "arm": arm, "baselines": ",".join(baselines),
+            "arm": arm, "baselines": ",".join(baselines), "objective": arms[arm]["objective"],
             "search_plan": arms[arm]["plan"], "baseline": best_chosen, "baseline_plan": arms[best_chosen]["plan"],
             "chosen": chosen[0], "chosen_se": chosen[1:].std(ddof=1),
             "family_baseline": best_family, "family": family[0], "family_se": family[1:].std(ddof=1),
             # points each arm's selection gave up against its best trial on the validation split
             "search_regret": scores[arm][0].max() - scores[arm][0, arms[arm]["chosen"]],
             "baseline_regret": scores[best_chosen][0].max() - scores[best_chosen][0, arms[best_chosen]["chosen"]],
+            # each arm's chosen plan on the validation split, retention in % of the dense warm start
+            **{f"retention_{name}": scores[name][0, a["chosen"]] for name, a in arms.items()},
             **_choice(cell["arms"][arm])}
 
 
