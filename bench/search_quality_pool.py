@@ -15,7 +15,7 @@ cell that has the ``search`` arm and a baseline arm (``uniform``, ``grid``), thi
   on the validation split: what choosing on the selection rows gave up (no SE: a maximum is biased);
 
 and each arm's chosen plan on the validation split (``retention_<arm>``, % of the dense warm
-start) with the objective the measured arm chose on (``objective``);
+start's metric ``dense``) with the objective the measured arm chose on (``objective``);
 
 then over every cell, per target (several tasks and targets) and per task and target, the mean
 difference with two standard errors:
@@ -140,16 +140,17 @@ def _objective_name(objective) -> str:
 
 
 def markdown(table) -> str:
-    """The per-cell table (one row per seed x task x target: each arm's chosen plan on the
-    validation split, the difference with its paired SE) and the pooled means, as Markdown."""
+    """The per-cell table (one row per seed x task x target: the dense warm start's validation
+    metric, each arm's chosen plan on the validation split as retention of it, the difference
+    with its paired SE) and the pooled means, as Markdown."""
     arm, baselines = table["arm"].iloc[0], table["baselines"].iloc[0].split(",")
-    head = (["target", "task", "seed", "chose on", f"{arm}: chosen plan", arm] + baselines
+    head = (["target", "task", "seed", "dense", "chose on", f"{arm}: chosen plan", arm] + baselines
             + ["better baseline's plan", f"{arm} - better baseline", "families"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.sort_values(["target", "task", "seed"]).itertuples(index=False):
         row = row._asdict()
         retention = [f"{row.get(f'retention_{name}', math.nan):.2f}%" for name in [arm] + baselines]
-        cells = [f"{100 * float(row['target']):g}%", row["task"], str(row["seed"]),
+        cells = [f"{100 * float(row['target']):g}%", row["task"], str(row["seed"]), f"{row.get('dense', math.nan):.4f}",
                  _objective_name(row.get("objective")), row["search_plan"],
                  *retention, f"{row['baseline']}: {row['baseline_plan']}",
                  f"**{row['chosen']:+.2f} +- {row['chosen_se']:.2f}**", f"{row['family']:+.2f} +- {row['family_se']:.2f}"]
@@ -265,6 +266,7 @@ def measure(cell: dict, data_dir: str, draws: int, arm: str = "search", baseline
     family = scores[arm].mean(axis=1) - scores[best_family].mean(axis=1)
     return {"run": cell["run"], "seed": cell["seed"], "task": cell["task"], "target": cell["target"],
             "arm": arm, "baselines": ",".join(baselines), "objective": arms[arm]["objective"],
+            "dense": arms[arm]["dense"],  # the warm start's validation metric, what retention divides by
             "search_plan": arms[arm]["plan"], "baseline": best_chosen, "baseline_plan": arms[best_chosen]["plan"],
             "chosen": chosen[0], "chosen_se": chosen[1:].std(ddof=1),
             "family_baseline": best_family, "family": family[0], "family_se": family[1:].std(ddof=1),

@@ -38,7 +38,7 @@ def test_pool_mean_and_both_standard_errors(pool_bench, differences, ses, mean, 
 
 def cell(seed, task, target, chosen, family=0.5, objective="selection_loss_calibrated"):
     return {"run": f"r{seed}", "seed": seed, "task": task, "target": target, "arm": "fine",
-            "baselines": "uniform,grid", "objective": objective, "search_plan": "4:8:int3 x20, 2:8:int2 x16",
+            "baselines": "uniform,grid", "objective": objective, "dense": 0.81234, "search_plan": "4:8:int3 x20, 2:8:int2 x16",
             "baseline": "grid", "baseline_plan": "4:8:int2 x36", "chosen": chosen, "chosen_se": 1.0,
             "family_baseline": "grid", "family": family, "family_se": 0.8,
             "retention_fine": 97.0 + chosen, "retention_uniform": 95.5, "retention_grid": 97.0}
@@ -59,11 +59,11 @@ def test_groups_pool_every_cell_each_target_and_each_task(pool_bench):
 def test_markdown_rows_sorted_with_each_arm_and_the_pooled_means(pool_bench):
     text = pool_bench.markdown(TABLE)
     lines = text.splitlines()
-    assert lines[0].startswith("| target | task | seed | chose on | fine: chosen plan | fine | uniform | grid |")
+    assert lines[0].startswith("| target | task | seed | dense | chose on | fine: chosen plan | fine | uniform | grid |")
     rows = [line for line in lines[2:6]]
     assert [r.split(" | ")[:3] for r in rows] == [["| 93.75%", "sst2", "4"], ["| 96.875%", "mrpc", "4"],
                                                    ["| 96.875%", "sst2", "4"], ["| 96.875%", "sst2", "5"]]
-    assert "| calibrated loss |" in rows[1] and "| metric |" in rows[3]
+    assert "| 0.8123 | calibrated loss |" in rows[1] and "| metric |" in rows[3]
     assert "| 96.50% | 95.50% | 97.00% | grid: 4:8:int2 x36 | **-0.50 +- 1.00** | +0.50 +- 0.80 |" in rows[3]
     pooled = {line.split(" | ")[0]: line for line in lines if line.startswith("| all") or line.startswith("| sst2 96")}
     assert pooled["| all"] == "| all | 4 | +1.50 (0.74) | 3 of 4 | +0.50 (0.00) |"   # sd(-0.5, 1.5, 2, 3) / 2 = 0.736
@@ -72,6 +72,6 @@ def test_markdown_rows_sorted_with_each_arm_and_the_pooled_means(pool_bench):
 
 
 def test_markdown_marks_cells_read_from_an_older_table(pool_bench):
-    older = TABLE.drop(columns=["objective", "retention_uniform"]).head(1)
+    older = TABLE.drop(columns=["objective", "dense", "retention_uniform"]).head(1)
     row = pool_bench.markdown(older).splitlines()[2]
-    assert "| ? |" in row and "| nan% |" in row
+    assert "| nan | ? |" in row and "| nan% |" in row
