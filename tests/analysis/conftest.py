@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +97,16 @@ def search_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 def empty_search_dir(tmp_path) -> Path:
     """A search output directory whose results table has no rows."""
     return write_search_dir(tmp_path / "empty-search", pd.DataFrame(columns=RESULT_COLUMNS))
+
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def import_bench(name: str):
+    """A ``bench/`` script imported as a module (the bench directory on ``sys.path`` while it
+    loads, as when the script runs)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))

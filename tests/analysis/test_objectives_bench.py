@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.analysis.conftest import import_bench
 
 
 @pytest.fixture(scope="module")
 def objectives():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("objectives")
-    finally:
-        sys.path.remove(str(BENCH))
+    return import_bench("objectives")
 
 
 def arm(prefix, retention, primary, loss, calibrated, kl=None):
