@@ -87,10 +87,9 @@ class SearchConfig:
         "rows of each validation split (None: all): evaluated for the record and the report, never to decide"))
     selection_size: int = field(default=500, metadata=_help(
         "training rows held out as selection rows: what ASHA, the stages and the choice of the best plan decide on"))
-    # measured (bench/objectives.py on the 5 bench cells that record it, 90 trials, rule set before the fifth):
-    # Spearman with the validation metric 0.72 (se_cells 0.05) against 0.52 (0.16) for selection_primary, and
-    # a choice 0.45 points of retention below each arm's best trial against 0.75. A sixth cell, run after the
-    # switch, made the regret a tie (0.65 vs 0.68 over 6 cells; agreement 0.66 vs 0.40)
+    # the default by measurement (bench/objectives.py; figures in README: Search quality): over the bench cells
+    # that record it, it ranks the trials closer to their validation metric than selection_primary does, and each
+    # arm's choice on it falls no further below the arm's best trial (rule set before the fifth cell)
     objective: str = field(default="selection_loss_calibrated", metadata=_help(
         "what the search decides on, on the selection rows: selection_primary, selection_loss, "
         "selection_loss_calibrated or selection_kl"))
@@ -112,7 +111,7 @@ class SearchConfig:
     options: tuple[str, ...] | None = field(default=None, metadata=_help(
         "comma-separated option menu (default: the --menu for the target)"))
     # fine is the default by measurement (bench/search_quality.py, README: Search quality): its plans beat the
-    # best uniform/grid plan in 18 of 19 cells at 93.75% and 96.875% (SST-2 seed 8 at 96.875%: -0.56 +- 1.25),
+    # best uniform/grid plan in all but one cell at 93.75% and 96.875% (SST-2 seed 8 at 96.875%: -0.56 +- 1.23),
     # and auto's plans on SST-2 at both targets
     menu: str = field(default="fine", metadata=_help(
         "the option menu when --options is not given: fine (every N:M pattern of 1:8 to 3:4 and dense at 2, 3, 4 "
