@@ -82,6 +82,10 @@ def main() -> int:
     if missing:
         print(f"no such file: {missing[0]}", file=sys.stderr)
         return 2
+    unwritable = [f for f in (args.csv, args.markdown) if f and not Path(f).resolve().parent.is_dir()]
+    if unwritable:
+        print(f"cannot write {unwritable[0]}: its directory does not exist", file=sys.stderr)
+        return 2
     import pandas as pd
 
     try:
@@ -122,7 +126,8 @@ def main() -> int:
 
 def groups(table) -> list[tuple[tuple[str, str], object]]:
     """What to pool: every cell (``all``), each target over its tasks (where the table has more
-    than one task), and each (task, target)."""
+    than one task and more than one target: else that is ``all`` or a (task, target) again), and
+    each (task, target)."""
     out = [(("all", ""), table)]
     if table["task"].nunique() > 1 and table["target"].nunique() > 1:
         out += [(("all", target), group) for target, group in table.groupby("target")]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -68,3 +71,14 @@ def test_markdown_marks_cells_read_from_an_older_table(pool_bench):
     older = TABLE.drop(columns=["objective", "dense", "retention_uniform"]).head(1)
     row = pool_bench.markdown(older).splitlines()[2]
     assert "| nan | ? |" in row and "| nan% |" in row
+
+
+@pytest.mark.parametrize("flag", ["--markdown", "--csv"])
+def test_an_output_in_a_missing_directory_is_refused_before_any_work(tmp_path, flag):
+    script = Path(__file__).resolve().parents[2] / "bench" / "search_quality_pool.py"
+    out = tmp_path / "missing" / "table.out"
+    run = subprocess.run([sys.executable, str(script), str(tmp_path), "--data-dir", str(tmp_path), flag, str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"cannot write {out}: its directory does not exist"
+    assert not out.parent.exists()
