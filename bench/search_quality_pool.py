@@ -155,17 +155,20 @@ def markdown(table) -> str:
     for row in table.sort_values(["target", "task", "seed"]).itertuples(index=False):
         row = row._asdict()
         retention = [f"{row.get(f'retention_{name}', math.nan):.2f}%" for name in [arm] + baselines]
-        cells = [f"{100 * float(row['target']):g}%", row["task"], str(row["seed"]), f"{row.get('dense', math.nan):.4f}",
-                 _objective_name(row.get("objective")), row["search_plan"],
+        cells = [f"{100 * float(row['target']):g}%", row["task"], str(row["seed"]),
+                 f"{row.get('dense', math.nan):.4f}", _objective_name(row.get("objective")), row["search_plan"],
                  *retention, f"{row['baseline']}: {row['baseline_plan']}",
-                 f"**{row['chosen']:+.2f} +- {row['chosen_se']:.2f}**", f"{row['family']:+.2f} +- {row['family_se']:.2f}"]
+                 f"**{row['chosen']:+.2f} +- {row['chosen_se']:.2f}**",
+                 f"{row['family']:+.2f} +- {row['family_se']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| cells | n | chosen: mean (se_cells) | chosen >= 0 | families: mean (se_cells) |", "|---|---|---|---|---|"]
+    lines += ["", "| cells | n | chosen: mean (se_cells) | chosen >= 0 | families: mean (se_cells) |",
+              "|---|---|---|---|---|"]
     for (task, target), group in groups(table):
         chosen, family = pool(group["chosen"], group["chosen_se"]), pool(group["family"], group["family_se"])
         name = f"{task} {100 * float(target):g}%" if target != "" else "all"
         lines.append(f"| {name} | {chosen['cells']} | {chosen['mean']:+.2f} ({chosen['se_cells']:.2f}) | "
-                     f"{chosen['at_least_zero']} of {chosen['cells']} | {family['mean']:+.2f} ({family['se_cells']:.2f}) |")
+                     f"{chosen['at_least_zero']} of {chosen['cells']} | "
+                     f"{family['mean']:+.2f} ({family['se_cells']:.2f}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -224,8 +227,10 @@ def collect(runs: list[str], arm: str = "search", baselines: tuple[str, ...] = B
                        f"{config.steps} steps, {config.selection_size} selection rows, min_hamming {config.min_hamming}")
             settings.setdefault(name, {}).setdefault(setting, run)
             cell = cells.setdefault((run, task, target), {"run": run, "task": task, "target": target,
-                                                         "seed": config.seed, "arms": {}})
+                                                         "seed": config.seed, "arms": {},
+                                                         "objectives": {}})  # arm -> its --objective
             cell["arms"][name] = arm_dir
+            cell["objectives"][name] = config.objective
     for name, seen in settings.items():
         if len(seen) > 1:
             raise ValueError(f"the {name} arms differ: " + "; ".join(f"{s} in {r}" for s, r in seen.items()))
@@ -242,7 +247,6 @@ def measure(cell: dict, data_dir: str, draws: int, arm: str = "search", baseline
     import numpy as np
     from search_quality import _finished, _validation_labels
 
-    from nxmiformer.search import SearchConfig
     from nxmiformer.trials.metrics import bootstrap_primary
 
     labels = _validation_labels(data_dir, cell["task"])
@@ -260,7 +264,7 @@ def measure(cell: dict, data_dir: str, draws: int, arm: str = "search", baseline
         predictions = [np.asarray(json.loads(p)) for p in done["predictions"]]
         chosen = int(np.flatnonzero(done.index == result.best.name)[0])
         arms[name] = {"dense": dense, "predictions": predictions, "chosen": chosen,
-                      "plan": result.best["plan_summary"], "objective": SearchConfig.load(arm_dir).objective}
+                      "plan": result.best["plan_summary"], "objective": cell["objectives"][name]}
     # retention (%) of every trial of every arm on the same samples of rows; sample 0 is the validation split itself
     scores = {name: 100 * bootstrap_primary(cell["task"], a["predictions"], labels, draws) / a["dense"]
               for name, a in arms.items()}

@@ -1,12 +1,13 @@
 """Would another tie-break change which plan an arm chooses, and for better? (kept records, no training)
 
-Every arm of the kept ``search_quality.py`` runs chose its plan with :func:`nxmiformer.analysis.select`
-on the selection rows' task metric (``selection_primary``, the default objective until 2026-11-30),
-which on 300-500 rows takes few values, so trials tie. ``select`` gives a tie to the higher ratio,
-then the first trial id. This reads the records of the given runs (default: every run kept under ``bench/results/runs``) and, for each arm
-with a tie at the top, reports the validation retention of the plan chosen by that rule beside the
-plan a continuous measure on the same selection rows would choose among the tied trials: the
-lowest ``selection_kl`` (the divergence from the dense model), ``selection_loss`` or
+Every arm of the kept ``search_quality.py`` runs chose its plan with
+:func:`nxmiformer.analysis.select` on the selection rows' task metric (``selection_primary``, the
+default objective until 2026-11-30), which on 300-500 rows takes few values, so trials tie.
+``select`` gives a tie to the higher ratio, then the first trial id. This reads the records of the
+given runs (default: every run kept under ``bench/results/runs``) and, for each arm with a tie at
+the top, reports the validation retention of the plan chosen by that rule beside the plan a
+continuous measure on the same selection rows would choose among the tied trials: the lowest
+``selection_kl`` (the divergence from the dense model), ``selection_loss`` or
 ``selection_loss_calibrated`` (where the records have it). The validation split is only read, to
 score the rules; no rule here decides on it.
 
