@@ -110,9 +110,8 @@ class SearchConfig:
         "the GPU Ray assigns it, none without --gpus-per-trial), cpu, or cuda"))
     options: tuple[str, ...] | None = field(default=None, metadata=_help(
         "comma-separated option menu (default: the --menu for the target)"))
-    # fine is the default by measurement (bench/search_quality.py, README: Search quality): its plans beat the
-    # best uniform/grid plan in all but one cell at 93.75% and 96.875% (SST-2 seed 8 at 96.875%: -0.56 +- 1.23),
-    # and auto's plans on SST-2 at both targets
+    # fine is the default by measurement (bench/search_quality.py; figures in README: Search quality): its plans
+    # beat the best uniform/grid plan in most cells at 93.75% and 96.875%, and auto's plans on SST-2 at both targets
     menu: str = field(default="fine", metadata=_help(
         "the option menu when --options is not given: fine (every N:M pattern of 1:8 to 3:4 and dense at 2, 3, 4 "
         "and 8 bits, floats at half density or more, within a factor 2 of the target's bits per weight), auto (the "
