@@ -15,7 +15,14 @@ every (run, task, target) cell and every objective the records carry (``selectio
   best), averaged over the cell's arms;
 * ``difference``: the ``--arm`` arm's choice minus the better baseline arm's choice (uniform, grid),
   every arm choosing on that objective: the figure ``search_quality.py`` reports, had the runs
-  decided on it.
+  decided on it;
+* ``within``: the agreement inside each arm (its own trials only), averaged over the cell's arms:
+  how well the objective orders the plans one arm has to choose from (``within_<arm>`` per arm).
+
+Two derived rules ride along, though no search can be given them: ``proxy``, the plan's summed
+proxy cost (the records' ``heuristic_score``, lowest first), a choice that uses no trial at all;
+and ``calibrated+proxy``, the z-scores of the calibrated loss and of that cost, summed (over each
+arm's trials for its choice, as one search would; over the cell's trials for the agreement).
 
 Then each objective pooled over the cells that carry it, with ``se_cells`` (the spread between cells
 over sqrt(cells)), and over the cells that carry all of them, where the objectives meet on the same
@@ -44,29 +51,65 @@ from nxmiformer.analysis import select
 from nxmiformer.records import read_records
 
 OBJECTIVES = ("selection_primary", "selection_loss", "selection_kl", "selection_loss_calibrated")
+# Derived from the records, not objectives a search can be given: the plan's proxy cost alone (a choice
+# that uses no trial at all), and the calibrated loss and the proxy cost as z-scores, summed (over each
+# arm's trials for the choice, as one search would; over the cell's trials for the agreement).
+DERIVED = ("proxy", "calibrated+proxy")
 BASELINES = ("uniform", "grid")
 
 
+def _zsum(frame: pd.DataFrame) -> pd.Series:
+    """z(selection_loss_calibrated) + z(heuristic_score) over the frame's rows (lower is better)."""
+    def z(column):
+        spread = frame[column].std(ddof=0)
+        return (frame[column] - frame[column].mean()) / (spread if spread > 0 else 1.0)
+    return z("selection_loss_calibrated") + z("heuristic_score")
+
+
+def _with_derived(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with the DERIVED columns, NaN where it lacks what they need."""
+    nan = float("nan")
+    proxy = frame["heuristic_score"] if "heuristic_score" in frame else nan
+    has_both = ("selection_loss_calibrated" in frame and "heuristic_score" in frame
+                and frame[["selection_loss_calibrated", "heuristic_score"]].notna().all().all())
+    return frame.assign(**{"proxy": proxy, "calibrated+proxy": _zsum(frame) if has_both else nan})
+
+
+def _choose(frame: pd.DataFrame, column: str) -> pd.Series:
+    """The trial a search would pick on ``column``: :func:`select` for the objectives, and the same
+    order for a DERIVED column (lowest first; ties to the higher ratio, then the first trial id)."""
+    if column not in DERIVED:
+        return select(frame, float(frame["ratio_paper"].min()), metric=column)
+    ranked = frame.sort_values([column, "ratio_paper", "trial_id"], ascending=[True, False, True], kind="mergesort")
+    return ranked.iloc[0]
+
+
 def cell_table(arms: dict[str, pd.DataFrame], arm: str) -> list[dict]:
-    """One row per objective the cell's records carry: agreement, mean regret over arms and the
-    ``arm`` minus best-baseline difference (NaN where the cell lacks ``arm`` or a baseline)."""
+    """One row per objective the cell's records carry: agreement (over the cell's trials, and
+    ``within``: the mean over arms of the same rank correlation inside each arm), mean regret over
+    arms and the ``arm`` minus best-baseline difference (NaN where the cell lacks ``arm`` or a
+    baseline)."""
     done = {name: r[(r["status"] == "completed") & r["primary"].notna()] for name, r in arms.items()}
-    done = {name: r for name, r in done.items() if not r.empty}
+    done = {name: _with_derived(r) for name, r in done.items() if not r.empty}
     if not done:
         return []
-    pooled = pd.concat(done.values())
+    pooled = _with_derived(pd.concat(done.values()))
     rows = []
-    for objective in OBJECTIVES:
+    for objective in OBJECTIVES + DERIVED:
         if objective not in pooled or pooled[objective].isna().any():
             continue  # a record version without it
         agreement = _agreement(pooled, objective)
-        chosen = {name: float(select(r, float(r["ratio_paper"].min()), metric=objective)["retention"])
-                  for name, r in done.items()}  # every trial of an arm meets its target
+        within = {name: _agreement(r, objective) for name, r in done.items() if len(r) >= 3}
+        within = {name: value for name, value in within.items() if not math.isnan(value)}
+        chosen = {name: float(_choose(r, objective)["retention"]) for name, r in done.items()}
+        # every trial of an arm meets its target
         regret = [float(done[name]["retention"].max()) - value for name, value in chosen.items()]
         baselines = [chosen[b] for b in BASELINES if b in chosen]
         difference = chosen[arm] - max(baselines) if arm in chosen and baselines else float("nan")
         rows.append({"objective": objective, "trials": len(pooled), "agreement": agreement,
+                     "within": sum(within.values()) / len(within) if within else float("nan"),
                      "regret": 100 * sum(regret) / len(regret), "difference": 100 * difference,
+                     **{f"within_{name}": value for name, value in within.items()},
                      **{f"chosen_{name}": 100 * value for name, value in chosen.items()}})
     return rows
 
@@ -88,7 +131,9 @@ def pooled(table: pd.DataFrame) -> pd.DataFrame:
     out = []
     for objective, group in table.groupby("objective", sort=False):
         row = {"objective": objective, "cells": len(group)}
-        for column in ("agreement", "regret", "difference"):
+        for column in ("agreement", "within", "regret", "difference"):
+            if column not in group:
+                continue
             values = group[column].dropna()
             row[column] = values.mean()
             row[f"{column}_se"] = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
@@ -113,14 +158,20 @@ def main() -> int:
         return 1
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 250, "display.float_format", "{:.2f}".format):
-        print(table.drop(columns=[c for c in table.columns if c.startswith("chosen_")]).to_string(index=False))
+        print(table.drop(columns=[c for c in table.columns if c.startswith(("chosen_", "within_"))])
+              .to_string(index=False))
         print("\nPooled over the cells that carry each objective (regret and difference in points of retention; "
               f"difference: {args.arm} minus the better baseline, each arm choosing on the objective):")
         print(pooled(table).to_string(index=False))
-        common = table.groupby(["run", "cell"]).filter(lambda g: len(g) == len(OBJECTIVES))
+        common = table.groupby(["run", "cell"]).filter(lambda g: len(g) == len(OBJECTIVES + DERIVED))
         if not common.empty:
-            print(f"\nOver the {common.groupby(['run', 'cell']).ngroups} cells that carry all {len(OBJECTIVES)}:")
+            print(f"\nOver the {common.groupby(['run', 'cell']).ngroups} cells that carry all "
+                  f"{len(OBJECTIVES + DERIVED)}:")
             print(pooled(common).to_string(index=False))
+        inside = [c for c in table.columns if c.startswith("within_")]
+        if inside:
+            print("\nInside each arm (mean Spearman with the validation metric over the cells, se_cells):")
+            print(table.groupby("objective", sort=False)[inside].agg(["mean", "sem"]).to_string())
     if args.csv:
         table.to_csv(args.csv, index=False)
     return 0

@@ -46,6 +46,30 @@ def test_cell_table_redecides_each_arm(objectives, objective, agreement, regret,
     assert row["difference"] == pytest.approx(difference)
 
 
+def test_within_arm_agreement(objectives):
+    rows = {r["objective"]: r for r in objectives.cell_table(CELL, "fine")}
+    # the calibrated loss ranks both arms' trials perfectly; the metric -0.5 inside fine, +0.5 inside grid
+    assert rows["selection_loss_calibrated"]["within"] == pytest.approx(1.0)
+    assert rows["selection_primary"]["within_fine"] == pytest.approx(-0.5)
+    assert rows["selection_primary"]["within_grid"] == pytest.approx(0.5)
+    assert rows["selection_primary"]["within"] == pytest.approx(0.0)
+
+
+def test_derived_choices_use_the_proxy_cost(objectives):
+    cell = {"fine": CELL["fine"].assign(heuristic_score=[1.0, 3.0, 2.0]),
+            "grid": CELL["grid"].assign(heuristic_score=[2.0, 1.0, 3.0])}
+    rows = {r["objective"]: r for r in objectives.cell_table(cell, "fine")}
+    # the proxy alone: f0 (.95) and g1 (.955)
+    assert rows["proxy"]["regret"] == pytest.approx((2.0 + 0.0) / 2)
+    assert rows["proxy"]["difference"] == pytest.approx(-0.5)
+    # z sums inside each arm, worked by hand: fine (0.11, 0.16, -0.27) picks f2 (.96), grid (0.27, -2.56, 2.29) g1
+    assert rows["calibrated+proxy"]["regret"] == pytest.approx((1.0 + 0.0) / 2)
+    assert rows["calibrated+proxy"]["difference"] == pytest.approx(0.5)
+    # over the cell's six trials, z over all six: (-0.93, -0.24, -0.88, 0.88, -1.52, 2.69) against retention
+    assert rows["calibrated+proxy"]["agreement"] == pytest.approx(17 / 35)
+    assert "proxy" not in {r["objective"] for r in objectives.cell_table(CELL, "fine")}  # no proxy cost recorded
+
+
 def test_cell_without_the_search_arm_has_no_difference(objectives):
     rows = objectives.cell_table({"grid": CELL["grid"]}, "fine")
     assert all(math.isnan(r["difference"]) for r in rows)
