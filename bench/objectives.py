@@ -51,9 +51,7 @@ from nxmiformer.analysis import select
 from nxmiformer.records import read_records
 
 OBJECTIVES = ("selection_primary", "selection_loss", "selection_kl", "selection_loss_calibrated")
-# Derived from the records, not objectives a search can be given: the plan's proxy cost alone (a choice
-# that uses no trial at all), and the calibrated loss and the proxy cost as z-scores, summed (over each
-# arm's trials for the choice, as one search would; over the cell's trials for the agreement).
+# Derived rules, which no search can be given (see the module docstring).
 DERIVED = ("proxy", "calibrated+proxy")
 BASELINES = ("uniform", "grid")
 
@@ -78,7 +76,7 @@ def _with_derived(frame: pd.DataFrame) -> pd.DataFrame:
 def _choose(frame: pd.DataFrame, column: str) -> pd.Series:
     """The trial a search would pick on ``column``: :func:`select` for the objectives, and the same
     order for a DERIVED column (lowest first; ties to the higher ratio, then the first trial id)."""
-    if column not in DERIVED:
+    if column not in DERIVED:  # every trial of an arm meets its target, so its lowest ratio is one
         return select(frame, float(frame["ratio_paper"].min()), metric=column)
     ranked = frame.sort_values([column, "ratio_paper", "trial_id"], ascending=[True, False, True], kind="mergesort")
     return ranked.iloc[0]
@@ -102,7 +100,6 @@ def cell_table(arms: dict[str, pd.DataFrame], arm: str) -> list[dict]:
         within = {name: _agreement(r, objective) for name, r in done.items() if len(r) >= 3}
         within = {name: value for name, value in within.items() if not math.isnan(value)}
         chosen = {name: float(_choose(r, objective)["retention"]) for name, r in done.items()}
-        # every trial of an arm meets its target
         regret = [float(done[name]["retention"].max()) - value for name, value in chosen.items()]
         baselines = [chosen[b] for b in BASELINES if b in chosen]
         difference = chosen[arm] - max(baselines) if arm in chosen and baselines else float("nan")
