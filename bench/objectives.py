@@ -74,12 +74,12 @@ def _with_derived(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _choose(frame: pd.DataFrame, column: str) -> pd.Series:
-    """The trial a search would pick on ``column``: :func:`select` for the objectives, and the same
-    order for a DERIVED column (lowest first; ties to the higher ratio, then the first trial id)."""
-    if column not in DERIVED:  # every trial of an arm meets its target, so its lowest ratio is one
-        return select(frame, float(frame["ratio_paper"].min()), metric=column)
-    ranked = frame.sort_values([column, "ratio_paper", "trial_id"], ascending=[True, False, True], kind="mergesort")
-    return ranked.iloc[0]
+    """The trial :func:`select` picks on ``column``. A DERIVED column (lowest first) is handed to it
+    under the name of a loss, so its ties break as every choice's do (the higher ratio, then the id)."""
+    if column in DERIVED:
+        frame, column = frame.assign(selection_loss=frame[column]), "selection_loss"
+    # every trial of an arm meets its target, so the arm's lowest ratio is a target they all meet
+    return select(frame, float(frame["ratio_paper"].min()), metric=column)
 
 
 def cell_table(arms: dict[str, pd.DataFrame], arm: str) -> list[dict]:
@@ -97,8 +97,8 @@ def cell_table(arms: dict[str, pd.DataFrame], arm: str) -> list[dict]:
         if objective not in pooled or pooled[objective].isna().any():
             continue  # a record version without it
         agreement = _agreement(pooled, objective)
-        within = {name: _agreement(r, objective) for name, r in done.items() if len(r) >= 3}
-        within = {name: value for name, value in within.items() if not math.isnan(value)}
+        within = {name: _agreement(r, objective) for name, r in done.items()}
+        within = {name: value for name, value in within.items() if not math.isnan(value)}  # < 3 trials
         chosen = {name: float(_choose(r, objective)["retention"]) for name, r in done.items()}
         regret = [float(done[name]["retention"].max()) - value for name, value in chosen.items()]
         baselines = [chosen[b] for b in BASELINES if b in chosen]
