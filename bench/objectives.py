@@ -16,13 +16,17 @@ every (run, task, target) cell and every objective the records carry (``selectio
 * ``difference``: the ``--arm`` arm's choice minus the better baseline arm's choice (uniform, grid),
   every arm choosing on that objective: the figure ``search_quality.py`` reports, had the runs
   decided on it;
+* ``mixed_regret``: the regret of one choice over all the cell's trials, every arm's pooled, as one
+  ``nxmi search`` that trains plans of every kind chooses (its default kinds mix the knapsack
+  optimum, diverse, grid and uniform plans);
 * ``within``: the agreement inside each arm (its own trials only), averaged over the cell's arms:
   how well the objective orders the plans one arm has to choose from (``within_<arm>`` per arm).
 
-Two derived rules ride along, though no search can be given them: ``proxy``, the plan's summed
-proxy cost (the records' ``heuristic_score``, lowest first), a choice that uses no trial at all;
-and ``calibrated+proxy``, the z-scores of the calibrated loss and of that cost, summed (over each
-arm's trials for its choice, as one search would; over the cell's trials for the agreement).
+Two derived rules ride along: ``proxy``, the plan's summed proxy cost (the records' ``proxy_cost``,
+or ``heuristic_score`` in records before version 6; lowest first), a choice that uses no trial at all
+(no search can be given it); and ``calibrated+proxy``, the z-scores of the calibrated loss and of that
+cost, summed (over each arm's trials for its choice, as one search would; over the cell's trials for
+the agreement): what ``nxmi search --prior-weight 1`` chooses on.
 
 Then each objective pooled over the cells that carry it, with ``se_cells`` (the spread between cells
 over sqrt(cells)), and over the cells that carry all of them, where the objectives meet on the same
@@ -48,6 +52,7 @@ import pandas as pd
 from search_quality import _agreement
 
 from nxmiformer.analysis import select
+from nxmiformer.analysis.pareto import selection_score
 from nxmiformer.records import read_records
 
 OBJECTIVES = ("selection_primary", "selection_loss", "selection_kl", "selection_loss_calibrated")
@@ -56,30 +61,37 @@ DERIVED = ("proxy", "calibrated+proxy")
 BASELINES = ("uniform", "grid")
 
 
-def _zsum(frame: pd.DataFrame) -> pd.Series:
-    """z(selection_loss_calibrated) + z(heuristic_score) over the frame's rows (lower is better)."""
-    def z(column):
-        spread = frame[column].std(ddof=0)
-        return (frame[column] - frame[column].mean()) / (spread if spread > 0 else 1.0)
-    return z("selection_loss_calibrated") + z("heuristic_score")
+def _proxy_cost(frame: pd.DataFrame) -> pd.Series:
+    """The plans' proxy cost: the records' ``proxy_cost`` (version 6), else, for the kept runs'
+    stage-1 arms, ``heuristic_score`` (the same sum of the profile's scores)."""
+    nan = pd.Series(float("nan"), index=frame.index)
+    cost = frame["proxy_cost"] if "proxy_cost" in frame else nan
+    return cost.fillna(frame["heuristic_score"] if "heuristic_score" in frame else nan)
 
 
 def _with_derived(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame with the DERIVED columns, NaN where it lacks what they need."""
-    nan = float("nan")
-    proxy = frame["heuristic_score"] if "heuristic_score" in frame else nan
-    has_both = ("selection_loss_calibrated" in frame and "heuristic_score" in frame
-                and frame[["selection_loss_calibrated", "heuristic_score"]].notna().all().all())
-    return frame.assign(**{"proxy": proxy, "calibrated+proxy": _zsum(frame) if has_both else nan})
+    """The frame with ``proxy_cost`` filled and the DERIVED columns (lowest first), NaN where it
+    lacks what they need. ``calibrated+proxy`` is the score ``select`` ranks on with
+    ``prior_weight=1`` and the calibrated loss, negated."""
+    frame = frame.assign(proxy_cost=_proxy_cost(frame))
+    has_both = ("selection_loss_calibrated" in frame
+                and frame[["selection_loss_calibrated", "proxy_cost"]].notna().all().all())
+    combined = (-selection_score(frame, "selection_loss_calibrated", 1.0) if has_both and len(frame)
+                else float("nan"))
+    return frame.assign(**{"proxy": frame["proxy_cost"], "calibrated+proxy": combined})
 
 
 def _choose(frame: pd.DataFrame, column: str) -> pd.Series:
-    """The trial :func:`select` picks on ``column``. A DERIVED column (lowest first) is handed to it
-    under the name of a loss, so its ties break as every choice's do (the higher ratio, then the id)."""
-    if column in DERIVED:
-        frame, column = frame.assign(selection_loss=frame[column]), "selection_loss"
+    """The trial :func:`select` picks on ``column``: ``calibrated+proxy`` is its ``prior_weight=1``
+    on the calibrated loss; ``proxy`` is handed to it under the name of a loss, so its ties break as
+    every choice's do (the higher ratio, then the id)."""
     # every trial of an arm meets its target, so the arm's lowest ratio is a target they all meet
-    return select(frame, float(frame["ratio_paper"].min()), metric=column)
+    target = float(frame["ratio_paper"].min())
+    if column == "calibrated+proxy":
+        return select(frame, target, metric="selection_loss_calibrated", prior_weight=1.0)
+    if column == "proxy":
+        frame, column = frame.assign(selection_loss=frame[column]), "selection_loss"
+    return select(frame, target, metric=column)
 
 
 def cell_table(arms: dict[str, pd.DataFrame], arm: str) -> list[dict]:
@@ -103,9 +115,11 @@ def cell_table(arms: dict[str, pd.DataFrame], arm: str) -> list[dict]:
         regret = [float(done[name]["retention"].max()) - value for name, value in chosen.items()]
         baselines = [chosen[b] for b in BASELINES if b in chosen]
         difference = chosen[arm] - max(baselines) if arm in chosen and baselines else float("nan")
+        mixed = float(pooled["retention"].max()) - float(_choose(pooled, objective)["retention"])
         rows.append({"objective": objective, "trials": len(pooled), "agreement": agreement,
                      "within": sum(within.values()) / len(within) if within else float("nan"),
-                     "regret": 100 * sum(regret) / len(regret), "difference": 100 * difference,
+                     "regret": 100 * sum(regret) / len(regret), "mixed_regret": 100 * mixed,
+                     "difference": 100 * difference,
                      **{f"within_{name}": value for name, value in within.items()},
                      **{f"chosen_{name}": 100 * value for name, value in chosen.items()}})
     return rows
@@ -128,7 +142,7 @@ def pooled(table: pd.DataFrame) -> pd.DataFrame:
     out = []
     for objective, group in table.groupby("objective", sort=False):
         row = {"objective": objective, "cells": len(group)}
-        for column in ("agreement", "within", "regret", "difference"):
+        for column in ("agreement", "within", "regret", "mixed_regret", "difference"):
             if column not in group:
                 continue
             values = group[column].dropna()

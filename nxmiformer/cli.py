@@ -258,13 +258,16 @@ def _print_selected(title: str, row) -> None:
 
 def cmd_pareto(args) -> int:
     from .analysis import check_target_ratio, format_trials, load_results, pareto_front, plot_pareto, plot_plan, select
-    from .analysis.results import search_objective
+    from .analysis.pareto import check_prior_weight
+    from .analysis.results import search_objective, search_prior_weight
 
     for flag, value in (("--plot", args.plot), ("--heatmap", args.heatmap)):
         if value and Path(value).suffix.lower() != ".png":
             raise NxmiError(f"{flag} must name a .png file, got {value!r}")
     if args.target_ratio is not None:
         check_target_ratio(args.target_ratio)
+    if args.prior_weight is not None:
+        check_prior_weight(args.prior_weight)
     results = load_results(args.results)
     front = pareto_front(results, args.convention, args.metric, args.include_stopped)
     counts = ", ".join(f"{n} {status}" for status, n in results["status"].value_counts().items())
@@ -276,9 +279,11 @@ def cmd_pareto(args) -> int:
     chosen = None
     if args.target_ratio is not None:
         objective = args.selection_metric or search_objective(results)
-        chosen = select(results, args.target_ratio, args.convention, objective, args.include_stopped)
+        weight = search_prior_weight(results) if args.prior_weight is None else args.prior_weight
+        chosen = select(results, args.target_ratio, args.convention, objective, args.include_stopped, weight)
         print()
-        _print_selected(f"selected on {objective} for >= {args.target_ratio:.2%} ({args.convention})", chosen)
+        how = objective + (f" with prior weight {weight:g} on the proxy cost" if weight else "")
+        _print_selected(f"selected on {how} for >= {args.target_ratio:.2%} ({args.convention})", chosen)
     heat = chosen if chosen is not None else (front.iloc[0] if len(front) else None)
     if args.heatmap and heat is None:
         raise NxmiError("no completed trial with finite metrics, so no plan to draw for --heatmap")
@@ -296,7 +301,7 @@ def cmd_export(args) -> int:
 
     results = load_results(args.results)
     plan = export_plan(results, args.target_ratio, args.convention, args.out, metric=args.selection_metric,
-                       include_stopped=args.include_stopped)
+                       include_stopped=args.include_stopped, prior_weight=args.prior_weight)
     trial = plan.meta["trial"]
     print(f"exported trial {trial['trial_id']} [{trial['kind']}] to {args.out}: {plan.summary()}")
     print(f"ratio paper {plan.meta['ratio_paper']:.4%}, storage {plan.meta['ratio_storage']:.4%}; "
@@ -360,6 +365,8 @@ def _add_selection_args(p, front: bool) -> None:
     p.add_argument("--selection-metric", help="what the selection ranks on (default: the search's objective, "
                    "as nxmi search chose): selection_loss, selection_loss_calibrated, selection_kl, selection_primary, "
                    "primary or retention")
+    p.add_argument("--prior-weight", type=float, help="rank on z(selection metric) - this * z(the plan's proxy cost) "
+                   "(default: the search's --prior-weight; 0: the metric alone)")
     p.add_argument("--include-stopped", action="store_true",
                    help="let trials stopped early by ASHA (intermediate metrics) on the front and into the selection")
 

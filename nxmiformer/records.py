@@ -5,8 +5,8 @@ these names; the search collects one :class:`TrialRecord` per trial and writes t
 :func:`records_frame`; analysis reads them with :func:`read_records`. Neither side renames or
 re-derives a column, and analysis never imports the search to know the schema.
 
-Versions: ``record_version`` 5 is this schema (version 4 lacked ``selection_loss_calibrated``,
-version 3 also ``selection_predictions``, version 2 also ``predictions``). Older files (version 1
+Versions: ``record_version`` 6 is this schema (version 5 lacked ``proxy_cost``, version 4 also
+``selection_loss_calibrated``, version 3 also ``selection_predictions``, version 2 also ``predictions``). Older files (version 1
 also lacks ``record_version``) are read and upgraded, their missing columns taking the defaults; a
 file of a newer version is refused with a message naming it.
 """
@@ -25,7 +25,7 @@ import pandas as pd
 from .errors import NxmiError, first_line
 from .outputs import atomic_file
 
-RECORD_VERSION = 5
+RECORD_VERSION = 6
 # the columns every version has; a table without them is not a search's results table
 REQUIRED_COLUMNS = (
     "trial_id", "status", "kind", "plan_json", "plan_summary", "ratio_paper", "ratio_storage", "primary",
@@ -51,7 +51,12 @@ class TrialRecord:
     kind: str = field(default="", metadata=_doc(
         "the generator of the plan: optimal, diverse, grid, uniform (stage 1) or refined (Optuna stage)", "object"))
     heuristic_score: float = field(default=math.nan, metadata=_doc(
-        "summed one-shot sensitivity of the plan (lower is better); NaN for refined plans", "float64"))
+        "the score the plan's generator ranked it by (lower is better): stage 1's summed proxy cost, the learning "
+        "stage's calibrated prediction; NaN for refined plans", "float64"))
+    proxy_cost: float = field(default=math.nan, metadata=_doc(
+        "the plan's cost under the search's --proxy (its modules' profile scores, summed; lower is better), for "
+        "every trial whichever stage made its plan: what select's prior_weight weighs; NaN where the profile "
+        "cannot price an option of the plan", "float64"))
     plan_json: str = field(default="", metadata=_doc("the plan the trial trained (CompressionPlan JSON)", "object"))
     plan_summary: str = field(default="", metadata=_doc("the plan in one line", "object"))
     ratio_paper: float = field(default=math.nan, metadata=_doc("encoder compression ratio, paper convention", "float64"))

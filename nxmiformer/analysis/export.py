@@ -18,8 +18,8 @@ import pandas as pd
 from .. import __version__
 from ..compression import CompressionPlan, RatioTarget
 from ..errors import NxmiError
-from .pareto import select
-from .results import check_metric, provenance, read_search_config, search_objective
+from .pareto import check_prior_weight, select
+from .results import check_metric, provenance, read_search_config, search_objective, search_prior_weight
 
 # search.json field -> nxmi train flag; full training keeps the search's data and warm start
 # settings but drops its --train-size / --eval-size / --steps limits
@@ -80,11 +80,12 @@ def _check_out(out: str | os.PathLike) -> Path:
 
 
 def export_plan(results: pd.DataFrame, target_ratio: float, convention: str, out: str | os.PathLike, *,
-                metric: str | None = None, include_stopped: bool = False,
+                metric: str | None = None, include_stopped: bool = False, prior_weight: float | None = None,
                 train_out: str | os.PathLike | None = None) -> CompressionPlan:
     """Write the plan :func:`~nxmiformer.analysis.select` picks to ``out`` and return it.
 
-    ``metric`` (default: the searches' objective, as ``nxmi search`` chose) ranks the trials.
+    ``metric`` and ``prior_weight`` (default: the searches' objective and prior weight, as ``nxmi
+    search`` chose) rank the trials.
     ``results`` must come from :func:`~nxmiformer.analysis.load_results` (its ``search_dir``
     column leads back to the search's ``search.json``). ``meta`` holds the plan's ratios under
     both conventions, the selection (target, convention, metric), the search's provenance (task,
@@ -101,8 +102,11 @@ def export_plan(results: pd.DataFrame, target_ratio: float, convention: str, out
     """
     out = _check_out(out)
     target = RatioTarget.of(target_ratio, convention)
+    if prior_weight is not None:
+        check_prior_weight(prior_weight)
     metric = check_metric(metric or search_objective(results))
-    row = select(results, target, metric=metric, include_stopped=include_stopped)
+    prior_weight = check_prior_weight(search_prior_weight(results) if prior_weight is None else prior_weight)
+    row = select(results, target, metric=metric, include_stopped=include_stopped, prior_weight=prior_weight)
     if "search_dir" not in row.index:
         raise NxmiError("the results lack the search_dir column; read them with nxmiformer.analysis.load_results")
     config = read_search_config(row["search_dir"])
@@ -116,7 +120,7 @@ def export_plan(results: pd.DataFrame, target_ratio: float, convention: str, out
         "ratio_paper": float(row["ratio_paper"]),
         "ratio_storage": float(row["ratio_storage"]),
         "selection": {"target_ratio": target.value, "convention": target.convention, "metric": metric,
-                      "include_stopped": include_stopped},
+                      "prior_weight": prior_weight, "include_stopped": include_stopped},
         "search": search,
         "trial": _trial_meta(row),
         "train_command": train_command(config, out, train_out),

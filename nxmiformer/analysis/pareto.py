@@ -89,23 +89,56 @@ def _better(frame: pd.DataFrame, metric: str) -> pd.Series:
     return -values if metric in LOWER_IS_BETTER else values
 
 
+def check_prior_weight(prior_weight: float) -> float:
+    """``prior_weight`` as a float if it is a finite number >= 0, else an error."""
+    if isinstance(prior_weight, bool) or not isinstance(prior_weight, (int, float)) \
+            or not 0 <= prior_weight < np.inf:
+        raise NxmiError(f"prior_weight must be a finite number >= 0 (0: the metric alone), got {prior_weight!r}")
+    return float(prior_weight)
+
+
+def _zscore(values: pd.Series) -> pd.Series:
+    """(values - mean) / standard deviation (population); 0 where every value is the same."""
+    spread = values.std(ddof=0)
+    return (values - values.mean()) / (spread if spread > 0 else 1.0)
+
+
+def selection_score(pool: pd.DataFrame, metric: str, prior_weight: float) -> pd.Series:
+    """What :func:`select` ranks ``pool`` by, higher is better: ``metric`` (negated for a loss or
+    KL), or with ``prior_weight`` > 0, ``z(metric) - prior_weight * z(proxy_cost)``, both z-scores
+    over ``pool``. A trial without a ``proxy_cost`` sits at the mean cost (z 0)."""
+    better = _better(pool, metric)
+    if not prior_weight:
+        return better
+    if "proxy_cost" not in pool.columns or not pool["proxy_cost"].notna().any():
+        raise NxmiError(f"prior_weight {prior_weight:g} needs the plans' proxy_cost, which these results lack "
+                        f"(trial records before version 6); use prior_weight 0")
+    return _zscore(better) - prior_weight * _zscore(pool["proxy_cost"].astype(float)).fillna(0.0)
+
+
 def select(results: pd.DataFrame, target_ratio: "RatioTarget | float", convention: str = "paper",
-           metric: str = "primary", include_stopped: bool = False) -> pd.Series:
+           metric: str = "primary", include_stopped: bool = False, prior_weight: float = 0.0) -> pd.Series:
     """The best eligible trial whose ``ratio_<convention>`` meets the target (a
     :class:`~nxmiformer.compression.RatioTarget`, or a ratio under ``convention``). The one
     selection rule: ``nxmi search`` reports and ``nxmi export`` writes the trial it returns.
 
     Best means: the highest ``metric`` (the lowest for a loss or KL); ties go to the higher ratio, then to the first by
-    ``search`` (when present) and ``trial_id``. The chosen trial is always on the Pareto front.
+    ``search`` (when present) and ``trial_id``. The chosen trial is then always on the Pareto front.
+
+    With ``prior_weight`` > 0 the trials are ranked instead by ``z(metric) - prior_weight *
+    z(proxy_cost)`` (:func:`selection_score`; z-scores over the eligible trials, lower cost better):
+    a plan the search's proxy rates cheaper may win over one a little better on the metric, so the
+    choice may then sit off the front of (ratio, metric). Same ties.
 
     Raises:
         NxmiError: an empty table, an unknown convention or metric, a ratio outside (0, 1), no
             eligible trial, or no eligible trial meeting the target (the message names the highest
-            ratio reached).
+            ratio reached); a negative ``prior_weight``, or one > 0 on results without ``proxy_cost``.
     """
     target = RatioTarget.of(target_ratio, convention)
     convention, column = target.convention, target.column
     check_metric(metric)
+    prior_weight = check_prior_weight(prior_weight)
     check_results(results, ("status", "trial_id", column, metric))
     pool = eligible(results, convention, metric, include_stopped)
     _check_comparable(pool, metric)
@@ -113,14 +146,14 @@ def select(results: pd.DataFrame, target_ratio: "RatioTarget | float", conventio
         counts = ", ".join(f"{n} {status}" for status, n in results["status"].value_counts().items())
         allowed = "completed or stopped" if include_stopped else "completed"
         raise NxmiError(f"no {allowed} trial with a finite {column} and {metric} in the results ({counts})")
+    pool = pool.assign(_score=selection_score(pool, metric, prior_weight))
     meets = pool[target.is_met(pool[column])]
     if meets.empty:
         raise NxmiError(f"no eligible trial meets the target ratio {target}: "
                         f"the highest reached is {pool[column].max():.4f}")
-    keys = ["_better", column] + [c for c in ("search", "trial_id") if c in meets.columns]
-    ranked = meets.assign(_better=_better(meets, metric)).sort_values(
-        keys, ascending=[False, False] + [True] * (len(keys) - 2), kind="mergesort")
-    return ranked.iloc[0].drop("_better")
+    keys = ["_score", column] + [c for c in ("search", "trial_id") if c in meets.columns]
+    ranked = meets.sort_values(keys, ascending=[False, False] + [True] * (len(keys) - 2), kind="mergesort")
+    return ranked.iloc[0].drop("_score")
 
 
 def trial_table(frame: pd.DataFrame) -> pd.DataFrame:

@@ -68,6 +68,17 @@ def search_objective(results: pd.DataFrame) -> str:
     return objectives.pop()
 
 
+def search_prior_weight(results: pd.DataFrame) -> float:
+    """The ``prior_weight`` the searches of ``results`` chose with (in their search.json; 0 for
+    searches from before it); an error when they disagree."""
+    dirs = results["search_dir"].unique() if "search_dir" in results.columns else []
+    weights = {float(read_search_config(d).get("prior_weight", 0.0)) for d in dirs} or {0.0}
+    if len(weights) > 1:
+        raise NxmiError(f"the searches chose with different prior weights ({', '.join(map(str, sorted(weights)))}); "
+                        f"choose one with --prior-weight")
+    return weights.pop()
+
+
 def ratio_column(convention: str) -> str:
     """The results column of a convention's ratio: ``ratio_paper`` or ``ratio_storage``."""
     return f"ratio_{check_convention(convention)}"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..analysis.pareto import select
+from ..analysis.pareto import check_prior_weight, select
 from ..compression import CONVENTIONS, CompressionPlan, RatioTarget
 from ..errors import NxmiError
 from ..outputs import atomic_file, write_json
@@ -93,6 +93,11 @@ class SearchConfig:
     objective: str = field(default="selection_loss_calibrated", metadata=_help(
         "what the search decides on, on the selection rows: selection_primary, selection_loss, "
         "selection_loss_calibrated or selection_kl"))
+    # off by default; measured (bench/objectives.py, ``calibrated+proxy``: weight 1 with the calibrated loss) on the
+    # kept cells, see README: Search quality
+    prior_weight: float = field(default=0.0, metadata=_help(
+        "the choice of the best plan: rank the trials by z(objective) - prior_weight * z(proxy cost of the plan), "
+        "z-scores over the completed trials: a prior for the plans the --proxy rates cheaper (0: the objective alone)"))
     seed: int = field(default=0, metadata=_help("seed of the row draws and of Optuna's sampler"))
     trials: int = field(default=8, metadata=_help("candidate plans to train as short trials"))
     steps: int = field(default=200, metadata=_help("optimizer steps per short trial"))
@@ -167,6 +172,7 @@ class SearchConfig:
         self.target  # validates target_ratio and convention
         if self.objective not in OBJECTIVES:
             raise NxmiError(f"unknown objective {self.objective!r}; allowed: {', '.join(OBJECTIVES)}")
+        check_prior_weight(self.prior_weight)
         if isinstance(self.selection_size, bool) or not isinstance(self.selection_size, int) or self.selection_size < 1:
             raise NxmiError(f"selection_size must be a positive integer, got {self.selection_size!r}")
         for name in ("trials", "cpus_per_trial", "batch_size", "calib_size", "refine_layer_groups", "probe_steps",
@@ -511,6 +517,7 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         if config.learn_trials:
             learned = _learn(config, results, sensitivity, modules, shared, out, resume, dense.primary, progress, wrap)
             results = pd.concat([results, learned], ignore_index=True)
+        results = results.assign(proxy_cost=plan_costs(results["plan_json"], sensitivity))
         write_records(results, out / "results.parquet")
         correlation = proxy_correlation(results, table, config.objective)
         _update_state(state_file, proxy_spearman=correlation)
@@ -537,7 +544,9 @@ def best_trial(results: pd.DataFrame, config: SearchConfig) -> pd.Series | None:
     """The search's choice among ``results``: ``select`` on its objective, among the completed
     trials that meet its target (None when none has a value of the objective)."""
     done = results[(results["status"] == "completed") & config.target.is_met(results[config.target.column])]
-    return select(results, config.target, metric=config.objective) if done[config.objective].notna().any() else None
+    if not done[config.objective].notna().any():
+        return None
+    return select(results, config.target, metric=config.objective, prior_weight=config.prior_weight)
 
 
 def proxy_correlation(results: pd.DataFrame, profile: pd.DataFrame, objective: str = "selection_loss") -> dict:
@@ -556,21 +565,34 @@ def proxy_correlation(results: pd.DataFrame, profile: pd.DataFrame, objective: s
 
     done = results[(results["status"] == "completed") & results[objective].notna()]
     out: dict = {"trials": int(len(done))}
-    plans = [CompressionPlan.from_json(p) for p in done["plan_json"]]
     observed_all = done[objective].to_numpy() * (-1 if objective in HIGHER_IS_BETTER else 1)
     for proxy, column in PROXIES.items():
         if column not in profile.columns:  # a proxy that was not measured (an all-NaN column prices nothing below)
             out[proxy], out[f"{proxy}_trials"] = math.nan, 0
             continue
-        lookup = dict(zip(zip(profile["module"], profile["option"]), profile[column]))
-        modules = profile["module"].unique()
-        predicted = np.array([sum(lookup.get((m, str(plan.spec_for(m))), math.nan) for m in modules) for plan in plans])
+        predicted = plan_costs(done["plan_json"], profile, column).to_numpy()
         priced = ~np.isnan(predicted)
         predicted, observed = predicted[priced], observed_all[priced]
         ok = len(predicted) >= 3 and len(set(predicted)) > 1 and len(set(observed)) > 1
         out[proxy] = float(spearmanr(predicted, observed).statistic) if ok else math.nan
         out[f"{proxy}_trials"] = int(priced.sum())
     return out
+
+
+def plan_costs(plans: pd.Series, profile: pd.DataFrame, column: str = "score") -> pd.Series:
+    """Each plan's (``CompressionPlan`` JSON) predicted cost: its modules' ``column`` scores in the
+    ``profile`` (one row per module x option), summed over the profile's modules; NaN for a plan
+    with an option the column does not price. Same index as ``plans``."""
+    lookup = dict(zip(zip(profile["module"], profile["option"]), profile[column]))
+    modules = profile["module"].unique()
+
+    def cost(plan_json: str) -> float:
+        if not isinstance(plan_json, str) or not plan_json:
+            return math.nan
+        plan = CompressionPlan.from_json(plan_json)
+        return float(sum(lookup.get((m, str(plan.spec_for(m))), math.nan) for m in modules))
+
+    return pd.Series([cost(p) for p in plans], index=plans.index, dtype="float64")
 
 
 def _with_probes(config: SearchConfig, dense_path: Path, data, table: pd.DataFrame, workers: int,
@@ -622,7 +644,7 @@ def choice_margin(best: pd.Series | None, results: pd.DataFrame, config: SearchC
                    & (results["plan_json"] != best["plan_json"]) & results[config.objective].notna()]
     if done.empty:
         return None
-    runner_up = select(done, config.target, metric=config.objective)
+    runner_up = select(done, config.target, metric=config.objective, prior_weight=config.prior_weight)
     first, second = (row.get("selection_predictions", "") for row in (best, runner_up))
     if not first or not second or not isinstance(first, str) or not isinstance(second, str):
         return None

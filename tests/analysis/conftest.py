@@ -44,7 +44,7 @@ def synthetic_results(seed: int, n: int = 30, ratio_levels: int | None = 5, metr
     frame = pd.DataFrame({
         "trial_id": [f"t{i:03d}" for i in range(n)], "status": status,
         "error": np.where(status == "error", "RuntimeError: boom", ""), "kind": rng.choice(KINDS, n),
-        "heuristic_score": rng.uniform(0, 1, n), "plan_json": PLAN.to_json(indent=None), "plan_summary": PLAN.summary(),
+        "heuristic_score": rng.uniform(0, 1, n), "proxy_cost": rng.uniform(0, 1, n), "plan_json": PLAN.to_json(indent=None), "plan_summary": PLAN.summary(),
         "ratio_paper": paper, "ratio_storage": storage, "meets_target": paper >= 0.875, "primary": primary,
         "retention": primary / 0.9, "dense_primary": 0.9, "metrics_json": "{}", "steps": 8, "wall_time": 1.0,
         "node_id": "", "selection_primary": primary - rng.uniform(0, 0.05, n), "selection_loss": 1.0 - primary,

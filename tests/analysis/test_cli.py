@@ -66,7 +66,7 @@ def test_export_then_train_round_trip(search_dir, tmp_path, capsys):
     meta = plan.meta
     assert (meta["ratio_paper"], meta["ratio_storage"]) == (chosen["ratio_paper"], chosen["ratio_storage"])
     assert meta["selection"] == {"target_ratio": 0.875, "convention": "paper", "metric": "selection_loss_calibrated",
-                                 "include_stopped": False}
+                                 "prior_weight": 0.0, "include_stopped": False}
     assert meta["search"]["dir"] == str(search_dir.resolve())
     assert {k: meta["search"][k] for k in ("task", "model", "data_dir", "max_length", "seed")} == {
         k: config[k] for k in ("task", "model", "data_dir", "max_length", "seed")}
@@ -95,6 +95,35 @@ def test_export_then_train_round_trip(search_dir, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err and out.read_text() == before
 
 
+@pytest.mark.parametrize("stored,flag,weight", [
+    (None, None, 0.0),  # a search from before the prior: the metric alone
+    (1.5, None, 1.5),  # the search's own prior weight
+    (1.5, "0", 0.0),  # the flag wins
+    (0.0, "2", 2.0),
+])
+def test_export_and_pareto_choose_with_the_searchs_prior_weight(stored, flag, weight, tmp_path, capsys):
+    config = {"objective": "selection_loss_calibrated"} | ({} if stored is None else {"prior_weight": stored})
+    search = write_search_dir(tmp_path / "search", synthetic_results(1), **config)
+    extra = [] if flag is None else ["--prior-weight", flag]
+    expected = select(load_results(search), 0.85, metric="selection_loss_calibrated", prior_weight=weight)
+    assert main(["export", "--results", str(search), "--target-ratio", "0.85", "--out", str(tmp_path / "p.json"),
+                 *extra]) == 0
+    meta = CompressionPlan.load(tmp_path / "p.json").meta
+    assert meta["selection"]["prior_weight"] == weight and meta["trial"]["trial_id"] == expected["trial_id"]
+    assert main(["pareto", "--results", str(search), "--target-ratio", "0.85", *extra]) == 0
+    out = capsys.readouterr().out
+    how = "selection_loss_calibrated" + (f" with prior weight {weight:g} on the proxy cost" if weight else "")
+    assert f"selected on {how} for >= 85.00% (paper): trial {expected['trial_id']}" in out
+
+
+def test_a_strong_prior_changes_the_choice_on_these_results(tmp_path):
+    # the parametrized test above would pass with the flag ignored if the prior never moved the choice
+    results = load_results(write_search_dir(tmp_path / "search", synthetic_results(1)))
+    plain = select(results, 0.85, metric="selection_loss_calibrated")
+    strong = select(results, 0.85, metric="selection_loss_calibrated", prior_weight=2.0)
+    assert plain["trial_id"] != strong["trial_id"] and strong["proxy_cost"] < plain["proxy_cost"]
+
+
 @pytest.fixture
 def synthetic_dir(tmp_path):
     return write_search_dir(tmp_path / "search", synthetic_results(0))
@@ -110,6 +139,9 @@ COMMON_BAD = [
     ("target unmet", ["--target-ratio", "0.99"], "highest reached is 0.9500"),
     ("empty results", ["--results", "{empty}", "--target-ratio", "0.85"], "no trials in"),
     ("missing dir", ["--results", "{tmp}/nope", "--target-ratio", "0.85"], "search output directory not found"),
+    ("negative prior weight", ["--target-ratio", "0.85", "--prior-weight", "-1"],
+     "prior_weight must be a finite number >= 0 (0: the metric alone), got -1.0"),
+    ("NaN prior weight", ["--target-ratio", "0.85", "--prior-weight", "nan"], "got nan"),
 ]
 PARETO_BAD = [*COMMON_BAD, ("not a png", ["--plot", "{tmp}/front.jpg"], "--plot must name a .png file")]
 EXPORT_BAD = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 
 import pandas as pd
 import pytest
@@ -145,6 +146,78 @@ def test_select_bad_input(label, changes, needle):
     with pytest.raises(NxmiError) as info:
         select(_table([(0.9, 0.8), (0.85, 0.9)]), **kwargs)
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def brute_select_with_prior(table, target, column, metric, include_stopped, weight):
+    """The prior's rule written out: z-scores (population SD) over the eligible trials, a missing cost at z 0."""
+    pool = brute_eligible(table, column, metric, include_stopped)
+    sign = -1 if metric.startswith("selection_loss") or metric == "selection_kl" else 1
+    values = {i: sign * m for i, (_, m, _) in pool.items()}
+    costs = {i: table.loc[i, "proxy_cost"] for i in pool}
+    known = [c for c in costs.values() if math.isfinite(c)]
+
+    def z(x, xs):
+        mean = statistics.fmean(xs)
+        spread = statistics.pstdev(xs)
+        return (x - mean) / (spread if spread > 0 else 1.0)
+
+    score = {i: z(values[i], list(values.values())) - weight * (z(costs[i], known) if math.isfinite(costs[i]) else 0.0)
+             for i in pool}
+    meets = [i for i in pool if pool[i][0] >= target - 1e-9]
+    # the highest score, then the higher ratio, then the first trial id
+    return min(meets, key=lambda i: (-score[i], -pool[i][0], pool[i][2]), default=None)
+
+
+@pytest.mark.parametrize("seed,ratio_levels,metric_levels,duplicates", TABLES[::3])
+@pytest.mark.parametrize("weight", [0.5, 1.0, 3.0])
+def test_select_with_a_prior_matches_its_rule_written_out(seed, ratio_levels, metric_levels, duplicates, weight):
+    table = synthetic_results(seed, ratio_levels=ratio_levels, metric_levels=metric_levels, duplicates=duplicates)
+    table.loc[table.index[::7], "proxy_cost"] = float("nan")  # unpriced plans sit at the mean cost
+    for metric, include_stopped in itertools.product(["primary", "selection_loss_calibrated"], [False, True]):
+        for target in (0.8, 0.875):
+            expected = brute_select_with_prior(table, target, "ratio_paper", metric, include_stopped, weight)
+            if expected is None:
+                continue
+            chosen = select(table, target, "paper", metric, include_stopped, prior_weight=weight)
+            assert chosen.name == expected, (metric, include_stopped, target)
+
+
+PRIOR_CASES = [
+    # (label, (ratio, primary, proxy cost) points, prior weight, expected trial)
+    ("weight 0: the metric alone", [(0.9, 0.80, 5.0), (0.9, 0.79, 1.0)], 0.0, "t0"),
+    ("weight 1: a cheaper plan a little worse wins", [(0.9, 0.80, 5.0), (0.9, 0.79, 1.0), (0.9, 0.70, 3.0)], 1.0, "t1"),
+    ("weight 1: a much better metric at a middling cost wins", [(0.9, 0.95, 2.0), (0.9, 0.70, 1.0), (0.9, 0.72, 3.0)],
+     1.0, "t0"),
+    ("weight 1: the same metric at the highest cost loses", [(0.9, 0.95, 3.0), (0.9, 0.70, 1.0), (0.9, 0.72, 2.0)],
+     1.0, "t1"),
+    ("equal costs: the metric decides", [(0.9, 0.80, 2.0), (0.9, 0.79, 2.0)], 5.0, "t0"),
+    ("score ties: the higher ratio wins", [(0.88, 0.8, 1.0), (0.9, 0.8, 1.0)], 1.0, "t1"),
+    ("an unpriced plan sits at the mean cost", [(0.9, 0.80, float("nan")), (0.9, 0.80, 1.0), (0.9, 0.80, 3.0)], 1.0,
+     "t1"),
+    ("below the target never wins", [(0.8, 0.99, 0.0), (0.9, 0.5, 9.0)], 1.0, "t1"),
+]
+
+
+@pytest.mark.parametrize("label,points,weight,expected", PRIOR_CASES, ids=[c[0] for c in PRIOR_CASES])
+def test_select_with_a_prior_by_hand(label, points, weight, expected):
+    table = _table([p[:2] for p in points]).assign(proxy_cost=[p[2] for p in points])
+    assert select(table, 0.875, prior_weight=weight)["trial_id"] == expected
+
+
+@pytest.mark.parametrize("weight,needle", [
+    (-0.5, "got -0.5"), (float("nan"), "got nan"), (float("inf"), "got inf"), ("1", "got '1'"), (True, "got True"),
+])
+def test_a_bad_prior_weight_is_one_line(weight, needle):
+    with pytest.raises(NxmiError) as info:
+        select(_table([(0.9, 0.8)]).assign(proxy_cost=1.0), 0.875, prior_weight=weight)
+    assert "prior_weight must be a finite number >= 0" in str(info.value) and needle in str(info.value)
+
+
+def test_a_prior_needs_the_proxy_cost():
+    for table in (_table([(0.9, 0.8)]), _table([(0.9, 0.8)]).assign(proxy_cost=float("nan"))):
+        with pytest.raises(NxmiError, match="needs the plans' proxy_cost, which these results lack"):
+            select(table, 0.875, prior_weight=1.0)
+    assert select(_table([(0.9, 0.8)]), 0.875, prior_weight=0)["trial_id"] == "t0"  # no prior: no cost needed
 
 
 @pytest.mark.parametrize("call", [lambda t: select(t, 0.8), lambda t: pareto_front(t)], ids=["select", "front"])

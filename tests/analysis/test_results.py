@@ -40,9 +40,10 @@ def test_missing_values_take_the_schema_defaults_and_bad_types_are_one_line(tmp_
 
 
 @pytest.mark.parametrize("version,missing", [
-    (2, ["predictions", "selection_predictions", "selection_loss_calibrated"]),
-    (3, ["selection_predictions", "selection_loss_calibrated"]),
-    (4, ["selection_loss_calibrated"]),
+    (2, ["predictions", "selection_predictions", "selection_loss_calibrated", "proxy_cost"]),
+    (3, ["selection_predictions", "selection_loss_calibrated", "proxy_cost"]),
+    (4, ["selection_loss_calibrated", "proxy_cost"]),
+    (5, ["proxy_cost"]),
 ])
 def test_an_older_table_reads_without_the_columns_it_lacks(tmp_path, version, missing):
     old = synthetic_results(0).drop(columns=missing).assign(record_version=version)

@@ -280,3 +280,21 @@ def test_proxy_correlation_ranks_only_the_plans_a_proxy_can_price(missing, onesh
     assert got["fisher"] == pytest.approx(1.0)  # fisher prices every plan, whatever the one-shot column lacks
     assert np.isnan(got["oneshot"]) if np.isnan(oneshot) else got["oneshot"] == pytest.approx(oneshot)
     assert np.isnan(got["probe"]) and got["probe_trials"] == 0  # not measured
+
+
+def test_plan_costs_sum_each_plans_module_scores():
+    import json
+
+    from nxmiformer.compression import CompressionPlan
+    from nxmiformer.search.runner import plan_costs
+
+    profile = pd.DataFrame([{"module": m, "option": o, "score": s * (1 if m == "a" else 10)}
+                            for m in ("a", "b") for o, s in (("2:4:int8", 0.1), ("2:4:int4", 0.5))])
+    plans = pd.Series([json.dumps(CompressionPlan(p).to_dict()) for p in (
+        {"a": "2:4:int8", "b": "2:4:int8"}, {"a": "2:4:int4", "b": "2:4:int8"}, {"a": "2:4:int8", "b": "2:4:int4"},
+        {"a": "2:4:int8", "b": "1:4:int4"},  # an option the profile does not price
+    )] + [""], index=[10, 11, 12, 13, 14])  # and a trial without a plan
+    got = plan_costs(plans, profile)
+    assert list(got.index) == [10, 11, 12, 13, 14]
+    assert got.iloc[:3].tolist() == pytest.approx([0.1 + 1.0, 0.5 + 1.0, 0.1 + 5.0])
+    assert got.iloc[3:].isna().all()

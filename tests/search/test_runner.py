@@ -84,6 +84,17 @@ def test_search_end_to_end(local_ray, assets, tmp_path):
     assert choice["trial_id"] == result.best["trial_id"] and runner_up["plan_json"] != result.best["plan_json"]
     assert choice["lead"] == pytest.approx(result.best["selection_primary"] - runner_up["selection_primary"])
     assert choice["se"] >= 0 and choice["rows"] == 8  # the lead is in the task metric: it may be negative
+    # every plan priced by the search's proxy, whichever stage made it; stage 1 ranked its candidates by the same sum
+    assert table["proxy_cost"].notna().all()
+    stage1 = table[table["kind"] != "refined"]
+    assert stage1["proxy_cost"].to_numpy() == pytest.approx(stage1["heuristic_score"].to_numpy(), rel=1e-9)
+    # a prior on that cost moves the choice toward the cheapest plan; weighted heavily, it is the cheapest plan
+    import dataclasses
+
+    from nxmiformer.search.runner import best_trial
+
+    heavy = best_trial(table, dataclasses.replace(cfg, prior_weight=1e6))
+    assert heavy["proxy_cost"] == done["proxy_cost"].min()
     # nxmi search and nxmi export name the same plan: one selection rule
     from nxmiformer.analysis import export_plan, load_results
 
@@ -231,6 +242,8 @@ BAD = [
     (["--target-ratio", "0.8", "--convention", "bytes"], "paper, storage"),
     (["--target-ratio", "0.8", "--proxy", "probe", "--probe-steps", "0"], "probe_steps"),
     (["--target-ratio", "0.8", "--task", "sst5"], "sst5"),
+    (["--target-ratio", "0.8", "--prior-weight", "-1"], "prior_weight must be a finite number >= 0"),
+    (["--target-ratio", "0.8", "--prior-weight", "nan"], "got nan"),
 ]
 
 
