@@ -246,7 +246,8 @@ def cmd_search(args) -> int:
     if result.best is None:
         print(f"no completed trial meets the target ratio {config.target}")
         return 1
-    _print_selected(f"best plan meeting {config.target.value:.2%} ({config.convention})", result.best)
+    how = config.objective + (f" with prior weight {config.prior_weight:g} on the proxy cost" if config.prior_weight else "")
+    _print_selected(f"best plan meeting {config.target.value:.2%} ({config.convention}) on {how}", result.best)
     return 0
 
 
@@ -288,7 +289,8 @@ def cmd_pareto(args) -> int:
     if args.heatmap and heat is None:
         raise NxmiError("no completed trial with finite metrics, so no plan to draw for --heatmap")
     if args.plot:
-        plot_pareto(results, args.target_ratio, args.convention, args.metric, args.include_stopped, path=args.plot)
+        plot_pareto(results, args.target_ratio, args.convention, args.metric, args.include_stopped, path=args.plot,
+                    selected=chosen)  # the star is the trial printed above, chosen on the search's objective
         print(f"wrote {args.plot}")
     if args.heatmap:
         plot_plan(heat, path=args.heatmap, title=f"trial {heat['trial_id']} [{heat['kind']}]: {heat['plan_summary']}")

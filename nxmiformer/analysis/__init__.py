@@ -10,7 +10,8 @@ from .export import export_plan, train_command
 from .pareto import RATIO_DECIMALS, eligible, format_trials, front_mask, pareto_front, select, trial_table
 from .plans import module_position, plan_grid, plan_of, plan_table
 from .plots import kind_group, plot_pareto, plot_plan, save_png
-from .results import REQUIRED_COLUMNS, check_convention, check_metric, check_target_ratio, load_results
+from .results import (REQUIRED_COLUMNS, check_convention, check_metric, check_target_ratio, load_results,
+                      search_objective, search_prior_weight)
 
 __all__ = [
     "RATIO_DECIMALS",
@@ -32,6 +33,8 @@ __all__ = [
     "plot_pareto",
     "plot_plan",
     "save_png",
+    "search_objective",
+    "search_prior_weight",
     "select",
     "train_command",
     "trial_table",

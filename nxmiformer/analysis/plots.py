@@ -62,13 +62,15 @@ def kind_group(kind: pd.Series) -> pd.Series:
 def plot_pareto(results: pd.DataFrame, target_ratio: float | None = None, convention: str = "paper",
                 metric: str = "primary", include_stopped: bool = False, ax: Axes | None = None,
                 path: str | os.PathLike | None = None, size: tuple[float, float] = (9.0, 4.5),
-                dpi: int = DPI) -> Figure:
+                dpi: int = DPI, selected: pd.Series | None = None) -> Figure:
     """Every trial in the (ratio, metric) plane with the Pareto front highlighted.
 
     Markers tell uniform baselines, per-component grid plans and heterogeneous plans apart;
     trials not eligible for the front (stopped early by ASHA, unless ``include_stopped``) are
     hollow; failed trials are red crosses on the bottom edge at their ratio (they have no metric).
-    With ``target_ratio`` the constraint is a vertical line and the selected trial a star.
+    With ``target_ratio`` the constraint is a vertical line and the selected trial a star: ``selected``
+    (a row of ``results``, e.g. what :func:`select` returned on the search's objective), else the
+    trial :func:`select` picks on ``metric``.
     Written as a PNG of ``size`` inches at ``dpi`` to ``path`` when given.
     """
     column = ratio_column(convention)
@@ -98,7 +100,8 @@ def plot_pareto(results: pd.DataFrame, target_ratio: float | None = None, conven
     if target_ratio is not None:
         ax.axvline(target_ratio, color="red", ls="--", lw=1, label=f"target {target_ratio:.2%} ({convention})")
         try:
-            best = select(results, target_ratio, convention, metric, include_stopped)
+            best = selected if selected is not None else select(results, target_ratio, convention, metric,
+                                                                include_stopped)
             ax.scatter([best[column]], [best[metric]], marker="*", s=260, color="gold", edgecolors="black",
                        zorder=6, label=f"selected: {best['trial_id']}")
         except NxmiError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -39,3 +40,10 @@ def test_notebook_runs_on_a_search(search_dir, monkeypatch):
     assert len(images) == 2  # the front and the plan heatmap
     texts = "".join(str(out.get("data", {}).get("text/plain", "")) for cell in code for out in cell.outputs)
     assert "completed" in texts and "trial_id" in texts
+    # the notebook's choice is the search's: its objective (on the selection rows), not the validation metric
+    from nxmiformer.analysis import load_results, select
+
+    objective = json.loads((search_dir / "search.json").read_text())["objective"]
+    chosen = select(load_results(search_dir), 0.875, metric=objective)
+    streams = "".join(out.get("text", "") for cell in code for out in cell.outputs if out.output_type == "stream")
+    assert f"chosen on {objective}\n" in streams and chosen["trial_id"] in texts

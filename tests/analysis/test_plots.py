@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.image
 import pytest
 
-from nxmiformer.analysis import plot_pareto, plot_plan
+from nxmiformer.analysis import plot_pareto, plot_plan, select
 from nxmiformer.compression import CompressionPlan
 from nxmiformer.errors import NxmiError
 from tests.analysis.conftest import synthetic_results
@@ -35,6 +35,17 @@ def test_pareto_plot_png(label, kwargs, tmp_path):
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "Pareto front" in legend and any(t.startswith("failed (") for t in legend)
     assert any(t.startswith("selected: ") for t in legend) == (label in ("target met", "storage, retention, stopped"))
+
+
+def test_pareto_plot_stars_the_trial_it_is_given(tmp_path):
+    table = synthetic_results(0)
+    by_metric = select(table, 0.875)
+    given = select(table, 0.875, metric="selection_kl")
+    assert given["trial_id"] != by_metric["trial_id"]  # else the case below tells nothing
+    for row, expected in ((None, by_metric), (given, given)):
+        fig = plot_pareto(table, 0.875, selected=row, size=(6, 4), dpi=50)
+        legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert f"selected: {expected['trial_id']}" in legend
 
 
 def test_pareto_plot_bad_input(tmp_path):
