@@ -6,9 +6,11 @@ these names; the search collects one :class:`TrialRecord` per trial and writes t
 re-derives a column, and analysis never imports the search to know the schema.
 
 Versions: ``record_version`` 6 is this schema (version 5 lacked ``proxy_cost``, version 4 also
-``selection_loss_calibrated``, version 3 also ``selection_predictions``, version 2 also ``predictions``). Older files (version 1
-also lacks ``record_version``) are read and upgraded, their missing columns taking the defaults; a
-file of a newer version is refused with a message naming it.
+``selection_loss_calibrated``, version 3 also ``selection_predictions``, version 2 also
+``predictions``). Older files (version 1 also lacks ``record_version``) are read and upgraded, their
+missing columns taking the defaults; a file of a newer version is refused with a message naming it.
+``proxy_cost`` is the one column the runner sets after the trials (it prices each plan on the
+search's profile, which a trial does not hold).
 """
 
 from __future__ import annotations

@@ -102,10 +102,8 @@ def export_plan(results: pd.DataFrame, target_ratio: float, convention: str, out
     """
     out = _check_out(out)
     target = RatioTarget.of(target_ratio, convention)
-    if prior_weight is not None:
-        check_prior_weight(prior_weight)
-    metric = check_metric(metric or search_objective(results))
     prior_weight = check_prior_weight(search_prior_weight(results) if prior_weight is None else prior_weight)
+    metric = check_metric(metric or search_objective(results))
     row = select(results, target, metric=metric, include_stopped=include_stopped, prior_weight=prior_weight)
     if "search_dir" not in row.index:
         raise NxmiError("the results lack the search_dir column; read them with nxmiformer.analysis.load_results")

@@ -541,8 +541,8 @@ def _say_failures(results: pd.DataFrame, progress: bool) -> None:
 
 
 def best_trial(results: pd.DataFrame, config: SearchConfig) -> pd.Series | None:
-    """The search's choice among ``results``: ``select`` on its objective, among the completed
-    trials that meet its target (None when none has a value of the objective)."""
+    """The search's choice among ``results``: ``select`` on its objective (with its ``prior_weight``),
+    among the completed trials that meet its target (None when none has a value of the objective)."""
     done = results[(results["status"] == "completed") & config.target.is_met(results[config.target.column])]
     if not done[config.objective].notna().any():
         return None
@@ -634,7 +634,8 @@ def choice_margin(best: pd.Series | None, results: pd.DataFrame, config: SearchC
     """How far the chosen trial ``best`` leads the runner-up on the selection rows, in the task's
     primary metric, with the paired bootstrap standard error of that lead (both trials'
     ``selection_predictions`` on the same ``labels``). The runner-up is the next trial by the
-    search's objective among the completed ones that meet the target, trained on another plan.
+    search's objective (and prior weight) among the completed ones that meet the target, trained on
+    another plan.
     None without a runner-up or without the predictions (records written before they were kept)."""
     from ..trials.metrics import paired_difference
 
