@@ -32,13 +32,15 @@ def test_pareto_command(search_dir, tmp_path, capsys):
                  "--heatmap", str(heatmap)]) == 0
     out = capsys.readouterr().out
     results = load_results(search_dir)
-    objective = json.loads((search_dir / "search.json").read_text())["objective"]
+    config = json.loads((search_dir / "search.json").read_text())
+    objective, weight = config["objective"], config["prior_weight"]
     assert objective == "selection_loss_calibrated"  # the search's default
-    front, chosen = pareto_front(results), select(results, 0.875, metric=objective)
+    front, chosen = pareto_front(results), select(results, 0.875, metric=objective, prior_weight=weight)
     assert f"Pareto front (paper ratio vs primary; completed trials): {len(front)} plan(s)" in out
     assert all(trial in out for trial in front["trial_id"])
     # the selection decides on the search's objective, on the selection rows, as nxmi search did
-    assert f"selected on {objective} for >= 87.50% (paper): trial {chosen['trial_id']}" in out
+    how = objective + (f" with prior weight {weight:g} on the proxy cost" if weight else "")
+    assert f"selected on {how} for >= 87.50% (paper): trial {chosen['trial_id']}" in out
     assert png_shape(plot) == (450, 900)
     assert png_shape(heatmap) == pixels(plot_plan(chosen))
 
@@ -60,13 +62,14 @@ def test_export_then_train_round_trip(search_dir, tmp_path, capsys):
     stored = json.loads(out.read_text())
     assert stored["schema"] == "nxmiformer.plan" and stored["version"] == 1
     plan, config = CompressionPlan.load(out), json.loads((search_dir / "search.json").read_text())
-    chosen = select(load_results(search_dir), 0.875, metric=config["objective"])  # the search's objective
+    chosen = select(load_results(search_dir), 0.875, metric=config["objective"],  # the search's own rule
+                    prior_weight=config["prior_weight"])
     assert plan == CompressionPlan.from_json(chosen["plan_json"])
 
     meta = plan.meta
     assert (meta["ratio_paper"], meta["ratio_storage"]) == (chosen["ratio_paper"], chosen["ratio_storage"])
     assert meta["selection"] == {"target_ratio": 0.875, "convention": "paper", "metric": "selection_loss_calibrated",
-                                 "prior_weight": 0.0, "include_stopped": False}
+                                 "prior_weight": config["prior_weight"], "include_stopped": False}
     assert meta["search"]["dir"] == str(search_dir.resolve())
     assert {k: meta["search"][k] for k in ("task", "model", "data_dir", "max_length", "seed")} == {
         k: config[k] for k in ("task", "model", "data_dir", "max_length", "seed")}

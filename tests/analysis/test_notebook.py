@@ -43,7 +43,9 @@ def test_notebook_runs_on_a_search(search_dir, monkeypatch):
     # the notebook's choice is the search's: its objective (on the selection rows), not the validation metric
     from nxmiformer.analysis import load_results, select
 
-    objective = json.loads((search_dir / "search.json").read_text())["objective"]
-    chosen = select(load_results(search_dir), 0.875, metric=objective)
+    config = json.loads((search_dir / "search.json").read_text())
+    objective, weight = config["objective"], config["prior_weight"]
+    chosen = select(load_results(search_dir), 0.875, metric=objective, prior_weight=weight)
     streams = "".join(out.get("text", "") for cell in code for out in cell.outputs if out.output_type == "stream")
-    assert f"chosen on {objective}\n" in streams and chosen["trial_id"] in texts
+    how = objective + (f" with prior weight {weight:g}" if weight else "")
+    assert f"chosen on {how}\n" in streams and chosen["trial_id"] in texts

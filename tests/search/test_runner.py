@@ -73,9 +73,16 @@ def test_search_end_to_end(local_ray, assets, tmp_path):
     assert done[measures].notna().all().all()
     n_val = len(pd.read_parquet(assets[0] / "glue" / "sst2" / "validation.parquet"))
     assert done["predictions"].map(lambda p: len(json.loads(p))).eq(n_val).all()  # for paired comparisons
-    assert result.best["selection_loss_calibrated"] == done["selection_loss_calibrated"].min()
     stored = json.loads((tmp_path / "run" / "search.json").read_text())
-    assert stored["objective"] == "selection_loss_calibrated"  # the default
+    assert stored["objective"] == "selection_loss_calibrated" and stored["prior_weight"] == cfg.prior_weight
+    by_objective = done[done["selection_loss_calibrated"] == done["selection_loss_calibrated"].min()]
+    if cfg.prior_weight == 0:  # the objective alone
+        assert result.best["trial_id"] in set(by_objective["trial_id"])
+    else:  # the rule written out: z-scores over the completed trials
+        def z(column):
+            return (done[column] - done[column].mean()) / done[column].std(ddof=0)
+        score = -z("selection_loss_calibrated") - cfg.prior_weight * z("proxy_cost")
+        assert result.best["trial_id"] == done.loc[score.idxmax(), "trial_id"]
     assert stored["selection_size"] == 8 and stored["proxy"] == "fisher"
     # the selection rows' predictions give the chosen trial's lead over the runner-up a paired SE
     assert done["selection_predictions"].map(lambda p: len(json.loads(p))).eq(8).all()
