@@ -5,8 +5,9 @@ are used) runs without nxmiformer:
 
 * every hardened module with integer weights of at most 8 bits becomes the dynamic-quantization
   pattern ``DynamicQuantizeLinear`` (the input, per tensor, uint8) -> ``MatMulInteger`` with the
-  module's own ``int8`` codes -> ``Cast`` -> ``Mul`` by the input scale times the module's own
-  per-row scales. The codes and scales are the hardened ones (read back from the effective weight,
+  module's own integer codes (``int8``; for codes beyond 7 bits ``uint8`` with zero point 128, the
+  same integers, since ONNX Runtime's uint8 x int8 kernel saturates on CPUs without VNNI) -> ``Cast``
+  -> ``Mul`` by the input scale times the module's own per-row scales. The codes and scales are the hardened ones (read back from the effective weight,
   checked to lie on the grid), not re-quantized: only the activations are rounded. ONNX Runtime
   fuses the pattern into its int8 kernel (``DynamicQuantizeMatMul``);
 * everything else (dense fp32 and float16 modules, embeddings, LayerNorm, the classifier) stays
@@ -152,6 +153,10 @@ def _export_fp32(model: nn.Module, names: tuple[str, ...], path: Path, fuse: boo
         fused.save_model_to_file(str(path))
 
 
+# the largest |code| whose products with uint8 inputs, summed in pairs, fit int16: 255 * 63 * 2 = 32130
+SATURATION_FREE_CODE = 63
+
+
 def _weight_key(weight_t) -> bytes:
     import numpy as np
 
@@ -181,10 +186,16 @@ def _quantize_graph(graph, targets: dict[bytes, tuple[str, torch.Tensor, torch.T
     def add_initializers(stem: str, codes_t, scales) -> None:
         if stem not in added:
             added.add(stem)
+            codes_t = np.asarray(codes_t).astype(np.int16)
+            # codes beyond 7 bits go as uint8 (code + 128, zero point 128), the same integers: ONNX Runtime's
+            # uint8 x int8 kernel on CPUs without VNNI (AVX2) adds pairs of products in int16 and saturates
+            # there (255 * 127 * 2 > 32767); its uint8 x uint8 kernel does not
+            unsigned = int(np.abs(codes_t).max(initial=0)) > SATURATION_FREE_CODE
+            dtype, zero = (np.uint8, 128) if unsigned else (np.int8, 0)
             graph.initializer.extend([
-                numpy_helper.from_array(np.ascontiguousarray(codes_t, dtype=np.int8), f"{stem}.weight_int8"),
+                numpy_helper.from_array(np.ascontiguousarray(codes_t + zero, dtype=dtype), f"{stem}.weight_q"),
                 numpy_helper.from_array(np.asarray(scales, dtype=np.float32), f"{stem}.weight_scale"),
-                numpy_helper.from_array(np.zeros(len(scales), dtype=np.int8), f"{stem}.weight_zero_point"),
+                numpy_helper.from_array(np.full(len(scales), zero, dtype=dtype), f"{stem}.weight_zero_point"),
             ])
 
     def quantize_input(x: str, prefix: str) -> str:
@@ -203,7 +214,7 @@ def _quantize_graph(graph, targets: dict[bytes, tuple[str, torch.Tensor, torch.T
             prefix = f"{name}/{node.name or 'MatMul'}"
             xq = quantize_input(node.input[0], prefix)
             nodes += [
-                helper.make_node("MatMulInteger", [f"{xq}_q", f"{name}.weight_int8", f"{xq}_zero_point",
+                helper.make_node("MatMulInteger", [f"{xq}_q", f"{name}.weight_q", f"{xq}_zero_point",
                                                    f"{name}.weight_zero_point"], [f"{prefix}/y_int32"],
                                  name=f"{prefix}/MatMulInteger"),
                 helper.make_node("Cast", [f"{prefix}/y_int32"], [f"{prefix}/y_float"], to=TensorProto.FLOAT,
@@ -228,7 +239,7 @@ def _quantize_graph(graph, targets: dict[bytes, tuple[str, torch.Tensor, torch.T
                 xq = quantize_input(node.input[0], stem)
                 mask = node.input[3] if len(node.input) > 3 else ""
                 quantized_attention = helper.make_node(
-                    "QAttention", [f"{xq}_q", f"{stem}.weight_int8", node.input[2], f"{xq}_scale",
+                    "QAttention", [f"{xq}_q", f"{stem}.weight_q", node.input[2], f"{xq}_scale",
                                    f"{stem}.weight_scale", mask, f"{xq}_zero_point", f"{stem}.weight_zero_point"],
                     list(node.output), name=f"{stem}/QAttention", domain="com.microsoft")
                 quantized_attention.attribute.extend(node.attribute)

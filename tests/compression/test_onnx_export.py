@@ -254,3 +254,20 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(setup, args, match, tiny_
     assert len(err.splitlines()) == 1 and match in err and err.startswith("nxmi onnx: error:")
     assert (not out.exists()) or [p.name for p in out.iterdir()] == ["keep.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("plan,dtype,zero", [("dense:int8", "uint8", 128), ("4:8:int4", "int8", 0)])
+def test_codes_beyond_7_bits_go_as_uint8_the_same_integers(plan, dtype, zero, tmp_path):
+    # ONNX Runtime's uint8 x int8 kernel saturates int16 pair sums on CPUs without VNNI (AVX2): 8-bit codes are
+    # stored as code + 128 with zero point 128, which its uint8 x uint8 kernel computes exactly on every CPU
+    import onnx
+    from onnx import numpy_helper
+
+    model = hardened_tiny(plan)
+    report = export_onnx(model, tmp_path / "model.onnx", fuse=False)
+    stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(tmp_path / "model.onnx").graph.initializer}
+    name = report.int8_modules[0]
+    codes, _ = integer_codes(model.get_submodule(name), name)
+    q, zp = stored[f"{name}.weight_q"], stored[f"{name}.weight_zero_point"]
+    assert q.dtype.name == dtype and (zp == zero).all()
+    assert (q.astype("int32") - zero == codes.t().numpy()).all()
