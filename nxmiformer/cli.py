@@ -246,9 +246,14 @@ def cmd_search(args) -> int:
     if result.best is None:
         print(f"no completed trial meets the target ratio {config.target}")
         return 1
-    how = config.objective + (f" with prior weight {config.prior_weight:g} on the proxy cost" if config.prior_weight else "")
-    _print_selected(f"best plan meeting {config.target.value:.2%} ({config.convention}) on {how}", result.best)
+    _print_selected(f"best plan meeting {config.target.value:.2%} ({config.convention}) on "
+                    f"{_rule(config.objective, config.prior_weight)}", result.best)
     return 0
+
+
+def _rule(objective: str, prior_weight: float) -> str:
+    """How a choice was made, in words: the objective, and the prior on the proxy cost if any."""
+    return objective + (f" with prior weight {prior_weight:g} on the proxy cost" if prior_weight else "")
 
 
 def _print_selected(title: str, row) -> None:
@@ -283,8 +288,8 @@ def cmd_pareto(args) -> int:
         weight = search_prior_weight(results) if args.prior_weight is None else args.prior_weight
         chosen = select(results, args.target_ratio, args.convention, objective, args.include_stopped, weight)
         print()
-        how = objective + (f" with prior weight {weight:g} on the proxy cost" if weight else "")
-        _print_selected(f"selected on {how} for >= {args.target_ratio:.2%} ({args.convention})", chosen)
+        _print_selected(f"selected on {_rule(objective, weight)} for >= {args.target_ratio:.2%} ({args.convention})",
+                        chosen)
     heat = chosen if chosen is not None else (front.iloc[0] if len(front) else None)
     if args.heatmap and heat is None:
         raise NxmiError("no completed trial with finite metrics, so no plan to draw for --heatmap")

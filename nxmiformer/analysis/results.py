@@ -57,26 +57,28 @@ def check_results(results: pd.DataFrame, needed: Iterable[str] = REQUIRED_COLUMN
     return results
 
 
+def _search_setting(results: pd.DataFrame, key: str, default, what: str, flag: str):
+    """The value of ``key`` in the search.json of every search of ``results`` (``default`` for
+    searches from before it, or for rows without ``search_dir``); an error naming ``what`` and the
+    ``flag`` that settles it when the searches disagree."""
+    dirs = results["search_dir"].unique() if "search_dir" in results.columns else []
+    values = {read_search_config(d).get(key, default) for d in dirs} or {default}
+    if len(values) > 1:
+        raise NxmiError(f"the searches {what} ({', '.join(map(str, sorted(values)))}); choose one with {flag}")
+    return values.pop()
+
+
 def search_objective(results: pd.DataFrame) -> str:
     """The metric the searches of ``results`` decided on (``objective`` in their search.json;
     ``primary`` for searches from before selection rows); an error when they disagree."""
-    dirs = results["search_dir"].unique() if "search_dir" in results.columns else []
-    objectives = {read_search_config(d).get("objective", "primary") for d in dirs} or {"primary"}
-    if len(objectives) > 1:
-        raise NxmiError(f"the searches decided on different objectives ({', '.join(sorted(objectives))}); "
-                        f"choose one with --metric")
-    return objectives.pop()
+    return _search_setting(results, "objective", "primary", "decided on different objectives", "--metric")
 
 
 def search_prior_weight(results: pd.DataFrame) -> float:
     """The ``prior_weight`` the searches of ``results`` chose with (in their search.json; 0 for
     searches from before it); an error when they disagree."""
-    dirs = results["search_dir"].unique() if "search_dir" in results.columns else []
-    weights = {float(read_search_config(d).get("prior_weight", 0.0)) for d in dirs} or {0.0}
-    if len(weights) > 1:
-        raise NxmiError(f"the searches chose with different prior weights ({', '.join(map(str, sorted(weights)))}); "
-                        f"choose one with --prior-weight")
-    return weights.pop()
+    return float(_search_setting(results, "prior_weight", 0.0, "chose with different prior weights",
+                                 "--prior-weight"))
 
 
 def ratio_column(convention: str) -> str:

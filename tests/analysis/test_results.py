@@ -150,3 +150,20 @@ def test_bad_search_dirs(label, make, needle, tmp_path):
 def test_no_dirs_is_an_error():
     with pytest.raises(NxmiError, match="no search output directory"):
         load_results([])
+
+
+@pytest.mark.parametrize("key,first,second,read,needle", [
+    ("objective", "selection_loss", "selection_primary", "search_objective",
+     "the searches decided on different objectives (selection_loss, selection_primary); choose one with --metric"),
+    ("prior_weight", 0.0, 1.0, "search_prior_weight",
+     "the searches chose with different prior weights (0.0, 1.0); choose one with --prior-weight"),
+])
+def test_searches_that_chose_differently_are_named(tmp_path, key, first, second, read, needle):
+    from nxmiformer.analysis import results as module
+
+    one = write_search_dir(tmp_path / "a", synthetic_results(0), **{key: first})
+    two = write_search_dir(tmp_path / "b", synthetic_results(1), **{key: second})
+    assert getattr(module, read)(load_results(one)) == first  # one search: its own setting
+    with pytest.raises(NxmiError) as info:
+        getattr(module, read)(load_results([one, two]))
+    assert str(info.value) == needle
