@@ -283,6 +283,8 @@ class SearchConfig:
                             f"this one resumes version {STATE_VERSION}); start a new search with another --out "
                             f"(nxmi pareto/export still read its results.parquet, if it finished)")
         known = {f.name for f in dataclasses.fields(cls)}  # provenance, and keys of older versions, are not fields
+        # a search from before --prior-weight chose on its objective alone (weight 0), not today's default
+        stored.setdefault("prior_weight", 0.0)
         return cls(**({k: v for k, v in stored.items() if k in known} | changes))
 
 

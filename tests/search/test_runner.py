@@ -220,6 +220,23 @@ def test_a_search_of_another_version_is_not_resumed(assets, tmp_path, capsys):
     assert "search state version 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stored,expected", [
+    (None, 0.0),  # written before --prior-weight existed: that search chose on its objective alone
+    (0.0, 0.0),
+    (2.5, 2.5),
+])
+def test_a_stored_search_keeps_the_prior_weight_it_chose_with(assets, tmp_path, stored, expected):
+    from nxmiformer.search.runner import STATE_VERSION
+
+    fresh = config(assets, tmp_path)
+    assert fresh.prior_weight == 1.0  # today's default, which an older search must not inherit
+    state = fresh.to_dict() | {"state_version": STATE_VERSION}
+    state.pop("prior_weight")
+    (tmp_path / "search.json").write_text(json.dumps(state | ({} if stored is None else {"prior_weight": stored})))
+    loaded = SearchConfig.load(tmp_path)
+    assert loaded.prior_weight == expected and loaded.objective == state["objective"]
+
+
 def test_search_places_trials_on_both_nodes_of_a_cluster(assets, tmp_path):
     from ray.cluster_utils import Cluster
 
