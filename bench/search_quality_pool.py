@@ -140,8 +140,12 @@ OBJECTIVE_NAMES = {"selection_primary": "metric", "selection_loss": "loss", "sel
 
 
 def _objective_name(objective) -> str:
-    """``OBJECTIVE_NAMES``' name of it; ``?`` for a cell read from a table written before it was kept."""
-    return OBJECTIVE_NAMES.get(objective, objective) if isinstance(objective, str) else "?"
+    """``OBJECTIVE_NAMES``' name of it (with its `` + prior W``, the search's ``--prior-weight`` when
+    above 0); ``?`` for a cell read from a table written before it was kept."""
+    if not isinstance(objective, str):
+        return "?"
+    name, plus, prior = objective.partition(" + ")
+    return OBJECTIVE_NAMES.get(name, name) + plus + prior
 
 
 def markdown(table) -> str:
@@ -230,7 +234,7 @@ def collect(runs: list[str], arm: str = "search", baselines: tuple[str, ...] = B
                                                          "seed": config.seed, "arms": {},
                                                          "objectives": {}})  # arm -> its --objective
             cell["arms"][name] = arm_dir
-            cell["objectives"][name] = config.objective
+            cell["objectives"][name] = config.objective + (f" + prior {config.prior_weight:g}" if config.prior_weight else "")
     for name, seen in settings.items():
         if len(seen) > 1:
             raise ValueError(f"the {name} arms differ: " + "; ".join(f"{s} in {r}" for s, r in seen.items()))
