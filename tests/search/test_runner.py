@@ -337,11 +337,11 @@ def test_halfway_kind_trains_the_optimum_then_plans_near_several_uniform_plans(a
 
 
 @pytest.mark.parametrize("extra,expected", [
-    ([], {"trials": 3, "refine_trials": 1, "learn_trials": 1, "steps": 60, "train_size": 2000, "oneshot_profile": False}),
+    ([], {"trials": 3, "refine_trials": 0, "learn_trials": 1, "steps": 60, "train_size": 2000, "oneshot_profile": False}),
     (["--oneshot-profile"], {"trials": 3, "oneshot_profile": True}),
-    (["--steps", "9", "--refine-trials=0"], {"trials": 3, "refine_trials": 0, "steps": 9, "train_size": 2000}),
+    (["--steps", "9", "--refine-trials=1"], {"trials": 3, "refine_trials": 1, "steps": 9, "train_size": 2000}),
     # argparse abbreviations are explicit flags too
-    (["--step", "9", "--train-s=100"], {"trials": 3, "refine_trials": 1, "steps": 9, "train_size": 100}),
+    (["--step", "9", "--train-s=100"], {"trials": 3, "refine_trials": 0, "steps": 9, "train_size": 100}),
     (["--train-size", "none", "--no-asha"], {"train_size": None, "asha": False, "steps": 60}),
 ])
 def test_quick_preset_fills_what_the_user_did_not_give(extra, expected, assets, tmp_path, monkeypatch):
