@@ -3,8 +3,8 @@
 ``nxmi search``'s default kinds mix the knapsack optimum and its diverse neighbours with the best grid
 and uniform plans; ``search_quality.py``'s ``fine`` arm spends its six trials on the optimum and
 diverse plans alone. A trial's result does not depend on the arm that trains it (the same plan,
-seed, rows and warm start train to the same weights; README: Search quality, "Determinism"), so a
-mixed arm of the same budget can be assembled from a cell's kept records: the first ``F`` trials
+seed, rows, warm start and thread count train to the same weights; docs/search_quality.md,
+"Determinism"), so a mixed arm of the same budget can be assembled from a cell's kept records: the first ``F`` trials
 of ``fine`` (the optimum, then the diverse plans in the order the search proposed them), the first
 ``U`` of ``uniform`` and the first ``G`` of ``grid`` (best proxy score first, as those arms train
 them; a grid plan that repeats one of the uniform plans taken is skipped). Each mix chooses on the
@@ -57,8 +57,9 @@ def cell_row(arms: dict[str, pd.DataFrame], mixes: list[tuple[int, int, int]]) -
             for name in ARMS if name in arms}
     if len(done) < len(ARMS):
         return None
-    calibrated = done["fine"]["selection_loss_calibrated"].notna().all() if "selection_loss_calibrated" in done[
-        "fine"] else False
+    fine_trials = done["fine"]
+    calibrated = ("selection_loss_calibrated" in fine_trials
+                  and bool(fine_trials["selection_loss_calibrated"].notna().all()))
     objective = "calibrated+proxy" if calibrated else "selection_primary"
     best_baseline = max(float(_choose(_with_derived(done[b]), objective)["retention"]) for b in ("uniform", "grid"))
     row = {"objective": objective}
