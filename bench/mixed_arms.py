@@ -23,10 +23,10 @@ import math
 import sys
 from pathlib import Path
 
-from _common import ROOT  # noqa: E402  (also puts the repository on sys.path)
+import _common  # noqa: F401  (puts the repository on sys.path)
 
 import pandas as pd
-from objectives import _choose, _with_derived, cells
+from objectives import _choose, _with_derived, cells, completed, kept_runs
 
 ARMS = ("fine", "uniform", "grid")
 DEFAULT_MIXES = ("6,0,0", "5,1,0", "5,0,1", "4,1,1", "3,2,1", "3,1,2", "2,2,2")
@@ -44,7 +44,7 @@ def mix_spec(value: str) -> tuple[int, int, int]:
     return counts
 
 
-def first_trials(frame: pd.DataFrame, count: int, skip: set[str] = frozenset()) -> pd.DataFrame:
+def first_trials(frame: pd.DataFrame, count: int, skip: frozenset[str] | set[str] = frozenset()) -> pd.DataFrame:
     """The arm's first ``count`` trials in the order it trained them, skipping plans in ``skip``."""
     ordered = frame.sort_values("trial_id")
     return ordered[~ordered["plan_summary"].isin(skip)].head(count)
@@ -53,13 +53,11 @@ def first_trials(frame: pd.DataFrame, count: int, skip: set[str] = frozenset()) 
 def cell_row(arms: dict[str, pd.DataFrame], mixes: list[tuple[int, int, int]]) -> dict | None:
     """Each mix's choice minus the better baseline's choice (points of retention), or None where
     the cell lacks an arm or has fewer completed trials than a mix takes."""
-    done = {name: arms[name][(arms[name]["status"] == "completed") & arms[name]["primary"].notna()]
-            for name in ARMS if name in arms}
+    done = {name: completed(arms[name]) for name in ARMS if name in arms}
     if len(done) < len(ARMS):
         return None
-    fine_trials = done["fine"]
-    calibrated = ("selection_loss_calibrated" in fine_trials
-                  and bool(fine_trials["selection_loss_calibrated"].notna().all()))
+    calibrated = ("selection_loss_calibrated" in done["fine"]
+                  and bool(done["fine"]["selection_loss_calibrated"].notna().all()))
     objective = "calibrated+proxy" if calibrated else "selection_primary"
     best_baseline = max(float(_choose(_with_derived(done[b]), objective)["retention"]) for b in ("uniform", "grid"))
     row = {"objective": objective}
@@ -98,8 +96,7 @@ def main() -> int:
     mixes = args.mix or [mix_spec(m) for m in DEFAULT_MIXES]
     if (6, 0, 0) not in mixes:
         mixes = [(6, 0, 0)] + mixes  # the reference: fine alone
-    runs = [Path(r) for r in args.runs] or sorted(p for p in (ROOT / "bench" / "results" / "runs").iterdir()
-                                                  if p.is_dir())
+    runs = [Path(r) for r in args.runs] or kept_runs()
     rows = []
     for run, cell, arms in cells(runs):
         row = cell_row(arms, mixes)

@@ -61,6 +61,16 @@ DERIVED = ("proxy", "calibrated+proxy")
 BASELINES = ("uniform", "grid")
 
 
+def completed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The trials that finished with a validation metric: the only ones re-decided."""
+    return frame[(frame["status"] == "completed") & frame["primary"].notna()]
+
+
+def kept_runs() -> list[Path]:
+    """Every run kept under ``bench/results/runs``: the default of the scripts that re-read them."""
+    return sorted(p for p in (ROOT / "bench" / "results" / "runs").iterdir() if p.is_dir())
+
+
 def _proxy_cost(frame: pd.DataFrame) -> pd.Series:
     """The plans' proxy cost: the records' ``proxy_cost`` (version 6), else, for the kept runs'
     stage-1 arms, ``heuristic_score`` (the same sum of the profile's scores)."""
@@ -99,7 +109,7 @@ def cell_table(arms: dict[str, pd.DataFrame], arm: str) -> list[dict]:
     ``within``: the mean over arms of the same rank correlation inside each arm), mean regret over
     arms and the ``arm`` minus best-baseline difference (NaN where the cell lacks ``arm`` or a
     baseline)."""
-    done = {name: r[(r["status"] == "completed") & r["primary"].notna()] for name, r in arms.items()}
+    done = {name: completed(r) for name, r in arms.items()}
     done = {name: _with_derived(r) for name, r in done.items() if not r.empty}
     if not done:
         return []
@@ -161,8 +171,7 @@ def main() -> int:
     parser.add_argument("--arm", default="fine", help="the search arm set against the baselines (default: fine)")
     parser.add_argument("--csv", help="write the per-cell table here")
     args = parser.parse_args()
-    runs = [Path(r) for r in args.runs] or sorted(p for p in (ROOT / "bench" / "results" / "runs").iterdir()
-                                                  if p.is_dir())
+    runs = [Path(r) for r in args.runs] or kept_runs()
     rows = [{"run": run, "cell": cell} | row for run, cell, arms in cells(runs) for row in cell_table(arms, args.arm)]
     if not rows:
         print(f"no completed trials in {len(runs)} runs", file=sys.stderr)
