@@ -119,9 +119,11 @@ def calibrated_candidates(problem: CandidateProblem, target: RatioTarget, result
     spent = [costs[np.arange(len(c)), c].sum() for c in _choices(problem, plans) if (c >= 0).all()]
     floor = min((c for c in spent if c <= budget), default=-np.inf)
     region = np.where(_seen(problem, plans), scores, np.inf)
-    # the first that has a solution: inside the region with the floor, the region alone, the menu with it, the menu
+    # the first that has a new plan: inside the region with the floor, the region alone, the menu with it, the
+    # menu. A region can hold only trained plans (one completed grid plan: one option per component type).
     tries = [(region, floor), (region, -np.inf), (scores, floor), (scores, -np.inf)]
-    scores, floor = next((t for t in tries if solve_mckp(costs, t[0], budget, min_cost=t[1]) is not None), tries[-1])
+    scores, floor = next((t for t in tries if solve_mckp(costs, t[0], budget, forbidden=trained, min_hamming=1,
+                                                         min_cost=t[1]) is not None), tries[-1])
     chosen: list[CompressionPlan] = []
     for _ in range(count):
         choice = solve_mckp(costs, scores, budget, forbidden=trained, min_hamming=1, min_cost=floor)

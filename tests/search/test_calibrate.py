@@ -125,3 +125,34 @@ def test_new_plans_spend_at_least_what_the_cheapest_trained_plan_spent(world):
     for plan in new:
         choice = np.array([index[str(plan.spec_for(m))] for m in problem.modules["module"]])
         assert min(spent) - 1e-6 <= costs[rows, choice].sum() <= budget
+
+
+@pytest.mark.parametrize("completed", [1, 2])
+def test_a_region_of_trained_plans_only_still_gives_new_plans(world, completed):
+    """ASHA stopped all but one or two trials, each a per-component grid plan (one option per component
+    type): the options they tried form no plan that is not trained already, so the new plans come
+    from the menu (the demo once trained no plan here)."""
+    problem, truth, rng = world
+    target = RatioTarget(0.875, "paper")
+    costs, budget = problem.costs["paper"], target.budget_bits(problem.dense_bits)
+    components = problem.modules["component"].to_numpy()
+    rows = np.arange(len(components))
+    grids = []
+    for _ in range(50):  # grid plans at the target: one option per component type
+        pick = {c: rng.integers(len(problem.menu)) for c in dict.fromkeys(components)}
+        choice = np.array([pick[c] for c in components])
+        if costs[rows, choice].sum() <= budget and not any((choice == g).all() for g in grids):
+            grids.append(choice)
+        if len(grids) == completed + 1:
+            break
+    assert len(grids) == completed + 1
+    plans = [problem.plan(c) for c in grids]
+    status = ["completed"] * completed + ["stopped"]
+    results = pd.DataFrame({"status": status, "plan_json": [p.to_json(indent=None) for p in plans],
+                            "selection_loss": [truth[rows, c].sum() for c in grids]})
+    new = calibrated_candidates(problem, target, results, "selection_loss", count=2)
+    assert len(new) == 2
+    trained = {p.to_json(indent=None) for p in plans}
+    for plan in new:
+        assert CompressionPlan(dict(plan)).to_json(indent=None) not in trained
+        assert target.is_met(plan_ratio(plan, problem.modules, "paper"))
