@@ -724,7 +724,8 @@ def _learn(config: SearchConfig, done: pd.DataFrame, sensitivity: pd.DataFrame, 
     restore = resume and tune.Tuner.can_restore(str(out / LEARN_EXPERIMENT))
     plans = [] if restore else calibrated_candidates(build_problem(sensitivity, modules), config.target, done,
                                                      config.objective, config.learn_trials)
-    _say(progress, f"      learning stage: {'resuming' if restore else f'{len(plans)} plans from the additive model calibrated on {len(done)} trials'}")
+    fitted = int((done["status"] == "completed").sum())  # what calibrated_candidates fits on
+    _say(progress, f"      learning stage: {'resuming' if restore else f'{len(plans)} plans from the additive model calibrated on {fitted} completed of {len(done)} trials'}")
     if not restore and not plans:
         return done.iloc[0:0]
     candidates = [{"plan": p.to_dict(), "kind": p.meta["kind"], "heuristic_score": p.meta["calibrated_score"]}
