@@ -67,11 +67,10 @@ def cell_rows(task: str, arms: dict[str, pd.DataFrame], new: pd.DataFrame, label
     first_old = done["fine"].sort_values("trial_id").iloc[0]
     first_new = done[label].sort_values("trial_id").iloc[0]
     baseline = max(BASELINES, key=lambda b: rows[b]["chosen"])
-    dense = dense_old
 
     def paired(arm: str) -> float:
         return 100 * _paired_standard_error(task, data_dir, rows[arm]["predictions"],
-                                            rows[baseline]["predictions"]) / dense
+                                            rows[baseline]["predictions"]) / dense_old
 
     cell = {"dense_old": 100 * dense_old, "dense_new": 100 * dense_new,
             "same_optimum": first_old["plan_summary"] == first_new["plan_summary"],

@@ -98,6 +98,11 @@ def fit_corrections(problem: CandidateProblem, plans: list[CompressionPlan], obs
     return np.where(np.isfinite(problem.scores), out, np.inf)
 
 
+def fitted_trials(results: pd.DataFrame, objective: str) -> pd.DataFrame:
+    """The trials :func:`calibrated_candidates` fits on: completed, with the objective."""
+    return results[(results["status"] == "completed") & results[objective].notna()]
+
+
 def calibrated_candidates(problem: CandidateProblem, target: RatioTarget, results: pd.DataFrame, objective: str,
                           count: int, ridge: float = 1.0) -> list[CompressionPlan]:
     """Up to ``count`` new plans meeting ``target``: the knapsack optimum of the calibrated
@@ -107,7 +112,7 @@ def calibrated_candidates(problem: CandidateProblem, target: RatioTarget, result
     task metric (``records.HIGHER_IS_BETTER``)."""
     if objective not in results.columns:
         raise NxmiError(f"the results lack the objective column {objective!r}")
-    done = results[(results["status"] == "completed") & results[objective].notna()]
+    done = fitted_trials(results, objective)
     plans = [CompressionPlan.from_json(p) for p in done["plan_json"]]
     observed = done[objective].to_numpy(dtype=float) * (-1.0 if objective in HIGHER_IS_BETTER else 1.0)
     scores = fit_corrections(problem, plans, observed, ridge)
@@ -122,13 +127,14 @@ def calibrated_candidates(problem: CandidateProblem, target: RatioTarget, result
     # the first that has a new plan: inside the region with the floor, the region alone, the menu with it, the
     # menu. A region can hold only trained plans (one completed grid plan: one option per component type).
     tries = [(region, floor), (region, -np.inf), (scores, floor), (scores, -np.inf)]
-    scores, floor = next((t for t in tries if solve_mckp(costs, t[0], budget, forbidden=trained, min_hamming=1,
-                                                         min_cost=t[1]) is not None), tries[-1])
-    chosen: list[CompressionPlan] = []
-    for _ in range(count):
+    for scores, floor in tries:
         choice = solve_mckp(costs, scores, budget, forbidden=trained, min_hamming=1, min_cost=floor)
-        if choice is None:
+        if choice is not None:
             break
+    chosen: list[CompressionPlan] = []
+    while choice is not None and len(chosen) < count:
         trained.append(choice)
         chosen.append(problem.plan(choice, {"kind": CALIBRATED, "calibrated_score": float(scores[np.arange(len(choice)), choice].sum())}))
+        if len(chosen) < count:
+            choice = solve_mckp(costs, scores, budget, forbidden=trained, min_hamming=1, min_cost=floor)
     return chosen

@@ -718,13 +718,13 @@ def _learn(config: SearchConfig, done: pd.DataFrame, sensitivity: pd.DataFrame, 
     from ray import tune
 
     from ..trials.trainable import trial_trainable
-    from .calibrate import calibrated_candidates
+    from .calibrate import calibrated_candidates, fitted_trials
     from .heuristic import build_problem
 
     restore = resume and tune.Tuner.can_restore(str(out / LEARN_EXPERIMENT))
     plans = [] if restore else calibrated_candidates(build_problem(sensitivity, modules), config.target, done,
                                                      config.objective, config.learn_trials)
-    fitted = int((done["status"] == "completed").sum())  # what calibrated_candidates fits on
+    fitted = len(fitted_trials(done, config.objective))
     _say(progress, f"      learning stage: {'resuming' if restore else f'{len(plans)} plans from the additive model calibrated on {fitted} completed of {len(done)} trials'}")
     if not restore and not plans:
         return done.iloc[0:0]
