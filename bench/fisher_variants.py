@@ -74,21 +74,47 @@ def expected_fisher(model, calib, tokenizer, regression: bool, names: set[str]) 
     return fisher
 
 
-def variant_table(dense_path: Path, config, modules: list[str], estimate: str, rows: int) -> pd.DataFrame:
-    """The fisher column for every module x option of ``config.options`` under one variant."""
+def fishers(dense_path: Path, config, modules: set[str], variants: list[tuple[str, int]]) -> dict:
+    """The Fisher diagonal of ``modules`` under each variant, ``{variant: {module: tensor}}``."""
+    from nxmiformer.models import load_model, load_tokenizer
     from nxmiformer.search import profile
+    from nxmiformer.trials.data import get_task, prepare_task_data
 
-    saved = profile.FISHER_BATCH, profile._fisher_diagonal
+    data = config.data_config()
+    info = get_task(data.task)
+    model = load_model(str(dense_path)).eval()
+    tokenizer = load_tokenizer(str(dense_path))
+    out, saved = {}, profile.FISHER_BATCH
     try:
-        profile.FISHER_BATCH = 8 if estimate == "batch8" else 1
-        if estimate == "expected":
-            profile._fisher_diagonal = expected_fisher
-        data = dataclasses.asdict(config.data_config())
-        table = pd.DataFrame(profile.profile_modules(str(dense_path), data, rows, 64, modules, list(config.options),
-                                                     oneshot=False))
+        for estimate, rows in variants:
+            start = time.perf_counter()
+            calib = prepare_task_data(info, tokenizer, data_dir=data.data_dir, max_length=data.max_length,
+                                      seed=data.seed, include_train=False, holdout_size=rows).holdout
+            profile.FISHER_BATCH = 8 if estimate == "batch8" else 1
+            estimator = expected_fisher if estimate == "expected" else profile._fisher_diagonal
+            out[f"{estimate}-{rows}"] = estimator(model, calib, tokenizer, info.is_regression, modules)
+            print(f"  {estimate}-{rows}: Fisher diagonal in {time.perf_counter() - start:.0f}s", flush=True)
     finally:
-        profile.FISHER_BATCH, profile._fisher_diagonal = saved
-    return table
+        profile.FISHER_BATCH = saved
+    return out
+
+
+def variant_tables(dense_path: Path, pairs: set[tuple[str, str]], diagonals: dict) -> dict[str, pd.DataFrame]:
+    """Per variant, the ``fisher`` column of each (module, option) in ``pairs``: one projection each,
+    weighed by every variant's diagonal."""
+    import torch
+
+    from nxmiformer.compression import LayerSpec, compressible_modules, project
+    from nxmiformer.models import load_model
+
+    weights = {cm.name: cm.module.weight.detach() for cm in compressible_modules(load_model(str(dense_path)))}
+    rows: dict[str, list] = {name: [] for name in diagonals}
+    for module, option in sorted(pairs):
+        spec = LayerSpec.parse(option)
+        error = torch.zeros(()) if spec.is_identity else (weights[module] - project(weights[module], spec)) ** 2
+        for name, fisher in diagonals.items():
+            rows[name].append({"module": module, "option": option, "fisher": float((fisher[module] * error).sum())})
+    return {name: pd.DataFrame(r) for name, r in rows.items()}
 
 
 def score(trials: pd.DataFrame, table: pd.DataFrame) -> dict:
@@ -130,19 +156,26 @@ def main() -> int:
     dense = finetune_dense(config.data_config(), config.dense_config(), config.cache_root(), progress=False)
     if not dense.cached:
         print(f"warning: no cached warm start in {args.cache_dir}: retrained, not the one the trials ran on")
+    from nxmiformer.compression import CompressionPlan
+    from nxmiformer.search.runner import plan_costs
+
     modules = [cm.name for cm in compressible_modules(skeleton(dense.path))]
+    plans = [CompressionPlan.from_json(p) for p in trials["plan_json"]]
+    pairs = {(m, str(plan.spec_for(m))) for plan in plans for m in modules}
+    print(f"{args.run.name} {args.task}: {len(trials)} trials, {len(pairs)} module x option pairs", flush=True)
+    diagonals = fishers(dense.path, config, set(modules), args.variants)
+    start = time.perf_counter()
+    tables = variant_tables(dense.path, pairs, diagonals)
+    print(f"  projections in {time.perf_counter() - start:.0f}s", flush=True)
     out = []
-    for estimate, rows in args.variants:
-        start = time.perf_counter()
-        table = variant_table(dense.path, config, modules, estimate, rows)
-        row = {"run": args.run.name, "task": args.task, "variant": f"{estimate}-{rows}", "trials": len(trials)}
-        row |= score(trials, table) | {"seconds": time.perf_counter() - start}
+    for (estimate, rows), (name, table) in zip(args.variants, tables.items()):
+        row = {"run": args.run.name, "task": args.task, "variant": name, "trials": len(trials)} | score(trials, table)
         if (estimate, rows) == ("batch8", config.calib_size):  # today's proxy: must reproduce the records' cost
-            from nxmiformer.search.runner import plan_costs
             cost = plan_costs(trials["plan_json"], table, "fisher").to_numpy()
             row["matches_records"] = bool(np.allclose(cost, trials["proxy_cost"].to_numpy(dtype=float), rtol=1e-4))
         out.append(row)
-        print(pd.DataFrame([row]).to_string(index=False, header=len(out) == 1, float_format="{:.3f}".format), flush=True)
+    with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
+        print(pd.DataFrame(out).to_string(index=False))
     if args.csv:
         frame = pd.DataFrame(out)
         frame.to_csv(args.csv, mode="a", index=False, header=not Path(args.csv).is_file())
