@@ -67,7 +67,7 @@ def expected_fisher(model, calib, tokenizer, regression: bool, names: set[str]) 
             log_p = torch.log_softmax(model(**model_inputs(batch, "cpu")).logits.float(), -1)[0]
             for c in range(log_p.shape[0]):
                 log_p[c].backward(retain_graph=c + 1 < log_p.shape[0])
-                p = float(log_p[c].exp())
+                p = float(log_p[c].detach().exp())
                 for name, w in weights.items():
                     fisher[name] += p * w.grad.detach() ** 2
                 model.zero_grad(set_to_none=True)

@@ -1,0 +1,109 @@
+"""bench/fisher_variants.py: the Fisher estimates against closed forms and bounds, on a tiny BERT."""
+
+from __future__ import annotations
+
+import argparse
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from nxmiformer.compression import CompressionPlan, compressible_modules
+from nxmiformer.models import load_model, load_tokenizer
+from nxmiformer.trials.config import DataConfig
+from nxmiformer.trials.data import make_dataloader, prepare_task_data
+from nxmiformer.trials.loop import model_inputs
+from tests.analysis.conftest import import_bench
+from tests.conftest import SPECIAL_TOKENS, WORDS, tiny_bert, write_synthetic_task
+
+ROWS = 16
+
+
+@pytest.fixture(scope="module")
+def variants():
+    return import_bench("fisher_variants")
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_tokenizer):
+    model_dir = tmp_path / "model"
+    tiny_bert(vocab_size=len(SPECIAL_TOKENS) + len(WORDS)).save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    write_synthetic_task(tmp_path / "glue", "sst2")
+    data = DataConfig(task="sst2", data_dir=str(tmp_path / "glue"), max_length=16)
+    names = {cm.name for cm in compressible_modules(load_model(str(model_dir)))}
+    return model_dir, SimpleNamespace(data_config=lambda: data), names
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("batch8-128", ("batch8", 128)), ("row-512", ("row", 512)), ("expected-1", ("expected", 1)),
+    ("rows-128", None), ("row-0", None), ("row-x", None), ("row", None), ("-128", None),
+])
+def test_parse_variant(variants, text, expected):
+    if expected is None:
+        with pytest.raises(argparse.ArgumentTypeError, match=text):
+            variants.parse_variant(text)
+    else:
+        assert variants.parse_variant(text) == expected
+
+
+def test_expected_fisher_matches_the_binary_closed_form(variants, setup):
+    # two classes: grad log p0 = p1 * grad(z0 - z1) and grad log p1 = -p0 * grad(z0 - z1), so the
+    # expectation over the model's own labels is p0 * p1 * grad(z0 - z1)^2, summed over the rows
+    model_dir, config, names = setup
+    got = variants.fishers(model_dir, config, names, [("expected", ROWS)])["expected-16"]
+    model = load_model(str(model_dir)).eval()
+    tokenizer = load_tokenizer(str(model_dir))
+    data = config.data_config()
+    calib = prepare_task_data("sst2", tokenizer, data_dir=data.data_dir, max_length=data.max_length, seed=data.seed,
+                              include_train=False, holdout_size=ROWS).holdout
+    weights = {cm.name: cm.module.weight for cm in compressible_modules(model)}
+    reference = {name: torch.zeros_like(w) for name, w in weights.items()}
+    for batch in make_dataloader(calib, tokenizer, 1):
+        logits = model(**model_inputs(batch, "cpu")).logits[0]
+        p = torch.softmax(logits.detach(), -1)
+        model.zero_grad(set_to_none=True)
+        (logits[0] - logits[1]).backward()
+        for name, w in weights.items():
+            reference[name] += p[0] * p[1] * w.grad ** 2
+    assert set(got) == names
+    for name in names:
+        torch.testing.assert_close(got[name], reference[name], rtol=1e-4, atol=1e-12)
+
+
+def test_micro_batches_square_a_mean_that_cancels(variants, setup):
+    # Jensen, per micro-batch of 8 rows: (mean of the rows' gradients)^2 <= mean of their squares,
+    # so today's estimate is at most the per-row one over 8, everywhere, and strictly below somewhere
+    model_dir, config, names = setup
+    got = variants.fishers(model_dir, config, names, [("batch8", ROWS), ("row", ROWS)])
+    from nxmiformer.search import profile
+    assert profile.FISHER_BATCH == 8  # restored
+    below = False
+    for name in names:
+        batch8, row = got["batch8-16"][name], got["row-16"][name]
+        assert (batch8 <= row / 8 + 1e-12 + 1e-5 * row.abs()).all()
+        below |= bool((batch8 < 0.99 * row / 8).any())
+    assert below
+
+
+def test_variant_tables_weigh_one_projection_by_every_diagonal(variants, setup):
+    model_dir, _, names = setup
+    module = sorted(names)[0]
+    shape = load_model(str(model_dir)).get_submodule(module).weight.shape
+    ones, twos = {module: torch.ones(shape)}, {module: 2 * torch.ones(shape)}
+    tables = variants.variant_tables(model_dir, {(module, "dense"), (module, "2:4:int4")}, {"a": ones, "b": twos})
+    a = tables["a"].set_index("option")["fisher"]
+    b = tables["b"].set_index("option")["fisher"]
+    assert a["dense"] == 0 and a["2:4:int4"] > 0
+    assert b["2:4:int4"] == pytest.approx(2 * a["2:4:int4"])
+
+
+def test_score_is_spearman_with_the_metric_flipped(variants):
+    options = ("dense:int8", "2:4:int8", "2:4:int4", "1:4:int2")
+    plans = [CompressionPlan({"m": o}).to_json() for o in options]
+    trials = pd.DataFrame({"plan_json": plans, "selection_loss": [0.1, 0.2, 0.3, 0.4],
+                           "selection_loss_calibrated": [0.4, 0.3, 0.2, 0.1], "primary": [0.9, 0.8, 0.7, 0.6]})
+    table = pd.DataFrame({"module": "m", "option": options, "fisher": [1.0, 2.0, 3.0, 4.0]})
+    assert variants.score(trials, table) == pytest.approx(
+        {"selection_loss": 1.0, "selection_loss_calibrated": -1.0, "primary": 1.0})
