@@ -83,22 +83,33 @@ def learned_plans(run: Path, task: str, cache_dir: str, out: Path, plans: int, d
 
 
 def compare(run: Path, task: str, learned: pd.DataFrame, optimum_from: Path | None, data_dir) -> pd.DataFrame:
-    """Each learned plan against the fine arm's optimum and its choice and the better baseline's choice."""
-    arms = {name: _with_derived(frame) for name, frame in cell_arms(run, task).items()}
-    fine = arms["fine"]
-    optimum = fine[fine["kind"] == "optimal"].iloc[0]
-    if optimum_from is not None:  # the optimum trained on the same (retrained) warm start as the learned plans
+    """Each learned plan against the cell's kept arms (see :func:`differences`); with ``optimum_from``,
+    against the optimum of that fine arm instead (trained on the same retrained warm start)."""
+    arms = cell_arms(run, task)
+    optimum = None
+    if optimum_from is not None:
         other = completed(read_records(optimum_from / "results.parquet"))
         optimum = other[other["kind"] == "optimal"].iloc[0]
+    return differences(task, arms, completed(learned), data_dir, optimum).assign(run=run.name)
+
+
+def differences(task: str, arms: dict[str, pd.DataFrame], learned: pd.DataFrame, data_dir,
+                optimum: pd.Series | None = None) -> pd.DataFrame:
+    """Per learned plan, points of validation retention minus: the knapsack optimum (the fine arm's
+    first trial, or ``optimum``), the fine arm's choice and the better baseline's choice (both on
+    ``calibrated+proxy``), each with its paired bootstrap SE on the validation rows."""
+    arms = {name: _with_derived(frame) for name, frame in arms.items()}
+    fine = arms["fine"]
+    if optimum is None:
+        optimum = fine[fine["kind"] == "optimal"].iloc[0]
     chosen = {name: _choose(frame, "calibrated+proxy") for name, frame in arms.items()}
     better = max(("uniform", "grid"), key=lambda a: chosen[a]["retention"])
     dense = float(optimum["dense_primary"])
     rows = []
-    for _, plan in completed(learned).iterrows():
-        row = {"task": task, "run": run.name, "plan": plan["plan_summary"], "retention": 100 * plan["retention"],
+    for _, plan in learned.iterrows():
+        row = {"task": task, "plan": plan["plan_summary"], "retention": 100 * plan["retention"],
                "selection_loss_calibrated": plan["selection_loss_calibrated"]}
-        for label, other in (("optimum", optimum), ("fine_choice", chosen["fine"]), (better, chosen[better])):
-            key = "baseline" if label == better else label
+        for key, other in (("optimum", optimum), ("fine_choice", chosen["fine"]), ("baseline", chosen[better])):
             row[f"minus_{key}"] = 100 * (plan["retention"] - other["retention"])
             row[f"minus_{key}_se"] = 100 * _paired_standard_error(task, data_dir, plan["predictions"],
                                                                   other["predictions"]) / dense
