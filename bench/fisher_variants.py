@@ -13,7 +13,12 @@ kept trials (every arm). Variants (``--variants``, each ``<estimate>-<rows>``):
   costs must match the records' ``proxy_cost``, which checks the pairing);
 * ``row-N``: one row per backward pass (the per-example empirical Fisher);
 * ``expected-N``: per row, the Fisher of the model's own predictive distribution,
-  ``sum_c p_c (grad log p_c)^2`` over the classes: needs no labels, one backward per class.
+  ``sum_c p_c (grad log p_c)^2`` over the classes: needs no labels, one backward per class;
+* ``rowdot-N``: without the diagonal, from each row's first-order loss change
+  ``s_i(m, o) = <G_i(m), W_m - proj_o(W_m)>`` (``G_i(m)``: row i's gradient of module m): the
+  additive cost ``sum_i s_i(m, o)^2``, the full Fisher quadratic within each module;
+* ``plan-N``: a plan's cost ``sum_i (sum_m s_i(m, plan(m)))^2``, with the cross terms between
+  modules (not additive: it scores plans, the knapsack cannot use it).
 
     python bench/fisher_variants.py RUN TASK --cache-dir DIR [--variants batch8-128,row-128,...] [--csv FILE]
 """
@@ -36,7 +41,9 @@ from scipy.stats import spearmanr
 from nxmiformer.records import read_records
 
 ARMS = ("fine", "uniform", "grid")
-ESTIMATES = ("batch8", "row", "expected")
+DIAGONAL = ("batch8", "row", "expected")
+TAYLOR = ("rowdot", "plan")
+ESTIMATES = DIAGONAL + TAYLOR
 AGAINST = ("selection_loss", "selection_loss_calibrated", "primary")
 
 
@@ -117,11 +124,59 @@ def variant_tables(dense_path: Path, pairs: set[tuple[str, str]], diagonals: dic
     return {name: pd.DataFrame(r) for name, r in rows.items()}
 
 
+def row_products(dense_path: Path, config, pairs: list[tuple[str, str]], rows: int) -> np.ndarray:
+    """``[rows, pairs]``: each calibration row's first-order loss change ``<G_i(m), W_m - proj_o(W_m)>``
+    for each (module, option) pair (0 for an identity option)."""
+    import torch
+
+    from nxmiformer.compression import LayerSpec, compressible_modules, project
+    from nxmiformer.models import load_model, load_tokenizer
+    from nxmiformer.trials.data import get_task, make_dataloader, prepare_task_data
+    from nxmiformer.trials.loop import model_inputs, task_loss
+
+    data = config.data_config()
+    info = get_task(data.task)
+    model = load_model(str(dense_path)).eval()
+    tokenizer = load_tokenizer(str(dense_path))
+    calib = prepare_task_data(info, tokenizer, data_dir=data.data_dir, max_length=data.max_length, seed=data.seed,
+                              include_train=False, holdout_size=rows).holdout
+    weights = {cm.name: cm.module.weight for cm in compressible_modules(model)}
+    moves = [None if LayerSpec.parse(o).is_identity else weights[m].detach() - project(weights[m].detach(), LayerSpec.parse(o))
+             for m, o in pairs]
+    out = np.zeros((rows, len(pairs)))
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        for i, batch in enumerate(make_dataloader(calib, tokenizer, 1)):
+            task_loss(model(**model_inputs(batch, "cpu")).logits.float(), batch["labels"], info.is_regression).backward()
+            for k, ((module, _), move) in enumerate(zip(pairs, moves)):
+                if move is not None:
+                    out[i, k] = float((weights[module].grad * move).sum())
+            model.zero_grad(set_to_none=True)
+    return out
+
+
+def plan_taylor(trials: pd.DataFrame, pairs: list[tuple[str, str]], products: np.ndarray, modules: list[str]) -> np.ndarray:
+    """Each trial's plan-level cost ``sum_i (sum_m s_i(m, plan(m)))^2``."""
+    from nxmiformer.compression import CompressionPlan
+
+    index = {pair: k for k, pair in enumerate(pairs)}
+    costs = []
+    for plan_json in trials["plan_json"]:
+        plan = CompressionPlan.from_json(plan_json)
+        columns = [index[(m, str(plan.spec_for(m)))] for m in modules]
+        costs.append(float((products[:, columns].sum(axis=1) ** 2).sum()))
+    return np.array(costs)
+
+
 def score(trials: pd.DataFrame, table: pd.DataFrame) -> dict:
     """Spearman of the plans' summed cost with each AGAINST column (+1: the proxy ranks as the trials)."""
     from nxmiformer.search.runner import plan_costs
 
-    cost = plan_costs(trials["plan_json"], table, "fisher").to_numpy()
+    return spearmans(trials, plan_costs(trials["plan_json"], table, "fisher").to_numpy())
+
+
+def spearmans(trials: pd.DataFrame, cost: np.ndarray) -> dict:
+    """Spearman of ``cost`` with each AGAINST column (the task metric flipped: +1 ranks as the trials)."""
     out = {}
     for column in AGAINST:
         observed = trials[column].to_numpy(dtype=float) * (-1 if column == "primary" else 1)
@@ -163,15 +218,29 @@ def main() -> int:
     plans = [CompressionPlan.from_json(p) for p in trials["plan_json"]]
     pairs = {(m, str(plan.spec_for(m))) for plan in plans for m in modules}
     print(f"{args.run.name} {args.task}: {len(trials)} trials, {len(pairs)} module x option pairs", flush=True)
-    diagonals = fishers(dense.path, config, set(modules), args.variants)
+    diagonal = [v for v in args.variants if v[0] in DIAGONAL]
+    diagonals = fishers(dense.path, config, set(modules), diagonal)
     start = time.perf_counter()
     tables = variant_tables(dense.path, pairs, diagonals)
     print(f"  projections in {time.perf_counter() - start:.0f}s", flush=True)
+    ordered = sorted(pairs)
+    products = {}
+    for rows in sorted({rows for estimate, rows in args.variants if estimate in TAYLOR}):
+        start = time.perf_counter()
+        products[rows] = row_products(dense.path, config, ordered, rows)
+        print(f"  per-row first-order changes on {rows} rows in {time.perf_counter() - start:.0f}s", flush=True)
     out = []
-    for (estimate, rows), (name, table) in zip(args.variants, tables.items()):
-        row = {"run": args.run.name, "task": args.task, "variant": name, "trials": len(trials)} | score(trials, table)
-        if (estimate, rows) == ("batch8", config.calib_size):  # today's proxy: must reproduce the records' cost
+    for estimate, rows in args.variants:
+        name = f"{estimate}-{rows}"
+        if estimate == "plan":
+            cost = plan_taylor(trials, ordered, products[rows], modules)
+        else:
+            table = tables[name] if estimate in DIAGONAL else pd.DataFrame(
+                {"module": [m for m, _ in ordered], "option": [o for _, o in ordered],
+                 "fisher": (products[rows] ** 2).sum(axis=0)})
             cost = plan_costs(trials["plan_json"], table, "fisher").to_numpy()
+        row = {"run": args.run.name, "task": args.task, "variant": name, "trials": len(trials)} | spearmans(trials, cost)
+        if (estimate, rows) == ("batch8", config.calib_size):  # today's proxy: must reproduce the records' cost
             row["matches_records"] = bool(np.allclose(cost, trials["proxy_cost"].to_numpy(dtype=float), rtol=1e-4))
         out.append(row)
     with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
