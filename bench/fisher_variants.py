@@ -21,6 +21,7 @@ kept trials (every arm). Variants (``--variants``, each ``<estimate>-<rows>``):
   modules (not additive: it scores plans, the knapsack cannot use it).
 
     python bench/fisher_variants.py RUN TASK --cache-dir DIR [--variants batch8-128,row-128,...] [--csv FILE]
+    python bench/fisher_variants.py --pool bench/results/fisher_variants.csv   # the gains over today's, pooled
 """
 
 from __future__ import annotations
@@ -184,16 +185,43 @@ def spearmans(trials: pd.DataFrame, cost: np.ndarray) -> dict:
     return out
 
 
+def pooled(table: pd.DataFrame, base: str = "batch8-128") -> pd.DataFrame:
+    """Per variant and AGAINST column: the mean over cells of its correlation minus ``base``'s, se_cells,
+    the cells where it gains, and the cells where the correlation with the raw loss reaches 0.6."""
+    reference = table[table["variant"] == base].set_index("run")
+    rows = []
+    for variant, group in table.groupby("variant", sort=False):
+        group = group.set_index("run")
+        row = {"variant": variant, "cells": len(group), "raw >= 0.6": int((group["selection_loss"] >= 0.6).sum())}
+        for column in AGAINST:
+            gain = (group[column] - reference[column]).dropna()
+            row[f"{column} mean"] = group[column].mean()
+            row[f"{column} gain"] = gain.mean()
+            row[f"{column} se_cells"] = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else float("nan")
+            row[f"{column} cells > 0"] = int((gain > 0).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir(parser)
-    parser.add_argument("run", type=Path, help="a kept run, e.g. bench/results/runs/search_quality_96875_seed14")
-    parser.add_argument("task", choices=("mrpc", "sst2"))
-    parser.add_argument("--cache-dir", required=True, help="the warm starts the cell ran on")
+    parser.add_argument("run", type=Path, nargs="?", help="a kept run, e.g. bench/results/runs/search_quality_96875_seed14")
+    parser.add_argument("task", nargs="?", choices=("mrpc", "sst2"))
+    parser.add_argument("--cache-dir", help="the warm starts the cell ran on")
+    parser.add_argument("--pool", type=Path, help="only print the pooled gains of a --csv file's cells over batch8-128")
     parser.add_argument("--variants", default="batch8-128,row-128,batch8-512,row-512,expected-128",
                         type=lambda s: [parse_variant(v.strip()) for v in s.split(",") if v.strip()])
     parser.add_argument("--csv", help="append the rows to this file")
     args = parser.parse_args()
+    if args.pool:
+        if not args.pool.is_file():
+            parser.error(f"--pool {args.pool}: no such file")
+        with pd.option_context("display.width", 250, "display.float_format", "{:.3f}".format):
+            print(pooled(pd.read_csv(args.pool)).T.to_string(header=False))
+        return 0
+    if args.run is None or args.task is None or args.cache_dir is None:
+        parser.error("give RUN TASK --cache-dir DIR (or --pool FILE)")
 
     from nxmiformer.compression import compressible_modules
     from nxmiformer.models import skeleton

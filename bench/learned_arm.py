@@ -14,6 +14,7 @@ arm's optimum (its first trial) and its choice on ``calibrated+proxy``, with pai
 the validation rows. ``--dry-run`` prints the plans without training them.
 
     python bench/learned_arm.py RUN TASK --cache-dir DIR --out DIR [--optimum-from DIR] [--dry-run]
+    python bench/learned_arm.py --pool   # the kept cells (bench/results/learned/<run>/<task>/compare.csv), pooled
 """
 
 from __future__ import annotations
@@ -118,19 +119,46 @@ def differences(task: str, arms: dict[str, pd.DataFrame], learned: pd.DataFrame,
     return pd.DataFrame(rows)
 
 
+def pooled(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per plan of the stage (its first, its second) and difference: mean over cells, se_cells, cells > 0."""
+    rows = []
+    for k in range(max(len(t) for t in tables)):
+        plans = pd.DataFrame([t.iloc[k] for t in tables if len(t) > k])
+        for key in ("optimum", "fine_choice", "baseline"):
+            values = plans[f"minus_{key}"].astype(float)
+            rows.append({"plan": k + 1, "minus": key, "cells": len(values), "mean": values.mean(),
+                         "se_cells": values.std(ddof=1) / len(values) ** 0.5 if len(values) > 1 else float("nan"),
+                         "cells > 0": int((values > 0).sum())})
+    return pd.DataFrame(rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir(parser)
-    parser.add_argument("run", type=Path, help="a kept run, e.g. bench/results/runs/search_quality_96875_seed14")
-    parser.add_argument("task", choices=("mrpc", "sst2"))
-    parser.add_argument("--cache-dir", required=True, help="the warm starts and profiles the cell ran on")
-    parser.add_argument("--out", type=Path, required=True, help="where the learned trials go (a new directory)")
+    parser.add_argument("run", type=Path, nargs="?", help="a kept run, e.g. bench/results/runs/search_quality_96875_seed14")
+    parser.add_argument("task", nargs="?", choices=("mrpc", "sst2"))
+    parser.add_argument("--cache-dir", help="the warm starts and profiles the cell ran on")
+    parser.add_argument("--out", type=Path, help="where the learned trials go (a new directory)")
+    parser.add_argument("--pool", action="store_true",
+                        help="only print the kept cells (bench/results/learned/<run>/<task>/compare.csv), pooled")
     parser.add_argument("--plans", type=int, default=2, help="plans the learning stage trains (default 2)")
     parser.add_argument("--optimum-from", type=Path,
                         help="a fine arm trained on this --cache-dir, whose optimum to pair with (a retrained warm start)")
     parser.add_argument("--dry-run", action="store_true", help="print the plans, train nothing")
     parser.add_argument("--reuse", action="store_true", help="read the learned trials already under --out")
     args = parser.parse_args()
+    if args.pool:
+        files = sorted((ROOT / "bench" / "results" / "learned").glob("*/*/compare.csv"))
+        if not files:
+            parser.error("--pool: no kept cells under bench/results/learned")
+        tables = [pd.read_csv(f) for f in files]
+        with pd.option_context("display.width", 250, "display.max_colwidth", 90, "display.float_format", "{:.2f}".format):
+            print(pd.concat(tables, ignore_index=True).drop(columns=["selection_loss_calibrated"]).to_string(index=False))
+            print()
+            print(pooled(tables).to_string(index=False))
+        return 0
+    if args.run is None or args.task is None or args.cache_dir is None or args.out is None:
+        parser.error("give RUN TASK --cache-dir DIR --out DIR (or --pool)")
     if args.plans < 1:
         parser.error(f"--plans must be >= 1, got {args.plans}")
     if args.out.exists() and any(args.out.iterdir()) and not (args.reuse or args.dry_run):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -107,3 +108,57 @@ def test_score_is_spearman_with_the_metric_flipped(variants):
     table = pd.DataFrame({"module": "m", "option": options, "fisher": [1.0, 2.0, 3.0, 4.0]})
     assert variants.score(trials, table) == pytest.approx(
         {"selection_loss": 1.0, "selection_loss_calibrated": -1.0, "primary": 1.0})
+
+
+def test_row_products_are_each_rows_first_order_loss_change(variants, setup):
+    # independent reference: a central finite difference of row i's loss along W - proj(W)
+    from nxmiformer.compression import LayerSpec, project
+    from nxmiformer.trials.loop import task_loss
+
+    model_dir, config, names = setup
+    pairs = [(sorted(names)[0], "2:4:int4"), (sorted(names)[-1], "1:4:int2"), (sorted(names)[1], "dense")]
+    products = variants.row_products(model_dir, config, pairs, 4)
+    assert products.shape == (4, 3) and (products[:, 2] == 0).all()  # an identity option moves nothing
+    model = load_model(str(model_dir)).eval().double()
+    tokenizer = load_tokenizer(str(model_dir))
+    data = config.data_config()
+    calib = prepare_task_data("sst2", tokenizer, data_dir=data.data_dir, max_length=data.max_length, seed=data.seed,
+                              include_train=False, holdout_size=4).holdout
+    eps = 1e-4
+    for k, (module, option) in enumerate(pairs[:2]):
+        weight = model.get_submodule(module).weight
+        original = weight.detach().clone()
+        move = original - project(original.float(), LayerSpec.parse(option)).double()
+        for i, batch in enumerate(make_dataloader(calib, tokenizer, 1)):
+            losses = []
+            for sign in (1, -1):
+                with torch.no_grad():
+                    weight.copy_(original + sign * eps * move)
+                    losses.append(float(task_loss(model(**model_inputs(batch, "cpu")).logits, batch["labels"], False)))
+            with torch.no_grad():
+                weight.copy_(original)
+            assert products[i, k] == pytest.approx((losses[0] - losses[1]) / (2 * eps), rel=1e-3, abs=1e-7)
+
+
+def test_a_plan_of_one_compressed_module_costs_its_rowdot(variants):
+    # plan-level cost sum_i (sum_m s_i)^2: with every other module dense it is the module's own sum_i s_i^2;
+    # with two, the cross term 2 * sum_i s_i(a) s_i(b) enters
+    pairs = [("a", "2:4:int4"), ("a", "dense"), ("b", "1:4:int2"), ("b", "dense")]
+    products = np.array([[1.0, 0.0, -2.0, 0.0], [3.0, 0.0, 1.0, 0.0]])
+    trials = pd.DataFrame({"plan_json": [CompressionPlan({"a": "2:4:int4"}).to_json(),
+                                         CompressionPlan({"a": "2:4:int4", "b": "1:4:int2"}).to_json()]})
+    costs = variants.plan_taylor(trials, pairs, products, ["a", "b"])
+    assert costs.tolist() == pytest.approx([1 + 9, (1 - 2) ** 2 + (3 + 1) ** 2])
+
+
+def test_pooled_gains_over_todays_estimate(variants):
+    table = pd.DataFrame({"run": ["r1", "r2", "r1", "r2"], "variant": ["batch8-128", "batch8-128", "row-128", "row-128"],
+                          "selection_loss": [0.5, 0.7, 0.6, 0.6], "selection_loss_calibrated": [0.8, 0.8, 0.9, 1.0],
+                          "primary": [0.7, 0.7, 0.7, 0.7]})
+    rows = variants.pooled(table).set_index("variant")
+    assert rows.loc["batch8-128", "selection_loss_calibrated gain"] == 0
+    row = rows.loc["row-128"]
+    assert row["selection_loss_calibrated gain"] == pytest.approx(0.15)
+    assert row["selection_loss_calibrated se_cells"] == pytest.approx(0.05)
+    assert row["selection_loss gain"] == pytest.approx(0.0) and row["selection_loss cells > 0"] == 1
+    assert row["raw >= 0.6"] == 2 and rows.loc["batch8-128", "raw >= 0.6"] == 1

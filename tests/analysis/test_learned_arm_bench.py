@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pandas as pd
 import pytest
 
 from tests.analysis.conftest import import_bench
@@ -36,3 +39,13 @@ def test_differences_per_learned_plan(learned_arm, monkeypatch, optimum, minus_o
 def test_a_cell_without_an_arm_is_a_one_line_error(learned_arm, tmp_path):
     with pytest.raises(SystemExit, match="no kept fine arm at .*sst2-0.96875-fine"):
         learned_arm.cell_arms(tmp_path, "sst2")
+
+
+def test_pooled_per_plan_of_the_stage(learned_arm):
+    cells = [pd.DataFrame({"minus_optimum": [-1.0, 0.5], "minus_fine_choice": [0.0, 0.0], "minus_baseline": [1.0, 2.0]}),
+             pd.DataFrame({"minus_optimum": [-3.0], "minus_fine_choice": [1.0], "minus_baseline": [3.0]})]
+    rows = learned_arm.pooled(cells).set_index(["plan", "minus"])
+    assert rows.loc[(1, "optimum"), "mean"] == pytest.approx(-2.0)
+    assert rows.loc[(1, "optimum"), "se_cells"] == pytest.approx(1.0)
+    assert rows.loc[(1, "fine_choice"), "cells > 0"] == 1
+    assert rows.loc[(2, "optimum"), "cells"] == 1 and math.isnan(rows.loc[(2, "optimum"), "se_cells"])
