@@ -1,0 +1,152 @@
+"""How much of a trial's figure is the trial's own noise? Kept plans trained again with another trial seed
+
+A short trial's selection loss and validation metric depend on its plan and on its batch order and
+initial state (the trial seed; by default the data seed). This trains the first ``--per-arm`` plans
+of each of a kept cell's arms (``bench/results/runs/<run>/<task>-0.96875-{fine,uniform,grid}``)
+again, exactly as they were trained (the fine arm's ``search.json``: the same rows, steps and cached
+warm start, ``--cache-dir``) but for the trial seed (``--trial-seed``), and sets each retest beside
+its kept trial: the difference per plan, its spread (the trial noise) against the spread between the
+plans, and the test-retest rank correlation of each measure. A measure whose retest correlation is
+low cannot be ranked well by any proxy: it bounds what the proxy correlation target can reach.
+
+    python bench/retest.py RUN TASK --cache-dir DIR --out DIR [--per-arm 3] [--trial-seed 1001]
+    python bench/retest.py --pool    # the kept retests (bench/results/retest/<run>/<task>/), pooled
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from _common import ROOT  # noqa: E402  (also puts the repository on sys.path)
+
+import numpy as np
+import pandas as pd
+from objectives import completed
+from scipy.stats import spearmanr
+
+from nxmiformer.records import read_records, write_records
+
+ARMS = ("fine", "uniform", "grid")
+MEASURES = ("selection_loss", "selection_loss_calibrated", "selection_primary", "retention")
+
+
+def kept_plans(run: Path, task: str, per_arm: int) -> pd.DataFrame:
+    """The first ``per_arm`` completed trials of each kept arm, by trial id; a missing arm is an error."""
+    frames = []
+    for arm in ARMS:
+        results = run / f"{task}-0.96875-{arm}" / "results.parquet"
+        if not results.is_file():
+            raise SystemExit(f"no kept {arm} arm at {results.parent}; allowed: a run with the arms {', '.join(ARMS)}")
+        frames.append(completed(read_records(results)).sort_values("trial_id").head(per_arm).assign(arm=arm))
+    return pd.concat(frames, ignore_index=True)
+
+
+def retrain(run: Path, task: str, plans: pd.DataFrame, cache_dir: str, out: Path, trial_seed: int) -> pd.DataFrame:
+    """Train ``plans`` again as the fine arm trained its own, with ``trial_seed``; their records."""
+    import json
+
+    from nxmiformer.models import skeleton
+    from nxmiformer.search.cluster import ray_session
+    from nxmiformer.search.heuristic import modules_frame
+    from nxmiformer.search.runner import SearchConfig, _fit, _make_tuner, results_table
+    from nxmiformer.trials.dense import finetune_dense
+
+    config = dataclasses.replace(SearchConfig.load(run / f"{task}-0.96875-fine"), out=str(out), cache_dir=cache_dir)
+    dense = finetune_dense(config.data_config(), config.dense_config(), config.cache_root(), progress=True)
+    if not dense.cached:
+        raise SystemExit(f"no cached warm start in {cache_dir}: a retrained one would not pair with the kept trials")
+    out.mkdir(parents=True, exist_ok=True)
+    candidates = [{"plan": json.loads(row["plan_json"]), "kind": row["kind"], "heuristic_score": float(row["heuristic_score"])}
+                  for _, row in plans.iterrows()]
+    with ray_session(None):
+        from ray import tune
+
+        from nxmiformer.trials.trainable import trial_trainable
+
+        shared = {"trial": config.trial_config().replace(seed=trial_seed).to_dict(), "dense_path": str(dense.path)}
+        tuner = _make_tuner(config, trial_trainable, shared | {"candidate": tune.grid_search(candidates)}, out, "retest",
+                            len(candidates), True, False)
+        results = results_table(_fit(tuner, config), config.target, dense.primary, modules_frame(skeleton(dense.path)),
+                                lambda trial: trial.get("candidate"))
+    write_records(results, out / "results.parquet")
+    return results
+
+
+def pairs(kept: pd.DataFrame, again: pd.DataFrame) -> pd.DataFrame:
+    """One row per plan: its arm, and each MEASURE kept and retested (matched on the plan)."""
+    from nxmiformer.compression import CompressionPlan
+
+    def canonical(plan_json: str) -> str:
+        return CompressionPlan.from_json(plan_json).to_json(indent=None)
+
+    again = completed(again)
+    again = again.set_index(again["plan_json"].map(canonical))
+    rows = []
+    for _, row in kept.iterrows():
+        key = canonical(row["plan_json"])
+        if key not in again.index:
+            continue
+        other = again.loc[key]
+        rows.append({"arm": row["arm"], "plan": row["plan_summary"]}
+                    | {f"{m}_kept": float(row[m]) for m in MEASURES} | {f"{m}_retest": float(other[m]) for m in MEASURES})
+    return pd.DataFrame(rows)
+
+
+def reliability(table: pd.DataFrame) -> pd.DataFrame:
+    """Per measure: the retest minus kept spread (SD of the differences / sqrt 2: one trial's noise),
+    the SD between the kept plans, their ratio, and the test-retest Spearman, over all plans and
+    within the fine arm."""
+    rows = []
+    for m in MEASURES:
+        kept, again = table[f"{m}_kept"], table[f"{m}_retest"]
+        noise = float((again - kept).std(ddof=1) / np.sqrt(2))
+        spread = float(pd.concat([kept, again]).std(ddof=1))
+        fine = table["arm"] == "fine"
+        within = float((pd.concat([kept[fine], again[fine]])).std(ddof=1))
+        rows.append({"measure": m, "plans": len(table), "noise_sd": noise, "between_sd": spread,
+                     "noise / between": noise / spread if spread else float("nan"),
+                     "retest_spearman": float(spearmanr(kept, again).statistic),
+                     "fine_noise_sd": float((again[fine] - kept[fine]).std(ddof=1) / np.sqrt(2)),
+                     "fine_between_sd": within})
+    return pd.DataFrame(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, nargs="?", help="a kept run, e.g. bench/results/runs/search_quality_96875_seed14")
+    parser.add_argument("task", nargs="?", choices=("mrpc", "sst2"))
+    parser.add_argument("--cache-dir", help="the warm starts the cell ran on (required: the pairing needs them)")
+    parser.add_argument("--out", type=Path, help="where the retrained trials go (a new directory)")
+    parser.add_argument("--per-arm", type=int, default=3, help="plans per arm to train again (default 3)")
+    parser.add_argument("--trial-seed", type=int, default=1001, help="the retests' trial seed (default 1001)")
+    parser.add_argument("--pool", action="store_true", help="only print the kept retests, per cell and pooled")
+    args = parser.parse_args()
+    if args.pool:
+        cells = sorted((ROOT / "bench" / "results" / "retest").glob("*/*/pairs.csv"))
+        if not cells:
+            parser.error("--pool: no kept retests under bench/results/retest")
+        tables = {f"{f.parent.parent.name} {f.parent.name}": pd.read_csv(f) for f in cells}
+        with pd.option_context("display.width", 250, "display.float_format", "{:.4f}".format):
+            for name, table in tables.items():
+                print(f"{name}:\n{reliability(table).to_string(index=False)}\n")
+        return 0
+    if args.run is None or args.task is None or args.cache_dir is None or args.out is None:
+        parser.error("give RUN TASK --cache-dir DIR --out DIR (or --pool)")
+    if args.per_arm < 2:
+        parser.error(f"--per-arm must be >= 2 (a spread needs two plans), got {args.per_arm}")
+    if args.out.exists() and any(args.out.iterdir()):
+        parser.error(f"--out {args.out} is not empty; choose another")
+    kept = kept_plans(args.run, args.task, args.per_arm)
+    again = retrain(args.run, args.task, kept, args.cache_dir, args.out, args.trial_seed)
+    table = pairs(kept, again)
+    table.to_csv(args.out / "pairs.csv", index=False)
+    with pd.option_context("display.width", 250, "display.float_format", "{:.4f}".format):
+        print(reliability(table).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
