@@ -1,0 +1,54 @@
+"""bench/retest.py: kept trials matched with their retests, and the noise against the spread, by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nxmiformer.compression import CompressionPlan
+from tests.analysis.conftest import import_bench
+
+
+@pytest.fixture(scope="module")
+def retest():
+    return import_bench("retest")
+
+
+def plan(option, other="dense"):
+    return CompressionPlan({"a": option, "b": other})
+
+
+def records(plans, values, status="completed"):
+    """Trials whose MEASURES all equal ``values`` (one per plan), with the plans' JSON."""
+    return pd.DataFrame({"plan_json": [p.to_json() for p in plans], "plan_summary": [p.summary() for p in plans],
+                         "status": status, "primary": 0.8, "selection_loss": values,
+                         "selection_loss_calibrated": values, "selection_primary": values, "retention": values})
+
+
+def test_pairs_match_on_the_plan_not_its_formatting(retest):
+    plans = [plan("2:4:int4"), plan("2:4:int4", "1:4:int2"), plan("1:4:int2")]
+    kept = records(plans, [0.1, 0.2, 0.3]).assign(arm=["fine", "fine", "grid"])
+    # the retests in another order and JSON layout; one plan without a retest is left out
+    again = records(plans[:2][::-1], [0.25, 0.15]).assign(plan_json=[p.to_json(indent=None) for p in plans[:2][::-1]])
+    table = retest.pairs(kept, again)
+    assert table["arm"].tolist() == ["fine", "fine"]
+    assert table["selection_loss_kept"].tolist() == pytest.approx([0.1, 0.2])
+    assert table["selection_loss_retest"].tolist() == pytest.approx([0.15, 0.25])
+
+
+def test_reliability_noise_against_spread(retest):
+    kept = [1.0, 2.0, 3.0, 4.0]
+    again = [1.5, 1.5, 3.5, 3.5]  # differences +-0.5: noise SD 0.5774 / sqrt 2
+    table = pd.DataFrame({"arm": ["fine", "fine", "grid", "grid"]}
+                         | {f"{m}_kept": kept for m in retest.MEASURES} | {f"{m}_retest": again for m in retest.MEASURES})
+    row = retest.reliability(table).iloc[0]
+    noise = np.std([0.5, -0.5, 0.5, -0.5], ddof=1) / math.sqrt(2)
+    assert row["noise_sd"] == pytest.approx(noise)
+    assert row["between_sd"] == pytest.approx(np.std(kept + again, ddof=1))
+    assert row["noise / between"] == pytest.approx(noise / np.std(kept + again, ddof=1))
+    assert row["retest_spearman"] == pytest.approx(2 / math.sqrt(5))  # ranks 1-4 against tied pairs
+    assert row["fine_noise_sd"] == pytest.approx(math.sqrt(0.5) / math.sqrt(2))
+    assert row["fine_between_sd"] == pytest.approx(np.std([1.0, 2.0, 1.5, 1.5], ddof=1))
