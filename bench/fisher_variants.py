@@ -36,12 +36,10 @@ from _common import add_data_dir  # noqa: E402  (also puts the repository on sys
 
 import numpy as np
 import pandas as pd
-from objectives import completed
+from objectives import cell_arms
 from scipy.stats import spearmanr
 
-from nxmiformer.records import read_records
 
-ARMS = ("fine", "uniform", "grid")
 DIAGONAL = ("batch8", "row", "expected")
 TAYLOR = ("rowdot", "plan")
 ESTIMATES = DIAGONAL + TAYLOR
@@ -228,13 +226,7 @@ def main() -> int:
     from nxmiformer.search.runner import SearchConfig
     from nxmiformer.trials.dense import finetune_dense
 
-    frames = []
-    for arm in ARMS:
-        results = args.run / f"{args.task}-0.96875-{arm}" / "results.parquet"
-        if not results.is_file():
-            parser.error(f"no kept {arm} arm at {results.parent}")
-        frames.append(completed(read_records(results)))
-    trials = pd.concat(frames, ignore_index=True)
+    trials = pd.concat(cell_arms(args.run, args.task).values(), ignore_index=True)
     config = dataclasses.replace(SearchConfig.load(args.run / f"{args.task}-0.96875-fine"), cache_dir=args.cache_dir)
     dense = finetune_dense(config.data_config(), config.dense_config(), config.cache_root(), progress=False)
     if not dense.cached:

@@ -27,28 +27,13 @@ from pathlib import Path
 from _common import ROOT, add_data_dir  # noqa: E402  (also puts the repository on sys.path)
 
 import pandas as pd
-from objectives import _choose, _with_derived, completed
+from objectives import _choose, _with_derived, cell_arms, completed
 from search_quality import _paired_standard_error
 
-from nxmiformer.records import read_records
-
-ARMS = ("fine", "uniform", "grid")
-
-
-def cell_arms(run: Path, task: str, target: str = "0.96875") -> dict[str, pd.DataFrame]:
-    """The cell's kept arms, completed trials only; a missing arm is a one-line error."""
-    arms = {}
-    for arm in ARMS:
-        results = run / f"{task}-{target}-{arm}" / "results.parquet"
-        if not results.is_file():
-            raise SystemExit(f"no kept {arm} arm at {results.parent}; allowed: a run with the arms {', '.join(ARMS)}")
-        arms[arm] = completed(read_records(results))
-    return arms
-
+from nxmiformer.records import read_records, write_records
 
 def learned_plans(run: Path, task: str, cache_dir: str, out: Path, plans: int, dry_run: bool) -> pd.DataFrame:
     """Train (or with ``dry_run`` only print) the learning stage's plans, fitted on the cell's arms."""
-    from nxmiformer.compression import CompressionPlan
     from nxmiformer.models import skeleton
     from nxmiformer.search.calibrate import calibrated_candidates
     from nxmiformer.search.cluster import ray_session
@@ -78,7 +63,6 @@ def learned_plans(run: Path, task: str, cache_dir: str, out: Path, plans: int, d
         out.mkdir(parents=True, exist_ok=True)
         shared = {"trial": config.trial_config().to_dict(), "dense_path": str(dense.path)}
         learned = _learn(config, done, sensitivity, modules, shared, out, False, dense.primary, True, lambda t: t)
-    from nxmiformer.records import write_records
     write_records(learned, out / "results.parquet")
     return learned
 

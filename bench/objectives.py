@@ -71,6 +71,18 @@ def kept_runs() -> list[Path]:
     return sorted(p for p in (ROOT / "bench" / "results" / "runs").iterdir() if p.is_dir())
 
 
+def cell_arms(run: Path, task: str, target: str = "0.96875", arms=("fine", "uniform", "grid")) -> dict[str, pd.DataFrame]:
+    """One kept cell's ``arms`` (``<run>/<task>-<target>-<arm>``), completed trials only; a missing
+    arm exits with a one-line message naming it."""
+    out = {}
+    for arm in arms:
+        results = run / f"{task}-{target}-{arm}" / "results.parquet"
+        if not results.is_file():
+            raise SystemExit(f"no kept {arm} arm at {results.parent}; allowed: a run with the arms {', '.join(arms)}")
+        out[arm] = completed(read_records(results))
+    return out
+
+
 def _proxy_cost(frame: pd.DataFrame) -> pd.Series:
     """The plans' proxy cost: the records' ``proxy_cost`` (version 6), else, for the kept runs'
     stage-1 arms, ``heuristic_score`` (the same sum of the profile's scores)."""

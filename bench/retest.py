@@ -24,24 +24,18 @@ from _common import ROOT  # noqa: E402  (also puts the repository on sys.path)
 
 import numpy as np
 import pandas as pd
-from objectives import completed
+from objectives import cell_arms, completed
 from scipy.stats import spearmanr
 
-from nxmiformer.records import read_records, write_records
+from nxmiformer.records import write_records
 
-ARMS = ("fine", "uniform", "grid")
 MEASURES = ("selection_loss", "selection_loss_calibrated", "selection_primary", "retention")
 
 
 def kept_plans(run: Path, task: str, per_arm: int) -> pd.DataFrame:
-    """The first ``per_arm`` completed trials of each kept arm, by trial id; a missing arm is an error."""
-    frames = []
-    for arm in ARMS:
-        results = run / f"{task}-0.96875-{arm}" / "results.parquet"
-        if not results.is_file():
-            raise SystemExit(f"no kept {arm} arm at {results.parent}; allowed: a run with the arms {', '.join(ARMS)}")
-        frames.append(completed(read_records(results)).sort_values("trial_id").head(per_arm).assign(arm=arm))
-    return pd.concat(frames, ignore_index=True)
+    """The first ``per_arm`` completed trials of each kept arm, by trial id, with their arm."""
+    return pd.concat([frame.sort_values("trial_id").head(per_arm).assign(arm=arm)
+                      for arm, frame in cell_arms(run, task).items()], ignore_index=True)
 
 
 def retrain(run: Path, task: str, plans: pd.DataFrame, cache_dir: str, out: Path, trial_seed: int) -> pd.DataFrame:
