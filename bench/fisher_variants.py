@@ -36,7 +36,7 @@ from _common import add_data_dir  # noqa: E402  (also puts the repository on sys
 
 import numpy as np
 import pandas as pd
-from objectives import cell_arms
+from objectives import add_cell_arguments, cell_arms, over_cells
 from scipy.stats import spearmanr
 
 
@@ -192,11 +192,10 @@ def pooled(table: pd.DataFrame, base: str = "batch8-128") -> pd.DataFrame:
         group = group.set_index("run")
         row = {"variant": variant, "cells": len(group), "raw >= 0.6": int((group["selection_loss"] >= 0.6).sum())}
         for column in AGAINST:
-            gain = (group[column] - reference[column]).dropna()
+            gain = over_cells(group[column] - reference[column])
             row[f"{column} mean"] = group[column].mean()
-            row[f"{column} gain"] = gain.mean()
-            row[f"{column} se_cells"] = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else float("nan")
-            row[f"{column} cells > 0"] = int((gain > 0).sum())
+            row |= {f"{column} gain": gain["mean"], f"{column} se_cells": gain["se_cells"],
+                    f"{column} cells > 0": gain["cells > 0"]}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -204,9 +203,7 @@ def pooled(table: pd.DataFrame, base: str = "batch8-128") -> pd.DataFrame:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir(parser)
-    parser.add_argument("run", type=Path, nargs="?", help="a kept run, e.g. bench/results/runs/search_quality_96875_seed14")
-    parser.add_argument("task", nargs="?", choices=("mrpc", "sst2"))
-    parser.add_argument("--cache-dir", help="the warm starts the cell ran on")
+    add_cell_arguments(parser, "the warm starts the cell ran on")
     parser.add_argument("--pool", type=Path, help="only print the pooled gains of a --csv file's cells over batch8-128")
     parser.add_argument("--variants", default="batch8-128,row-128,batch8-512,row-512,expected-128",
                         type=lambda s: [parse_variant(v.strip()) for v in s.split(",") if v.strip()])

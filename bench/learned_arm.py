@@ -27,7 +27,7 @@ from pathlib import Path
 from _common import ROOT, add_data_dir  # noqa: E402  (also puts the repository on sys.path)
 
 import pandas as pd
-from objectives import _choose, _with_derived, cell_arms, completed
+from objectives import _choose, _with_derived, add_cell_arguments, cell_arms, completed, over_cells
 from search_quality import _paired_standard_error
 
 from nxmiformer.records import read_records, write_records
@@ -109,19 +109,14 @@ def pooled(tables: list[pd.DataFrame]) -> pd.DataFrame:
     for k in range(max(len(t) for t in tables)):
         plans = pd.DataFrame([t.iloc[k] for t in tables if len(t) > k])
         for key in ("optimum", "fine_choice", "baseline"):
-            values = plans[f"minus_{key}"].astype(float)
-            rows.append({"plan": k + 1, "minus": key, "cells": len(values), "mean": values.mean(),
-                         "se_cells": values.std(ddof=1) / len(values) ** 0.5 if len(values) > 1 else float("nan"),
-                         "cells > 0": int((values > 0).sum())})
+            rows.append({"plan": k + 1, "minus": key} | over_cells(plans[f"minus_{key}"]))
     return pd.DataFrame(rows)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir(parser)
-    parser.add_argument("run", type=Path, nargs="?", help="a kept run, e.g. bench/results/runs/search_quality_96875_seed14")
-    parser.add_argument("task", nargs="?", choices=("mrpc", "sst2"))
-    parser.add_argument("--cache-dir", help="the warm starts and profiles the cell ran on")
+    add_cell_arguments(parser, "the warm starts and profiles the cell ran on")
     parser.add_argument("--out", type=Path, help="where the learned trials go (a new directory)")
     parser.add_argument("--pool", action="store_true",
                         help="only print the kept cells (bench/results/learned/<run>/<task>/compare.csv), pooled")

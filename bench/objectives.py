@@ -83,6 +83,23 @@ def cell_arms(run: Path, task: str, target: str = "0.96875", arms=("fine", "unif
     return out
 
 
+def add_cell_arguments(parser: argparse.ArgumentParser, cache_help: str) -> None:
+    """``RUN TASK --cache-dir DIR``: the kept cell a script trains or recomputes on (both optional,
+    for the scripts' ``--pool`` modes, which read kept results instead)."""
+    parser.add_argument("run", type=Path, nargs="?", help="a kept run, e.g. bench/results/runs/search_quality_96875_seed14")
+    parser.add_argument("task", nargs="?", choices=("mrpc", "sst2"))
+    parser.add_argument("--cache-dir", help=cache_help)
+
+
+def over_cells(values: pd.Series) -> dict:
+    """A per-cell difference pooled: its mean, se_cells (the spread between cells over sqrt(cells);
+    NaN for one cell) and the cells above 0."""
+    values = values.astype(float).dropna()
+    return {"cells": len(values), "mean": values.mean(),
+            "se_cells": values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan"),
+            "cells > 0": int((values > 0).sum())}
+
+
 def _proxy_cost(frame: pd.DataFrame) -> pd.Series:
     """The plans' proxy cost: the records' ``proxy_cost`` (version 6), else, for the kept runs'
     stage-1 arms, ``heuristic_score`` (the same sum of the profile's scores)."""

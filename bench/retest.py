@@ -24,7 +24,7 @@ from _common import ROOT  # noqa: E402  (also puts the repository on sys.path)
 
 import numpy as np
 import pandas as pd
-from objectives import cell_arms, completed
+from objectives import add_cell_arguments, cell_arms, completed
 from scipy.stats import spearmanr
 
 from nxmiformer.records import write_records
@@ -110,9 +110,7 @@ def reliability(table: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, nargs="?", help="a kept run, e.g. bench/results/runs/search_quality_96875_seed14")
-    parser.add_argument("task", nargs="?", choices=("mrpc", "sst2"))
-    parser.add_argument("--cache-dir", help="the warm starts the cell ran on (required: the pairing needs them)")
+    add_cell_arguments(parser, "the warm starts the cell ran on (required: the pairing needs them)")
     parser.add_argument("--out", type=Path, help="where the retrained trials go (a new directory)")
     parser.add_argument("--per-arm", type=int, default=3, help="plans per arm to train again (default 3)")
     parser.add_argument("--trial-seed", type=int, default=1001, help="the retests' trial seed (default 1001)")
