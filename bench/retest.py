@@ -90,21 +90,24 @@ def pairs(kept: pd.DataFrame, again: pd.DataFrame) -> pd.DataFrame:
 
 
 def reliability(table: pd.DataFrame) -> pd.DataFrame:
-    """Per measure: the retest minus kept spread (SD of the differences / sqrt 2: one trial's noise),
-    the SD between the kept plans, their ratio, and the test-retest Spearman, over all plans and
-    within the fine arm."""
+    """Per measure, over all plans and within the fine arm: ``shift``, the mean of retest minus kept
+    (moves every plan alike, so it does not reorder them); ``noise_sd``, one trial's own noise (the
+    SD of retest minus kept over sqrt 2); ``between_sd``, the SD between the plans (the root mean
+    square of the kept and the retest SDs: the shift left out); their ratio; and the test-retest
+    Spearman over all plans."""
+    def spread(kept: pd.Series, again: pd.Series) -> float:
+        return float(np.sqrt((kept.std(ddof=1) ** 2 + again.std(ddof=1) ** 2) / 2))
+
     rows = []
+    fine = table["arm"] == "fine"
     for m in MEASURES:
         kept, again = table[f"{m}_kept"], table[f"{m}_retest"]
-        noise = float((again - kept).std(ddof=1) / np.sqrt(2))
-        spread = float(pd.concat([kept, again]).std(ddof=1))
-        fine = table["arm"] == "fine"
-        within = float((pd.concat([kept[fine], again[fine]])).std(ddof=1))
-        rows.append({"measure": m, "plans": len(table), "noise_sd": noise, "between_sd": spread,
-                     "noise / between": noise / spread if spread else float("nan"),
+        noise, between = float((again - kept).std(ddof=1) / np.sqrt(2)), spread(kept, again)
+        rows.append({"measure": m, "plans": len(table), "shift": float((again - kept).mean()), "noise_sd": noise,
+                     "between_sd": between, "noise / between": noise / between if between else float("nan"),
                      "retest_spearman": float(spearmanr(kept, again).statistic),
                      "fine_noise_sd": float((again[fine] - kept[fine]).std(ddof=1) / np.sqrt(2)),
-                     "fine_between_sd": within})
+                     "fine_between_sd": spread(kept[fine], again[fine])})
     return pd.DataFrame(rows)
 
 

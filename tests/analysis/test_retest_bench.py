@@ -41,14 +41,26 @@ def test_pairs_match_on_the_plan_not_its_formatting(retest):
 
 def test_reliability_noise_against_spread(retest):
     kept = [1.0, 2.0, 3.0, 4.0]
-    again = [1.5, 1.5, 3.5, 3.5]  # differences +-0.5: noise SD 0.5774 / sqrt 2
+    again = [1.5, 1.5, 3.5, 3.5]  # differences +-0.5 around no shift
     table = pd.DataFrame({"arm": ["fine", "fine", "grid", "grid"]}
                          | {f"{m}_kept": kept for m in retest.MEASURES} | {f"{m}_retest": again for m in retest.MEASURES})
     row = retest.reliability(table).iloc[0]
     noise = np.std([0.5, -0.5, 0.5, -0.5], ddof=1) / math.sqrt(2)
+    between = math.sqrt((np.var(kept, ddof=1) + np.var(again, ddof=1)) / 2)
+    assert row["shift"] == pytest.approx(0.0)
     assert row["noise_sd"] == pytest.approx(noise)
-    assert row["between_sd"] == pytest.approx(np.std(kept + again, ddof=1))
-    assert row["noise / between"] == pytest.approx(noise / np.std(kept + again, ddof=1))
+    assert row["between_sd"] == pytest.approx(between)
+    assert row["noise / between"] == pytest.approx(noise / between)
     assert row["retest_spearman"] == pytest.approx(2 / math.sqrt(5))  # ranks 1-4 against tied pairs
     assert row["fine_noise_sd"] == pytest.approx(math.sqrt(0.5) / math.sqrt(2))
-    assert row["fine_between_sd"] == pytest.approx(np.std([1.0, 2.0, 1.5, 1.5], ddof=1))
+    assert row["fine_between_sd"] == pytest.approx(math.sqrt((0.5 + 0.0) / 2))
+
+
+def test_a_shift_common_to_every_plan_is_not_noise(retest):
+    kept = [1.0, 2.0, 3.0, 5.0]
+    table = pd.DataFrame({"arm": ["fine", "fine", "grid", "grid"]} | {f"{m}_kept": kept for m in retest.MEASURES}
+                         | {f"{m}_retest": [k + 0.7 for k in kept] for m in retest.MEASURES})
+    row = retest.reliability(table).iloc[0]
+    assert row["shift"] == pytest.approx(0.7)
+    assert row["noise_sd"] == pytest.approx(0.0, abs=1e-12) and row["retest_spearman"] == pytest.approx(1.0)
+    assert row["between_sd"] == pytest.approx(np.std(kept, ddof=1))
