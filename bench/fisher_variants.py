@@ -31,6 +31,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from _common import add_data_dir  # noqa: E402  (also puts the repository on sys.path)
 
@@ -80,73 +81,79 @@ def expected_fisher(model, calib, tokenizer, regression: bool, names: set[str]) 
     return fisher
 
 
-def fishers(dense_path: Path, config, modules: set[str], variants: list[tuple[str, int]]) -> dict:
-    """The Fisher diagonal of ``modules`` under each variant, ``{variant: {module: tensor}}``."""
+def load_cell(dense_path: Path, config) -> SimpleNamespace:
+    """The warm start, its tokenizer and the task, loaded once for every estimate."""
     from nxmiformer.models import load_model, load_tokenizer
-    from nxmiformer.search import profile
-    from nxmiformer.trials.data import get_task, prepare_task_data
+    from nxmiformer.trials.data import get_task
 
     data = config.data_config()
-    info = get_task(data.task)
-    model = load_model(str(dense_path)).eval()
-    tokenizer = load_tokenizer(str(dense_path))
+    return SimpleNamespace(model=load_model(str(dense_path)).eval(), tokenizer=load_tokenizer(str(dense_path)),
+                           info=get_task(data.task), data=data)
+
+
+def calibration(cell: SimpleNamespace, rows: int):
+    """The first ``rows`` calibration rows, drawn as the profile draws them."""
+    from nxmiformer.trials.data import prepare_task_data
+
+    data = cell.data
+    return prepare_task_data(cell.info, cell.tokenizer, data_dir=data.data_dir, max_length=data.max_length,
+                             seed=data.seed, include_train=False, holdout_size=rows).holdout
+
+
+def weight_moves(cell: SimpleNamespace, pairs: list[tuple[str, str]]) -> list:
+    """Per (module, option) pair, ``W - proj(W)`` (None for an identity option): one projection each."""
+    from nxmiformer.compression import LayerSpec, compressible_modules, project
+
+    weights = {cm.name: cm.module.weight.detach() for cm in compressible_modules(cell.model)}
+    specs = [LayerSpec.parse(option) for _, option in pairs]
+    return [None if spec.is_identity else weights[m] - project(weights[m], spec) for (m, _), spec in zip(pairs, specs)]
+
+
+def fishers(cell: SimpleNamespace, modules: set[str], variants: list[tuple[str, int]]) -> dict:
+    """The Fisher diagonal of ``modules`` under each variant, ``{variant: {module: tensor}}``."""
+    from nxmiformer.search import profile
+
     out, saved = {}, profile.FISHER_BATCH
     try:
         for estimate, rows in variants:
             start = time.perf_counter()
-            calib = prepare_task_data(info, tokenizer, data_dir=data.data_dir, max_length=data.max_length,
-                                      seed=data.seed, include_train=False, holdout_size=rows).holdout
             profile.FISHER_BATCH = 8 if estimate == "batch8" else 1
             estimator = expected_fisher if estimate == "expected" else profile._fisher_diagonal
-            out[f"{estimate}-{rows}"] = estimator(model, calib, tokenizer, info.is_regression, modules)
+            out[f"{estimate}-{rows}"] = estimator(cell.model, calibration(cell, rows), cell.tokenizer,
+                                                  cell.info.is_regression, modules)
             print(f"  {estimate}-{rows}: Fisher diagonal in {time.perf_counter() - start:.0f}s", flush=True)
     finally:
         profile.FISHER_BATCH = saved
     return out
 
 
-def variant_tables(dense_path: Path, pairs: set[tuple[str, str]], diagonals: dict) -> dict[str, pd.DataFrame]:
-    """Per variant, the ``fisher`` column of each (module, option) in ``pairs``: one projection each,
+def variant_tables(pairs: list[tuple[str, str]], moves: list, diagonals: dict) -> dict[str, pd.DataFrame]:
+    """Per variant, the ``fisher`` column of each (module, option) in ``pairs``: its move, squared,
     weighed by every variant's diagonal."""
-    import torch
-
-    from nxmiformer.compression import LayerSpec, compressible_modules, project
-    from nxmiformer.models import load_model
-
-    weights = {cm.name: cm.module.weight.detach() for cm in compressible_modules(load_model(str(dense_path)))}
     rows: dict[str, list] = {name: [] for name in diagonals}
-    for module, option in sorted(pairs):
-        spec = LayerSpec.parse(option)
-        error = torch.zeros(()) if spec.is_identity else (weights[module] - project(weights[module], spec)) ** 2
+    for (module, option), move in zip(pairs, moves):
         for name, fisher in diagonals.items():
-            rows[name].append({"module": module, "option": option, "fisher": float((fisher[module] * error).sum())})
+            weighted = 0.0 if move is None else float((fisher[module] * move ** 2).sum())
+            rows[name].append({"module": module, "option": option, "fisher": weighted})
     return {name: pd.DataFrame(r) for name, r in rows.items()}
 
 
-def row_products(dense_path: Path, config, pairs: list[tuple[str, str]], rows: int) -> np.ndarray:
+def row_products(cell: SimpleNamespace, pairs: list[tuple[str, str]], moves: list, rows: int) -> np.ndarray:
     """``[rows, pairs]``: each calibration row's first-order loss change ``<G_i(m), W_m - proj_o(W_m)>``
-    for each (module, option) pair (0 for an identity option)."""
+    for each (module, option) pair and its move (0 for an identity option)."""
     import torch
 
-    from nxmiformer.compression import LayerSpec, compressible_modules, project
-    from nxmiformer.models import load_model, load_tokenizer
-    from nxmiformer.trials.data import get_task, make_dataloader, prepare_task_data
+    from nxmiformer.compression import compressible_modules
+    from nxmiformer.trials.data import make_dataloader
     from nxmiformer.trials.loop import model_inputs, task_loss
 
-    data = config.data_config()
-    info = get_task(data.task)
-    model = load_model(str(dense_path)).eval()
-    tokenizer = load_tokenizer(str(dense_path))
-    calib = prepare_task_data(info, tokenizer, data_dir=data.data_dir, max_length=data.max_length, seed=data.seed,
-                              include_train=False, holdout_size=rows).holdout
+    model = cell.model
     weights = {cm.name: cm.module.weight for cm in compressible_modules(model)}
-    moves = [None if LayerSpec.parse(o).is_identity else weights[m].detach() - project(weights[m].detach(), LayerSpec.parse(o))
-             for m, o in pairs]
     out = np.zeros((rows, len(pairs)))
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
-        for i, batch in enumerate(make_dataloader(calib, tokenizer, 1)):
-            task_loss(model(**model_inputs(batch, "cpu")).logits.float(), batch["labels"], info.is_regression).backward()
+        for i, batch in enumerate(make_dataloader(calibration(cell, rows), cell.tokenizer, 1)):
+            task_loss(model(**model_inputs(batch, "cpu")).logits.float(), batch["labels"], cell.info.is_regression).backward()
             for k, ((module, _), move) in enumerate(zip(pairs, moves)):
                 if move is not None:
                     out[i, k] = float((weights[module].grad * move).sum())
@@ -235,16 +242,17 @@ def main() -> int:
     plans = [CompressionPlan.from_json(p) for p in trials["plan_json"]]
     pairs = {(m, str(plan.spec_for(m))) for plan in plans for m in modules}
     print(f"{args.run.name} {args.task}: {len(trials)} trials, {len(pairs)} module x option pairs", flush=True)
-    diagonal = [v for v in args.variants if v[0] in DIAGONAL]
-    diagonals = fishers(dense.path, config, set(modules), diagonal)
-    start = time.perf_counter()
-    tables = variant_tables(dense.path, pairs, diagonals)
-    print(f"  projections in {time.perf_counter() - start:.0f}s", flush=True)
+    cell = load_cell(dense.path, config)
     ordered = sorted(pairs)
+    start = time.perf_counter()
+    moves = weight_moves(cell, ordered)
+    print(f"  projections in {time.perf_counter() - start:.0f}s", flush=True)
+    diagonals = fishers(cell, set(modules), [v for v in args.variants if v[0] in DIAGONAL])
+    tables = variant_tables(ordered, moves, diagonals)
     products = {}
     for rows in sorted({rows for estimate, rows in args.variants if estimate in TAYLOR}):
         start = time.perf_counter()
-        products[rows] = row_products(dense.path, config, ordered, rows)
+        products[rows] = row_products(cell, ordered, moves, rows)
         print(f"  per-row first-order changes on {rows} rows in {time.perf_counter() - start:.0f}s", flush=True)
     out = []
     for estimate, rows in args.variants:

@@ -24,10 +24,10 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from _common import ROOT, add_data_dir  # noqa: E402  (also puts the repository on sys.path)
+from _common import add_data_dir  # noqa: E402  (also puts the repository on sys.path)
 
 import pandas as pd
-from objectives import _choose, _with_derived, add_cell_arguments, cell_arms, completed, over_cells
+from objectives import _choose, _with_derived, add_cell_arguments, cell_arms, completed, kept_tables, over_cells
 from search_quality import _paired_standard_error
 
 from nxmiformer.records import read_records, write_records
@@ -127,10 +127,9 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="read the learned trials already under --out")
     args = parser.parse_args()
     if args.pool:
-        files = sorted((ROOT / "bench" / "results" / "learned").glob("*/*/compare.csv"))
-        if not files:
+        tables = list(kept_tables("learned", "compare.csv").values())
+        if not tables:
             parser.error("--pool: no kept cells under bench/results/learned")
-        tables = [pd.read_csv(f) for f in files]
         with pd.option_context("display.width", 250, "display.max_colwidth", 90, "display.float_format", "{:.2f}".format):
             print(pd.concat(tables, ignore_index=True).drop(columns=["selection_loss_calibrated"]).to_string(index=False))
             print()

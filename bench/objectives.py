@@ -91,6 +91,13 @@ def add_cell_arguments(parser: argparse.ArgumentParser, cache_help: str) -> None
     parser.add_argument("--cache-dir", help=cache_help)
 
 
+def kept_tables(kind: str, name: str) -> dict[str, pd.DataFrame]:
+    """The ``name`` CSV of every kept cell under ``bench/results/<kind>/<run>/<task>/``, keyed
+    ``"<run> <task>"`` (empty when there are none)."""
+    files = sorted((ROOT / "bench" / "results" / kind).glob(f"*/*/{name}"))
+    return {f"{f.parent.parent.name} {f.parent.name}": pd.read_csv(f) for f in files}
+
+
 def over_cells(values: pd.Series) -> dict:
     """A per-cell difference pooled: its mean, se_cells (the spread between cells over sqrt(cells);
     NaN for one cell) and the cells above 0."""

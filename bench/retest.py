@@ -20,11 +20,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from _common import ROOT  # noqa: E402  (also puts the repository on sys.path)
+import _common  # noqa: E402,F401  (puts the repository on sys.path)
 
 import numpy as np
 import pandas as pd
-from objectives import add_cell_arguments, cell_arms, completed
+from objectives import add_cell_arguments, cell_arms, completed, kept_tables
 from scipy.stats import spearmanr
 
 from nxmiformer.records import write_records
@@ -120,10 +120,9 @@ def main() -> int:
     parser.add_argument("--pool", action="store_true", help="only print the kept retests, per cell and pooled")
     args = parser.parse_args()
     if args.pool:
-        cells = sorted((ROOT / "bench" / "results" / "retest").glob("*/*/pairs.csv"))
-        if not cells:
+        tables = kept_tables("retest", "pairs.csv")
+        if not tables:
             parser.error("--pool: no kept retests under bench/results/retest")
-        tables = {f"{f.parent.parent.name} {f.parent.name}": pd.read_csv(f) for f in cells}
         with pd.option_context("display.width", 250, "display.float_format", "{:.4f}".format):
             for name, table in tables.items():
                 print(f"{name}:\n{reliability(table).to_string(index=False)}\n")

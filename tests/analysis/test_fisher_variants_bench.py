@@ -53,7 +53,7 @@ def test_expected_fisher_matches_the_binary_closed_form(variants, setup):
     # two classes: grad log p0 = p1 * grad(z0 - z1) and grad log p1 = -p0 * grad(z0 - z1), so the
     # expectation over the model's own labels is p0 * p1 * grad(z0 - z1)^2, summed over the rows
     model_dir, config, names = setup
-    got = variants.fishers(model_dir, config, names, [("expected", ROWS)])["expected-16"]
+    got = variants.fishers(variants.load_cell(model_dir, config), names, [("expected", ROWS)])["expected-16"]
     model = load_model(str(model_dir)).eval()
     tokenizer = load_tokenizer(str(model_dir))
     data = config.data_config()
@@ -77,7 +77,7 @@ def test_micro_batches_square_a_mean_that_cancels(variants, setup):
     # Jensen, per micro-batch of 8 rows: (mean of the rows' gradients)^2 <= mean of their squares,
     # so today's estimate is at most the per-row one over 8, everywhere, and strictly below somewhere
     model_dir, config, names = setup
-    got = variants.fishers(model_dir, config, names, [("batch8", ROWS), ("row", ROWS)])
+    got = variants.fishers(variants.load_cell(model_dir, config), names, [("batch8", ROWS), ("row", ROWS)])
     from nxmiformer.search import profile
     assert profile.FISHER_BATCH == 8  # restored
     below = False
@@ -89,11 +89,13 @@ def test_micro_batches_square_a_mean_that_cancels(variants, setup):
 
 
 def test_variant_tables_weigh_one_projection_by_every_diagonal(variants, setup):
-    model_dir, _, names = setup
+    model_dir, config, names = setup
     module = sorted(names)[0]
     shape = load_model(str(model_dir)).get_submodule(module).weight.shape
     ones, twos = {module: torch.ones(shape)}, {module: 2 * torch.ones(shape)}
-    tables = variants.variant_tables(model_dir, {(module, "dense"), (module, "2:4:int4")}, {"a": ones, "b": twos})
+    pairs = [(module, "dense"), (module, "2:4:int4")]
+    moves = variants.weight_moves(variants.load_cell(model_dir, config), pairs)
+    tables = variants.variant_tables(pairs, moves, {"a": ones, "b": twos})
     a = tables["a"].set_index("option")["fisher"]
     b = tables["b"].set_index("option")["fisher"]
     assert a["dense"] == 0 and a["2:4:int4"] > 0
@@ -117,7 +119,8 @@ def test_row_products_are_each_rows_first_order_loss_change(variants, setup):
 
     model_dir, config, names = setup
     pairs = [(sorted(names)[0], "2:4:int4"), (sorted(names)[-1], "1:4:int2"), (sorted(names)[1], "dense")]
-    products = variants.row_products(model_dir, config, pairs, 4)
+    cell = variants.load_cell(model_dir, config)
+    products = variants.row_products(cell, pairs, variants.weight_moves(cell, pairs), 4)
     assert products.shape == (4, 3) and (products[:, 2] == 0).all()  # an identity option moves nothing
     model = load_model(str(model_dir)).eval().double()
     tokenizer = load_tokenizer(str(model_dir))
