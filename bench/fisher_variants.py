@@ -18,7 +18,11 @@ kept trials (every arm). Variants (``--variants``, each ``<estimate>-<rows>``):
   ``s_i(m, o) = <G_i(m), W_m - proj_o(W_m)>`` (``G_i(m)``: row i's gradient of module m): the
   additive cost ``sum_i s_i(m, o)^2``, the full Fisher quadratic within each module;
 * ``plan-N``: a plan's cost ``sum_i (sum_m s_i(m, plan(m)))^2``, with the cross terms between
-  modules (not additive: it scores plans, the knapsack cannot use it).
+  modules (not additive: it scores plans, the knapsack cannot use it);
+* ``kl-N``: a plan's one-shot fitness, EvoPress's screen: the plan applied to the warm start at once
+  (every module projected, no training), then the mean KL(dense || compressed) of the predictions
+  over N calibration rows (not additive, not approximated);
+* ``loss-N``: the same one-shot model's task loss on those rows.
 
     python bench/fisher_variants.py RUN TASK --cache-dir DIR [--variants batch8-128,row-128,...] [--csv FILE]
     python bench/fisher_variants.py --pool bench/results/fisher_variants.csv   # the gains over today's, pooled
@@ -43,7 +47,8 @@ from scipy.stats import spearmanr
 
 DIAGONAL = ("batch8", "row", "expected")
 TAYLOR = ("rowdot", "plan")
-ESTIMATES = DIAGONAL + TAYLOR
+ONESHOT = ("kl", "loss")
+ESTIMATES = DIAGONAL + TAYLOR + ONESHOT
 AGAINST = ("selection_loss", "selection_loss_calibrated", "primary")
 
 
@@ -174,6 +179,50 @@ def plan_taylor(trials: pd.DataFrame, pairs: list[tuple[str, str]], products: np
     return np.array(costs)
 
 
+def oneshot_fitness(cell: SimpleNamespace, trials: pd.DataFrame, pairs: list[tuple[str, str]], moves: list, rows: int,
+                    modules: list[str]) -> pd.DataFrame:
+    """Per trial, its plan applied to the warm start in one shot (``W - (W - proj(W))`` for every
+    module at once), then on ``rows`` calibration rows: ``kl``, the mean KL(dense || compressed) of
+    the predictive distributions, and ``loss``, the task loss. The warm start is restored after."""
+    import torch
+    import torch.nn.functional as F
+
+    from nxmiformer.compression import CompressionPlan, compressible_modules
+    from nxmiformer.trials.data import make_dataloader
+    from nxmiformer.trials.loop import model_inputs
+
+    if cell.info.is_regression:
+        raise SystemExit("the one-shot KL is for classification tasks; allowed there: batch8, row, rowdot, plan")
+    model = cell.model
+    weights = {cm.name: cm.module.weight for cm in compressible_modules(model)}
+    original = {m: weights[m].detach().clone() for m in modules}
+    batches = list(make_dataloader(calibration(cell, rows), cell.tokenizer, 32))
+    labels = torch.cat([b["labels"] for b in batches]).long()
+
+    def log_probs() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([torch.log_softmax(model(**model_inputs(b, "cpu")).logits.float(), -1) for b in batches])
+
+    dense = log_probs()
+    index = {pair: k for k, pair in enumerate(pairs)}
+    out = []
+    try:
+        for plan_json in trials["plan_json"]:
+            plan = CompressionPlan.from_json(plan_json)
+            with torch.no_grad():
+                for m in modules:
+                    move = moves[index[(m, str(plan.spec_for(m)))]]
+                    weights[m].copy_(original[m] if move is None else original[m] - move)
+            compressed = log_probs()
+            out.append({"kl": float((dense.exp() * (dense - compressed)).sum(-1).mean()),
+                        "loss": float(F.nll_loss(compressed, labels))})
+    finally:
+        with torch.no_grad():
+            for m in modules:
+                weights[m].copy_(original[m])
+    return pd.DataFrame(out)
+
+
 def score(trials: pd.DataFrame, table: pd.DataFrame) -> dict:
     """Spearman of the plans' summed cost with each AGAINST column (+1: the proxy ranks as the trials)."""
     from nxmiformer.search.runner import plan_costs
@@ -254,10 +303,17 @@ def main() -> int:
         start = time.perf_counter()
         products[rows] = row_products(cell, ordered, moves, rows)
         print(f"  per-row first-order changes on {rows} rows in {time.perf_counter() - start:.0f}s", flush=True)
+    fitness = {}
+    for rows in sorted({rows for estimate, rows in args.variants if estimate in ONESHOT}):
+        start = time.perf_counter()
+        fitness[rows] = oneshot_fitness(cell, trials, ordered, moves, rows, modules)
+        print(f"  one-shot fitness of {len(trials)} plans on {rows} rows in {time.perf_counter() - start:.0f}s", flush=True)
     out = []
     for estimate, rows in args.variants:
         name = f"{estimate}-{rows}"
-        if estimate == "plan":
+        if estimate in ONESHOT:
+            cost = fitness[rows][estimate].to_numpy()
+        elif estimate == "plan":
             cost = plan_taylor(trials, ordered, products[rows], modules)
         else:
             table = tables[name] if estimate in DIAGONAL else pd.DataFrame(

@@ -39,7 +39,7 @@ def setup(tmp_path, tiny_tokenizer):
 
 @pytest.mark.parametrize("text, expected", [
     ("batch8-128", ("batch8", 128)), ("row-512", ("row", 512)), ("expected-1", ("expected", 1)),
-    ("rows-128", None), ("row-0", None), ("row-x", None), ("row", None), ("-128", None),
+    ("kl-128", ("kl", 128)), ("loss-32", ("loss", 32)), ("kl-0", None), ("rows-128", None), ("row-0", None), ("row-x", None), ("row", None), ("-128", None),
 ])
 def test_parse_variant(variants, text, expected):
     if expected is None:
@@ -152,6 +152,53 @@ def test_a_plan_of_one_compressed_module_costs_its_rowdot(variants):
                                          CompressionPlan({"a": "2:4:int4", "b": "1:4:int2"}).to_json()]})
     costs = variants.plan_taylor(trials, pairs, products, ["a", "b"])
     assert costs.tolist() == pytest.approx([1 + 9, (1 - 2) ** 2 + (3 + 1) ** 2])
+
+
+def test_oneshot_fitness_is_the_plan_applied_by_hand(variants, setup):
+    # independent reference: a fresh copy of the model with each module's weight set to project(W),
+    # every row on its own (no padding), KL and cross-entropy from torch.nn.functional
+    import torch.nn.functional as F
+
+    from nxmiformer.compression import LayerSpec, project
+
+    model_dir, config, names = setup
+    # larger initial weights than BERT's 0.02, so the predictions move measurably under projection
+    tiny_bert(vocab_size=len(SPECIAL_TOKENS) + len(WORDS), initializer_range=0.3).save_pretrained(model_dir)
+    modules = sorted(names)
+    plans = [CompressionPlan({}), CompressionPlan({modules[0]: "2:4:int4", modules[-1]: "1:4:int2"}),
+             CompressionPlan({m: "1:8:int2" for m in modules})]
+    trials = pd.DataFrame({"plan_json": [plan.to_json() for plan in plans]})
+    cell = variants.load_cell(model_dir, config)
+    before = {k: v.clone() for k, v in cell.model.state_dict().items()}
+    pairs = sorted({(m, str(plan.spec_for(m))) for plan in plans for m in modules})
+    got = variants.oneshot_fitness(cell, trials, pairs, variants.weight_moves(cell, pairs), ROWS, modules)
+    for key, value in cell.model.state_dict().items():  # the warm start is restored, bit for bit
+        assert torch.equal(value, before[key]), key
+
+    tokenizer = load_tokenizer(str(model_dir))
+    data = config.data_config()
+    calib = prepare_task_data("sst2", tokenizer, data_dir=data.data_dir, max_length=data.max_length, seed=data.seed,
+                              include_train=False, holdout_size=ROWS).holdout
+    batches = list(make_dataloader(calib, tokenizer, 1))
+
+    def log_probs(plan):
+        model = load_model(str(model_dir)).eval()
+        with torch.no_grad():
+            for m in modules:
+                spec = plan.spec_for(m)
+                if not spec.is_identity:
+                    weight = model.get_submodule(m).weight
+                    weight.copy_(project(weight, LayerSpec.parse(str(spec))))
+            return torch.cat([torch.log_softmax(model(**model_inputs(b, "cpu")).logits, -1) for b in batches])
+
+    dense = log_probs(plans[0])
+    labels = torch.cat([b["labels"] for b in batches]).long()
+    for k, plan in enumerate(plans):
+        compressed = log_probs(plan)
+        kl = float(F.kl_div(compressed, dense, log_target=True, reduction="batchmean"))
+        assert got["kl"][k] == pytest.approx(kl, rel=1e-3, abs=1e-6)
+        assert got["loss"][k] == pytest.approx(float(F.cross_entropy(compressed, labels)), rel=1e-4)
+    assert got["kl"][0] == pytest.approx(0, abs=1e-6) and got["kl"][2] > got["kl"][1] > 0.01
 
 
 def test_pooled_gains_over_todays_estimate(variants):
