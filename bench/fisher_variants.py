@@ -1,4 +1,4 @@
-"""Would another Fisher estimate rank the trained plans better? (kept records, a cached warm start; no training)
+"""Would another Fisher estimate, or a plan's one-shot fitness, rank the trained plans better? (kept records, a cached warm start; no training)
 
 The ``fisher`` proxy prices a module x option as ``sum(F * (W - proj(W))^2)``, with ``F`` the
 empirical Fisher diagonal: squared gradients of the task loss on ``calib_size`` calibration rows,
@@ -192,7 +192,7 @@ def oneshot_fitness(cell: SimpleNamespace, trials: pd.DataFrame, pairs: list[tup
     from nxmiformer.trials.loop import model_inputs
 
     if cell.info.is_regression:
-        raise SystemExit("the one-shot KL is for classification tasks; allowed there: batch8, row, rowdot, plan")
+        raise SystemExit("kl and loss are for classification tasks; for a regression task use batch8, row, rowdot or plan")
     model = cell.model
     weights = {cm.name: cm.module.weight for cm in compressible_modules(model)}
     original = {m: weights[m].detach().clone() for m in modules}
