@@ -1,4 +1,6 @@
-"""Would another Fisher estimate, or a plan's one-shot fitness, rank the trained plans better? (kept records, a cached warm start; no training)
+"""Would another Fisher estimate, or a plan's one-shot fitness, rank the trained plans better?
+
+Kept records and a cached warm start; no training.
 
 The ``fisher`` proxy prices a module x option as ``sum(F * (W - proj(W))^2)``, with ``F`` the
 empirical Fisher diagonal: squared gradients of the task loss on ``calib_size`` calibration rows,
