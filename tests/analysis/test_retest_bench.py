@@ -64,3 +64,46 @@ def test_a_shift_common_to_every_plan_is_not_noise(retest):
     assert row["shift"] == pytest.approx(0.7)
     assert row["noise_sd"] == pytest.approx(0.0, abs=1e-12) and row["retest_spearman"] == pytest.approx(1.0)
     assert row["between_sd"] == pytest.approx(np.std(kept, ddof=1))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1001,1002", [1001, 1002]), ("7", [7]), (" 3, 4 ", [3, 4]),
+    ("", None), ("1001,1001", None), ("a,2", None), ("-1", None),
+])
+def test_seed_list(retest, text, expected):
+    import argparse
+
+    if expected is None:
+        with pytest.raises(argparse.ArgumentTypeError, match="--trial-seeds"):
+            retest.seed_list(text)
+    else:
+        assert retest.seed_list(text) == expected
+
+
+@pytest.mark.parametrize("run, task, baseline, kept", [
+    # the README's per-cell table: fine's chosen retention minus the better baseline's, in points
+    ("search_quality_96875_seed8", "sst2", "uniform", -0.56),
+    ("search_quality_96875_seed11", "mrpc", "grid", -1.23),
+    ("search_quality_96875_seed14", "sst2", "grid", -0.99),
+    ("search_quality_96875_seed12", "mrpc", "grid", +3.13),
+])
+def test_chosen_plans_are_the_pair_the_cell_compares(retest, run, task, baseline, kept):
+    from tests.analysis.conftest import BENCH
+
+    chosen = retest.chosen_plans(BENCH / "results" / "runs" / run, task)
+    assert chosen["arm"].tolist() == ["fine", baseline]
+    assert 100 * (chosen["retention"][0] - chosen["retention"][1]) == pytest.approx(kept, abs=0.006)
+
+
+def test_seed_differences_and_their_mean(retest):
+    fine, grid = plan("2:4:int4", "1:4:int2"), plan("2:4:int2", "2:4:int2")
+    kept = records([fine, grid], [0.95, 0.96]).assign(arm=["fine", "grid"])
+    table = pd.concat([retest.pairs(kept, records([fine, grid], again)).assign(seed=seed)
+                       for seed, again in ((1001, [0.97, 0.96]), (1002, [0.955, 0.965]))], ignore_index=True)
+    differences = retest.seed_differences(table)
+    assert differences["seed"].tolist() == ["kept", "1001", "1002"]
+    assert differences["difference"].tolist() == pytest.approx([-1.0, 1.0, -1.0])
+    summary = retest.over_seeds(differences)
+    assert summary["mean"] == pytest.approx(-1 / 3)
+    assert summary["se_seeds"] == pytest.approx(np.std([-1.0, 1.0, -1.0], ddof=1) / math.sqrt(3))
+    assert summary["seeds >= 0"] == 1 and summary["seeds"] == 3
