@@ -203,6 +203,7 @@ def main() -> int:
         parser.error(f"--per-arm must be >= 2 (a spread needs two plans), got {args.per_arm}")
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f"--out {args.out} is not empty; choose another")
+    args.out = args.out.resolve()  # Ray Tune's storage takes an absolute path
     if args.chosen:
         kept = chosen_plans(args.run, args.task)
         table = pd.concat([pairs(kept, retrain(args.run, args.task, kept, args.cache_dir, args.out / f"seed{seed}", seed))
