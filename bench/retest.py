@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import sys
 from pathlib import Path
 
@@ -114,6 +115,7 @@ def retrain(run: Path, task: str, plans: pd.DataFrame, cache_dir: str, out: Path
         results = results_table(_fit(tuner, config), config.target, dense.primary, modules_frame(skeleton(dense.path)),
                                 lambda trial: trial.get("candidate"))
     write_records(results, out / "results.parquet")
+    shutil.rmtree(out / "retest", ignore_errors=True)  # the trials' checkpoints (about 300 MB each); the records keep what is read
     return results
 
 
