@@ -168,33 +168,34 @@ def row_products(cell: SimpleNamespace, pairs: list[tuple[str, str]], moves: lis
     return out
 
 
-def plan_taylor(trials: pd.DataFrame, pairs: list[tuple[str, str]], products: np.ndarray, modules: list[str]) -> np.ndarray:
-    """Each trial's plan-level cost ``sum_i (sum_m s_i(m, plan(m)))^2``."""
+def plan_columns(trials: pd.DataFrame, pairs: list[tuple[str, str]], modules: list[str]) -> list[list[int]]:
+    """Per trial, the index in ``pairs`` of each module's (module, option) under its plan, in ``modules`` order."""
     from nxmiformer.compression import CompressionPlan
 
     index = {pair: k for k, pair in enumerate(pairs)}
-    costs = []
-    for plan_json in trials["plan_json"]:
-        plan = CompressionPlan.from_json(plan_json)
-        columns = [index[(m, str(plan.spec_for(m)))] for m in modules]
-        costs.append(float((products[:, columns].sum(axis=1) ** 2).sum()))
-    return np.array(costs)
+    return [[index[(m, str(plan.spec_for(m)))] for m in modules]
+            for plan in map(CompressionPlan.from_json, trials["plan_json"])]
+
+
+def plan_taylor(trials: pd.DataFrame, pairs: list[tuple[str, str]], products: np.ndarray, modules: list[str]) -> np.ndarray:
+    """Each trial's plan-level cost ``sum_i (sum_m s_i(m, plan(m)))^2``."""
+    return np.array([float((products[:, columns].sum(axis=1) ** 2).sum())
+                     for columns in plan_columns(trials, pairs, modules)])
 
 
 def oneshot_fitness(cell: SimpleNamespace, trials: pd.DataFrame, pairs: list[tuple[str, str]], moves: list, rows: int,
                     modules: list[str]) -> pd.DataFrame:
     """Per trial, its plan applied to the warm start in one shot (``W - (W - proj(W))`` for every
     module at once), then on ``rows`` calibration rows: ``kl``, the mean KL(dense || compressed) of
-    the predictive distributions, and ``loss``, the task loss. The warm start is restored after."""
+    the predictive distributions, and ``loss``, the task loss (classification: the cells are MRPC and
+    SST-2). The warm start is restored after."""
     import torch
     import torch.nn.functional as F
 
-    from nxmiformer.compression import CompressionPlan, compressible_modules
+    from nxmiformer.compression import compressible_modules
     from nxmiformer.trials.data import make_dataloader
     from nxmiformer.trials.loop import model_inputs
 
-    if cell.info.is_regression:
-        raise SystemExit("kl and loss are for classification tasks; for a regression task use batch8, row, rowdot or plan")
     model = cell.model
     weights = {cm.name: cm.module.weight for cm in compressible_modules(model)}
     original = {m: weights[m].detach().clone() for m in modules}
@@ -206,15 +207,12 @@ def oneshot_fitness(cell: SimpleNamespace, trials: pd.DataFrame, pairs: list[tup
             return torch.cat([torch.log_softmax(model(**model_inputs(b, "cpu")).logits.float(), -1) for b in batches])
 
     dense = log_probs()
-    index = {pair: k for k, pair in enumerate(pairs)}
     out = []
     try:
-        for plan_json in trials["plan_json"]:
-            plan = CompressionPlan.from_json(plan_json)
+        for columns in plan_columns(trials, pairs, modules):
             with torch.no_grad():
-                for m in modules:
-                    move = moves[index[(m, str(plan.spec_for(m)))]]
-                    weights[m].copy_(original[m] if move is None else original[m] - move)
+                for m, k in zip(modules, columns):
+                    weights[m].copy_(original[m] if moves[k] is None else original[m] - moves[k])
             compressed = log_probs()
             out.append({"kl": float((dense.exp() * (dense - compressed)).sum(-1).mean()),
                         "loss": float(F.nll_loss(compressed, labels))})
