@@ -50,7 +50,7 @@ def main() -> int:
     from transformers.utils import logging as hf_logging
 
     from nxmiformer.compression import CompressionPlan, LayerSpec, compress_, harden_
-    from nxmiformer.compression.onnx_export import OnnxClassifier, export_onnx, load_for_export
+    from nxmiformer.export.onnx import OnnxClassifier, export_onnx, load_for_export
     from nxmiformer.models import load_model, load_tokenizer
     from nxmiformer.trials import DataConfig, DenseConfig, finetune_dense
     from nxmiformer.trials.data import load_glue, prepare_task_data

@@ -81,7 +81,8 @@ def heterogeneous_plan(model):
 def measure(name: str, base, make_plan, batch: dict) -> dict:
     import copy
 
-    from nxmiformer.compression import compress_, harden_, load_packed, pack_model
+    from nxmiformer.compression import compress_, harden_
+    from nxmiformer.export import load_packed, pack_model
 
     model = copy.deepcopy(base)
     plan = make_plan(model)

@@ -177,12 +177,12 @@ def cmd_evaluate(args) -> int:
     from .trials.loop import resolve_device
 
     check_device(args.device)
-    from .compression.onnx_export import ONNX_FILE
+    from .export.onnx import ONNX_FILE
 
     if (Path(args.model) / ONNX_FILE).is_file():  # nxmi onnx --out: run by ONNX Runtime, on CPU
         from transformers import AutoConfig
 
-        from .compression.onnx_export import OnnxClassifier
+        from .export.onnx import OnnxClassifier
 
         model, labels = OnnxClassifier(args.model), AutoConfig.from_pretrained(args.model).num_labels
     else:
@@ -318,7 +318,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_pack(args) -> int:
-    from .compression import pack_dir
+    from .export import pack_dir
 
     report = pack_dir(args.model, args.out)
     print(report.summary())
@@ -327,7 +327,7 @@ def cmd_pack(args) -> int:
 
 
 def cmd_onnx(args) -> int:
-    from .compression.onnx_export import export_onnx_dir
+    from .export.onnx import export_onnx_dir
 
     report = export_onnx_dir(args.model, args.out, int8=not args.fp32, fuse=args.fuse)
     print(report.summary())
@@ -340,7 +340,7 @@ def cmd_onnx(args) -> int:
 
 
 def cmd_unpack(args) -> int:
-    from .compression import unpack_dir
+    from .export import unpack_dir
 
     out = unpack_dir(args.model, args.out)
     print(f"saved the unpacked (hardened, fp32) model and plan.json to {out}")

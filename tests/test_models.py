@@ -145,7 +145,7 @@ def test_hub_model_the_hub_cannot_serve_is_one_line(load, what, offline, monkeyp
 
 def test_load_packed_with_a_bad_config_is_one_line_naming_it(tmp_path):
     from nxmiformer.compression import CompressionPlan, compress_, harden_
-    from nxmiformer.compression.pack import load_packed, pack_model
+    from nxmiformer.export.pack import load_packed, pack_model
 
     model = tiny_bert()
     plan = CompressionPlan.uniform(model, "2:4:int8")

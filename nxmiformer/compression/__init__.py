@@ -1,7 +1,7 @@
 """Pure compression math and model surgery: N:M masks, integer fake-quantization with STE,
 specs and plans, ratio accounting, ADMM state, and applying a plan to a Hugging Face encoder.
 
-Knows nothing of training loops, data or Ray.
+Knows nothing of training loops, data, Ray or file formats (those are :mod:`nxmiformer.export`).
 """
 
 from .accounting import CONVENTIONS, DENSE_BITS, RatioTarget, compression_ratio, dense_bits, module_bits, ratio_table
@@ -11,15 +11,8 @@ from .masks import nm_mask
 from .modules import COMPONENTS, CompressibleModule, compressible_modules, encoder_blocks
 from .quant import fake_quantize, fake_quantize_activations, quantize_to_int, weight_scales
 from .spec import DENSE, CompressionPlan, LayerSpec
-from .serve import Int8WeightOnlyLinear, to_int8_weight_only_
-from .pack import (
-    PackReport, PackedModuleInfo, decode_weight, encode_weight, load_packed, pack_bits, pack_dir, pack_model,
-    unpack_bits, unpack_dir,
-)
 
 __all__ = [
-    "Int8WeightOnlyLinear",
-    "to_int8_weight_only_",
     "ADMM",
     "COMPONENTS",
     "CONVENTIONS",
@@ -47,14 +40,4 @@ __all__ = [
     "ratio_table",
     "to_dense_",
     "weight_scales",
-    "PackReport",
-    "PackedModuleInfo",
-    "decode_weight",
-    "encode_weight",
-    "load_packed",
-    "pack_bits",
-    "pack_dir",
-    "pack_model",
-    "unpack_bits",
-    "unpack_dir",
 ]

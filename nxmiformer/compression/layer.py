@@ -172,7 +172,7 @@ def refit_clips_(model: nn.Module) -> nn.Module:
     return model
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
@@ -189,12 +189,12 @@ def compress_(model: nn.Module, plan: CompressionPlan) -> nn.Module:
         module = cm.module
         if isinstance(module, CompressedLinear):
             if spec.is_identity:
-                _set_submodule(model, cm.name, module.to_linear())
+                set_submodule(model, cm.name, module.to_linear())
             else:
                 module.spec, module.hardened, module.mask, module.scale = spec, False, None, None
                 module.refit_clip()
         elif not spec.is_identity:
-            _set_submodule(model, cm.name, CompressedLinear(module, spec))
+            set_submodule(model, cm.name, CompressedLinear(module, spec))
     return model
 
 
@@ -219,7 +219,7 @@ def to_dense_(model: nn.Module) -> nn.Module:
     """Replace wrappers by plain ``nn.Linear`` layers holding their effective weights, so that
     ``save_pretrained`` writes an ordinary checkpoint."""
     for name, module in compressed_modules(model).items():
-        _set_submodule(model, name, module.to_linear())
+        set_submodule(model, name, module.to_linear())
     return model
 
 

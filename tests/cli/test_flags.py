@@ -94,7 +94,7 @@ def test_profile_joins_ray_by_the_runners_policy(tmp_path, tiny_tokenizer, synth
         ray.shutdown()
 
 
-def test_compression_and_analysis_import_without_ray():
+def test_compression_analysis_and_export_import_without_ray():
     code = """
 import sys, importlib.abc
 class NoRay(importlib.abc.MetaPathFinder):
@@ -102,7 +102,7 @@ class NoRay(importlib.abc.MetaPathFinder):
         if name == "ray" or name.startswith("ray."):
             raise ImportError("ray is blocked")
 sys.meta_path.insert(0, NoRay())
-import nxmiformer.compression, nxmiformer.analysis, nxmiformer.records
+import nxmiformer.compression, nxmiformer.analysis, nxmiformer.export, nxmiformer.records
 assert not any(m == "ray" or m.startswith("ray.") for m in sys.modules)
 print("ok")
 """

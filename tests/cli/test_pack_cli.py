@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from nxmiformer.cli import main
-from nxmiformer.compression import current_plan, load_packed
+from nxmiformer.compression import current_plan
+from nxmiformer.export import load_packed
 from nxmiformer.models import load_model
 
 

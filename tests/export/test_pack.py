@@ -9,11 +9,13 @@ from torch import nn
 
 from nxmiformer.cli import main
 from nxmiformer.compression import (
-    CompressedLinear, CompressionPlan, LayerSpec, PackReport, compress_, compressed_modules, compressible_modules,
-    current_plan, decode_weight, encode_weight, harden_, load_packed, pack_bits, pack_dir, pack_model, ratio_table,
-    to_dense_, unpack_bits, unpack_dir,
+    CompressedLinear, CompressionPlan, LayerSpec, compress_, compressed_modules, compressible_modules, current_plan,
+    harden_, ratio_table, to_dense_,
 )
-from nxmiformer.compression.pack import COMPRESSED_FILE, MANIFEST_FILE
+from nxmiformer.export import (
+    PackReport, decode_weight, encode_weight, load_packed, pack_bits, pack_dir, pack_model, unpack_bits, unpack_dir,
+)
+from nxmiformer.export.pack import COMPRESSED_FILE, MANIFEST_FILE
 from nxmiformer.errors import NxmiError
 from nxmiformer.models import load_model
 from tests.conftest import tiny_bert

@@ -15,8 +15,9 @@ from torch import nn
 pytest.importorskip("onnxruntime")
 
 from nxmiformer.cli import main  # noqa: E402
-from nxmiformer.compression import CompressionPlan, LayerSpec, compress_, compressed_modules, harden_, pack_dir  # noqa: E402
-from nxmiformer.compression.onnx_export import (  # noqa: E402
+from nxmiformer.compression import CompressionPlan, LayerSpec, compress_, compressed_modules, harden_  # noqa: E402
+from nxmiformer.export import pack_dir  # noqa: E402
+from nxmiformer.export.onnx import (  # noqa: E402
     OnnxClassifier, export_onnx, export_onnx_dir, int8_servable, integer_codes,
 )
 from nxmiformer.errors import NxmiError  # noqa: E402

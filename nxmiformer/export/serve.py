@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from ..errors import NxmiError
-from .layer import CompressedLinear, _set_submodule, compressed_modules
-from .quant import quantize_to_int
-from .spec import LayerSpec
+from ..compression.layer import CompressedLinear, set_submodule, compressed_modules
+from ..compression.quant import quantize_to_int
+from ..compression.spec import LayerSpec
 
 
 def supports_int8_weight_only(spec: LayerSpec) -> bool:
@@ -63,7 +63,7 @@ def to_int8_weight_only_(model: nn.Module) -> list[str]:
     swapped = []
     for name, module in compressed_modules(model).items():
         if module.hardened and supports_int8_weight_only(module.spec):
-            _set_submodule(model, name, Int8WeightOnlyLinear.from_compressed(module))
+            set_submodule(model, name, Int8WeightOnlyLinear.from_compressed(module))
             swapped.append(name)
     return swapped
 

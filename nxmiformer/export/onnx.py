@@ -37,9 +37,9 @@ import torch
 from torch import nn
 
 from ..errors import NxmiError, first_line
-from .layer import CompressedLinear, compressed_modules, to_dense_
+from ..compression.layer import CompressedLinear, compressed_modules, to_dense_
 from .pack import GRID_TOLERANCE
-from .quant import quantize_to_int
+from ..compression.quant import quantize_to_int
 
 ONNX_FILE = "model.onnx"
 REPORT_FILE = "onnx.json"
@@ -343,9 +343,9 @@ def load_for_export(model_dir: str | Path) -> nn.Module:
     from ``nxmi compress --out`` or ``nxmi train``) with its plan's wrappers frozen on the saved
     weights (nothing is projected again); any other model directory as it is (dense)."""
     from ..models import load_model
-    from .layer import compress_, harden_
+    from ..compression.layer import compress_, harden_
     from .pack import MANIFEST_FILE, PLAN_FILE, encode_weight, load_packed
-    from .spec import CompressionPlan
+    from ..compression.spec import CompressionPlan
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nxmiformer.compression import CompressionPlan, compress_, harden_
-from nxmiformer.compression.serve import Int8WeightOnlyLinear, supports_int8_weight_only, to_int8_weight_only_
+from nxmiformer.export.serve import Int8WeightOnlyLinear, supports_int8_weight_only, to_int8_weight_only_
 from nxmiformer.compression.spec import LayerSpec
 from nxmiformer.errors import NxmiError
 from tests.conftest import tiny_bert

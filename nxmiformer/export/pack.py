@@ -48,11 +48,11 @@ from torch import nn
 
 from ..errors import NxmiError
 from ..outputs import atomic_output_dir, read_json, require_free_output
-from .accounting import DENSE_BITS, SCALE_BITS, index_bits, module_bits
-from .layer import CompressedLinear, compress_, harden_
-from .modules import compressible_modules
-from .quant import expand_scales, group_first_rows, num_scales, qmax, weight_scales
-from .spec import CompressionPlan, LayerSpec
+from ..compression.accounting import DENSE_BITS, SCALE_BITS, index_bits, module_bits
+from ..compression.layer import CompressedLinear, compress_, harden_
+from ..compression.modules import compressible_modules
+from ..compression.quant import expand_scales, group_first_rows, num_scales, qmax, weight_scales
+from ..compression.spec import CompressionPlan, LayerSpec
 
 PACK_FORMAT = "nxmiformer.packed"
 PACK_VERSION = 1
