@@ -25,12 +25,16 @@ class _Parser(argparse.ArgumentParser):
 # helpers
 
 
-def _quiet_transformers():
+def _quiet_libraries():
+    """Our progress bars and lines only: transformers' warnings and bars, and datasets' bars for
+    loading, tokenising and casting (seconds each), are off."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 def parse_plan_arg(value: str, model):
@@ -234,10 +238,10 @@ def cmd_profile(args) -> int:
 def cmd_search(args) -> int:
     import pandas as pd
 
-    from .search.runner import SearchConfig, run_search
+    from .search import SearchConfig, run_search
 
     config = SearchConfig.preset(args.preset, **given(args, SearchConfig))
-    result = run_search(config, resume=args.resume, progress=True)
+    result = run_search(config, resume=args.resume, progress=True, verbose=args.verbose)
     table = result.results
     show = table[["trial_id", "status", "kind", "ratio_paper", "ratio_storage", "primary", "retention", "plan_summary"]]
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
@@ -360,6 +364,18 @@ PROFILE_DEFAULTS = {"profile_workers": 0, "train_size": None, "eval_size": None}
 PROFILE_HELPS = {"profile_workers": "Ray tasks in parallel, on --address or embedded Ray (0: in-process, the default)",
                  "gpus_per_trial": "GPUs each profiling Ray task reserves (with --profile-workers)",
                  "options": "comma-separated option menu (default: the 11 classic options)"}
+# nxmi search's flags, by group. The other SearchConfig fields (kinds, objective, prior_weight, concurrency,
+# fail_fast, asha, kd_alpha, dense_patience, oneshot_profile, profile_workers, refine_layer_groups) are settings
+# of the Python API: defaults chosen by measurement (docs/decisions.md) or tools of the benchmarks and tests.
+SEARCH_GROUPS = {
+    "task and data": ("task", "model", "data_dir", "max_length", "train_size", "eval_size", "selection_size",
+                      "calib_size", "seed"),
+    "target": ("target_ratio", "convention"),
+    "search": ("menu", "options", "proxy", "trials", "refine_trials"),
+    "trials": ("steps", "batch_size", "lr", "dense_epochs", "precision", "device"),
+    "cluster": ("address", "cpus_per_trial", "gpus_per_trial", "cache_dir"),
+    "output": ("out",),
+}
 DATA_FIELDS = ("task", "data_dir", "max_length", "train_size", "eval_size", "seed")
 EVALUATE_FIELDS = ("task", "data_dir", "max_length", "eval_size", "seed")
 
@@ -379,7 +395,7 @@ def _add_selection_args(p, front: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .search.runner import PRESETS, SearchConfig
+    from .search import PRESETS, SearchConfig
     from .trials import DataConfig, DenseConfig, TrialConfig
 
     common = argparse.ArgumentParser(add_help=False)
@@ -419,10 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_fields(p, SearchConfig, PROFILE_FIELDS, required=("task",), defaults=PROFILE_DEFAULTS, helps=PROFILE_HELPS)
 
     p = command("search", cmd_search, "search heterogeneous per-layer plans under a compression-ratio constraint")
-    add_fields(p, SearchConfig, required=("out", "task", "target_ratio"))
-    p.add_argument("--preset", choices=sorted(PRESETS), help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
-                   + " (flags given explicitly win)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    for title, names in SEARCH_GROUPS.items():
+        group = p.add_argument_group(title)
+        add_fields(group, SearchConfig, names, required=("out", "task", "target_ratio"))
+        if title == "output":
+            group.add_argument("--preset", choices=sorted(PRESETS), help="; ".join(
+                f"{k}: {v.description}" for k, v in PRESETS.items()) + " (flags given explicitly win)")
+            group.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+            group.add_argument("--verbose", action="store_true", help="also show Ray's and Ray Tune's own output "
+                               "(configuration boxes, TensorBoard hints, INFO logs)")
 
     p = command("pareto", cmd_pareto, "the Pareto front of searches' results, the selection, pictures")
     p.add_argument("--target-ratio", type=float, help="select the best plan with at least this compression ratio, in (0, 1)")
@@ -466,7 +487,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    _quiet_transformers()
+    if not getattr(args, "verbose", False):
+        _quiet_libraries()
+    else:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return args.func(args)
     except NxmiError as exc:

@@ -1,4 +1,4 @@
-"""Encoder compression-ratio accounting under the two conventions of DESIGN.md.
+"""Encoder compression-ratio accounting under its two conventions (docs/design.md, "Accounting").
 
 ``ratio = 1 - compressed_bits / dense_bits`` over the encoder's compressible ``nn.Linear``
 weights (biases, embeddings, pooler and classifier are not counted), dense = 32-bit floats.

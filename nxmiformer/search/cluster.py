@@ -7,22 +7,27 @@ way out only if this session started it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 
 @contextmanager
-def ray_session(address: str | None = None) -> Iterator[None]:
+def ray_session(address: str | None = None, verbose: bool = False) -> Iterator[None]:
+    """Ray for the ``with`` block (see the module docstring). Ray's own INFO and WARNING lines
+    (its start-up banner, the local token-authentication notice) show only when ``verbose``."""
     import ray
 
     started = False
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
+        level = logging.INFO if verbose else logging.ERROR
         if address:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=level)
         else:
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     logging_level=level)
         started = True
     try:
         yield

@@ -39,10 +39,8 @@ from ..trials.data import get_task
 
 PROFILE_VERSION = 3  # 2: projections use the spec's scale method (MSE-fitted clips by default); 3: fisher
 FISHER_BATCH = 8
-# --proxy -> the column it scores with: the profile's, or (probe) the probe table's (search/probes.py)
-PROXIES = {"oneshot": "delta_loss", "fisher": "fisher", "probe": "probe"}
-DEFAULT_MENU = ("dense", "dense:int8", "dense:int4", "2:4:fp16", "2:4:int8", "2:4:int4",
-                "4:8:int8", "4:8:int4", "1:4:int8", "2:8:int8", "1:4:int4")
+# --proxy -> the profile's column it scores with
+PROXIES = {"oneshot": "delta_loss", "fisher": "fisher"}
 COLUMNS = ["module", "layer", "component", "out_features", "in_features", "option",
            "loss", "metric", "delta_loss", "delta_metric", "fisher", "score"]
 
@@ -58,14 +56,9 @@ class ProfileResult:
     wall_time: float
 
 
-# every option a menu may draw on, by paper bits per weight (density x bits)
-CATALOGUE = ("dense", "dense:fp16", "dense:int8", "dense:int4", "dense:int2", "2:4:fp16", "4:8:int8", "2:4:int8",
-             "4:8:int4", "2:4:int4", "2:8:int8", "1:4:int8", "2:8:int4", "1:4:int4", "4:8:int2", "2:4:int2",
-             "1:8:int8", "1:8:int4", "1:4:int2", "2:8:int2", "1:8:int2")
 # the options sparse GPU kernels accelerate: 2:4 (semi-structured) and dense, at 8 or 16 bits
 KERNEL_MENU = ("dense:fp16", "dense:int8", "2:4:fp16", "2:4:int8")
-MENUS = ("auto", "kernel", "classic", "fine")
-AUTO_MENU_SIZE = 12
+MENUS = ("fine", "kernel")
 # --menu fine: these sparsity patterns x widths (3-bit integers included; 16-bit floats only at half
 # density or more), kept within a factor FINE_SPAN of the target's bits per weight, so the ladder has
 # steps of about 1.5x (0.5, 0.75, 1, 1.125, 1.5, 2 at 1 bit) and no option far from the average (at
@@ -76,20 +69,17 @@ FINE_SPAN = 2.0
 
 
 def menu_for(name: str, target_bits: float) -> tuple[str, ...]:
-    """A named option menu. ``auto``: the :data:`AUTO_MENU_SIZE` options of :data:`CATALOGUE`
-    nearest (in log bits per weight) to ``target_bits``, the average the target allows, with at
-    least a third of them on each side, so plans can mix cheaper and dearer modules;
-    ``kernel``: :data:`KERNEL_MENU`; ``classic``: :data:`DEFAULT_MENU` (the fixed 11 options);
-    ``fine``: every :data:`FINE_PATTERNS` x :data:`FINE_WIDTHS` option (floats at half density or more) whose bits
-    per weight lie within a factor :data:`FINE_SPAN` of ``target_bits``: a finer ladder (3-bit and
+    """A named option menu for a target of ``target_bits`` bits per weight on average (32 x (1 - ratio)).
+
+    ``fine`` (the default of every command): every :data:`FINE_PATTERNS` x :data:`FINE_WIDTHS`
+    option (floats at half density or more) whose bits per weight lie within a factor :data:`FINE_SPAN` of ``target_bits``: a finer ladder (3-bit and
     3:8 / 6:8 / 3:4 options) without the extremes, sorted from the most bits to the fewest (a target
-    beyond the ladder's ends, 0.25 to 16 bits, takes the options within a factor 2 of that end)."""
+    beyond the ladder's ends, 0.25 to 16 bits, takes the options within a factor 2 of that end).
+    ``kernel``: :data:`KERNEL_MENU`, what sparse GPU kernels accelerate (it reaches at most 87.5% paper)."""
     import math
 
     if name == "kernel":
         return KERNEL_MENU
-    if name == "classic":
-        return DEFAULT_MENU
     if name == "fine":
         specs = {f"{p}:{w}": LayerSpec.parse(f"{p}:{w}") for p in FINE_PATTERNS for w in FINE_WIDTHS}
         options = [o for o, spec in specs.items() if spec.is_integer or spec.density >= 0.5]
@@ -99,18 +89,7 @@ def menu_for(name: str, target_bits: float) -> tuple[str, ...]:
         centre = min(max(target_bits, min(per_weight.values())), max(per_weight.values()))
         near = [o for o in options if abs(math.log2(per_weight[o] / centre)) <= math.log2(FINE_SPAN) + 1e-9]
         return tuple(sorted(near, key=lambda o: -per_weight[o]))  # stable: pattern order within one level
-    if name != "auto":
-        raise NxmiError(f"unknown menu {name!r}; allowed: {', '.join(MENUS)}")
-
-    bits = {o: LayerSpec.parse(o).bits_per_weight for o in CATALOGUE}
-    distance = {o: abs(math.log2(b / target_bits)) for o, b in bits.items()}
-    below = sorted((o for o in CATALOGUE if bits[o] < target_bits), key=distance.get)
-    above = sorted((o for o in CATALOGUE if bits[o] >= target_bits), key=distance.get)
-    side = AUTO_MENU_SIZE // 3
-    chosen = below[:side] + above[:side]
-    rest = sorted(below[side:] + above[side:], key=distance.get)
-    chosen += rest[:AUTO_MENU_SIZE - len(chosen)]
-    return tuple(o for o in CATALOGUE if o in chosen)
+    raise NxmiError(f"unknown menu {name!r}; allowed: {', '.join(MENUS)}")
 
 
 def parse_menu(options: Sequence[str] | str) -> tuple[str, ...]:
@@ -306,7 +285,7 @@ def _split_work(modules: list, workers: int) -> list[list[str]]:
 def profile_sensitivity(
     model_dir: str | Path,
     data: DataConfig,
-    options: Sequence[str] = DEFAULT_MENU,
+    options: Sequence[str],
     calib_size: int = 256,
     batch_size: int = 64,
     cache_dir: str | Path | None = None,
@@ -314,7 +293,7 @@ def profile_sensitivity(
     progress: bool = True,
     device: str = "cpu",
     gpus_per_task: float = 0.0,
-    oneshot: bool = True,
+    oneshot: bool = False,
 ) -> ProfileResult:
     """The sensitivity table of ``model_dir`` (a fine-tuned checkpoint) on ``data.task``.
 
@@ -326,7 +305,7 @@ def profile_sensitivity(
         device: where the forwards run (``auto``: CUDA where the process sees a GPU; a Ray task
             sees the GPUs it reserves with ``gpus_per_task``, none without).
         oneshot: also measure the one-shot columns (a forward per module x option: nearly all of
-            the cost). Without it only ``fisher`` is computed and the one-shot columns of new
+            the cost; off unless asked, as ``fisher`` is the default proxy). Without it only ``fisher`` is computed and the one-shot columns of new
             rows are NaN; cached rows that have them keep them, and a later call with
             ``oneshot`` completes the rows that lack them.
 

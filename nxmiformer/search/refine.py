@@ -1,4 +1,5 @@
-"""Stage 2 of a search: Optuna refines per-group choices, seeded with the heuristic stage's plans.
+"""An optional second stage of a search (``--refine-trials N``, off by default): Optuna refines
+per-group choices, seeded with the knapsack stage's plans.
 
 The search space has one categorical parameter per *group* of modules: a component type
 (query, key, ... ffn_out) over a contiguous block of layers (``layer_groups`` blocks; as many
@@ -16,12 +17,9 @@ space. It is seeded two ways:
 
 A sampled plan may break the ratio constraint. It is **repaired**, not rejected: while the plan
 is over budget, the single-module move to a cheaper option with the least sensitivity increase per
-bit saved is applied (the additive model of the heuristic stage). With ``fill_slack`` a plan
-that leaves budget unused is also **filled** the other way (the move with the largest sensitivity
-decrease per bit added, while it fits). It is off by default: measured on SST-2
-(``bench/search_quality.py``), filling pulled both Optuna samples back onto a stage-1 plan
-(duplicate trials), because it trusts the same one-shot model the heuristic stage already
-optimised. Both are deterministic; the trial reports the repaired plan it trained.
+bit saved is applied (the additive model of the knapsack). The repair is deterministic; the trial
+reports the repaired plan it trained. (Filling unused budget the other way was tried and removed:
+it pulled the samples back onto stage-1 plans; docs/decisions.md.)
 
 The space travels to the trials as a JSON file under the search's storage path
 (:meth:`GroupSpace.save`), not inside every trial's Tune config.
@@ -41,7 +39,7 @@ import pandas as pd
 from ..compression import COMPONENTS, CompressionPlan, RatioTarget
 from ..errors import NxmiError
 from ..outputs import write_json
-from .heuristic import CandidateProblem
+from .knapsack import CandidateProblem
 
 REFINED = "refined"
 
@@ -57,11 +55,10 @@ class GroupSpace:
     dense_bits: float
     groups: dict  # parameter name -> tuple of module row indices
     target: RatioTarget
-    fill_slack: bool = False
 
     @classmethod
     def build(cls, problem: CandidateProblem, target: "RatioTarget | float", convention: str = "paper",
-              layer_groups: int = 2, fill_slack: bool = False) -> "GroupSpace":
+              layer_groups: int = 2) -> "GroupSpace":
         target = RatioTarget.of(target, convention)
         if isinstance(layer_groups, bool) or not isinstance(layer_groups, int) or layer_groups < 1:
             raise NxmiError(f"layer groups must be a positive integer, got {layer_groups!r}")
@@ -78,8 +75,7 @@ class GroupSpace:
                 if rows:
                     groups[f"{component}.{span}"] = rows
         return cls(modules=tuple(frame["module"]), labels=tuple(problem.labels), costs=problem.costs[target.convention],
-                   scores=problem.scores, dense_bits=problem.dense_bits, groups=groups, target=target,
-                   fill_slack=bool(fill_slack))
+                   scores=problem.scores, dense_bits=problem.dense_bits, groups=groups, target=target)
 
     # -- the Optuna space ----------------------------------------------------------------------
     def choices(self, group: str) -> list[str]:
@@ -137,12 +133,9 @@ class GroupSpace:
                 raise NxmiError(f"option {label!r} of group {group} is not in the menu ({', '.join(self.labels)})")
             choice[list(rows)] = index[label]
         choice, moves = self.repair(choice)
-        fills = 0
-        if self.fill_slack:
-            choice, fills = self.fill(choice)
         specs = {name: self.labels[k] for name, k in zip(self.modules, choice) if self.labels[k] != "dense"}
         meta = dict(meta or {}) | {"kind": REFINED, "sampled": dict(params), "repair_moves": moves,
-                                   "fill_moves": fills, "ratio": self.ratio(choice)}
+                                   "ratio": self.ratio(choice)}
         return CompressionPlan(specs, meta=meta)
 
     def candidate(self, trial: Mapping) -> dict | None:
@@ -158,28 +151,6 @@ class GroupSpace:
 
     def _budget(self) -> float:
         return self.target.budget_bits(self.dense_bits)
-
-    def fill(self, choice: np.ndarray) -> tuple[np.ndarray, int]:
-        """Spend the budget a plan leaves unused: while a single-module move to an option with a
-        lower sensitivity still fits the budget, take the one with the largest sensitivity
-        decrease per bit added (moves that add no bits first; ties: the lower module and option
-        index). The score falls with every move, so it ends. Returns the choice and the moves."""
-        choice = np.array(choice, dtype=int)
-        rows = np.arange(len(choice))
-        allowed = np.isfinite(self.costs) & np.isfinite(self.scores)
-        moves = 0
-        while True:
-            slack = self._budget() - self.costs[rows, choice].sum()
-            added = self.costs - self.costs[rows, choice][:, None]
-            gain = self.scores[rows, choice][:, None] - self.scores
-            ok = allowed & (gain > 0) & (added <= slack)
-            if not ok.any():
-                return choice, moves
-            i, k = np.nonzero(ok)
-            rate = np.where(added[i, k] > 0, gain[i, k] / np.maximum(added[i, k], 1e-300), np.inf)
-            best = np.lexsort((k, i, -gain[i, k], -rate))[0]
-            choice[i[best]] = k[best]
-            moves += 1
 
     def repair(self, choice: np.ndarray) -> tuple[np.ndarray, int]:
         """Greedy repair to the budget: the cheapest move per bit saved first (ties: the larger
@@ -207,15 +178,14 @@ class GroupSpace:
         return {"modules": list(self.modules), "labels": list(self.labels), "costs": self.costs.tolist(),
                 "scores": self.scores.tolist(), "dense_bits": self.dense_bits,
                 "groups": {g: list(r) for g, r in self.groups.items()}, "target_ratio": self.target.value,
-                "convention": self.target.convention, "fill_slack": self.fill_slack}
+                "convention": self.target.convention}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "GroupSpace":
         return cls(modules=tuple(data["modules"]), labels=tuple(data["labels"]),
                    costs=np.asarray(data["costs"], dtype=float), scores=np.asarray(data["scores"], dtype=float),
                    dense_bits=float(data["dense_bits"]), groups={g: tuple(r) for g, r in data["groups"].items()},
-                   target=RatioTarget(float(data["target_ratio"]), data["convention"]),
-                   fill_slack=bool(data.get("fill_slack", False)))
+                   target=RatioTarget(float(data["target_ratio"]), data["convention"]))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the space as JSON (atomically: a trial never reads half a file); returns the path."""

@@ -8,7 +8,7 @@ downstream is identical.
 
 Typical use::
 
-    data = prepare_task_data("mrpc", tokenizer, data_dir="../shared/data/glue", train_size=2000)
+    data = prepare_task_data("mrpc", tokenizer, data_dir="path/to/glue", train_size=2000)
     train_loader = make_dataloader(data.train, tokenizer, batch_size=32, shuffle=True, seed=0)
     for split, ds in data.eval.items():
         loader = make_dataloader(ds, tokenizer, batch_size=64)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from nxmiformer.cli import DATA_FIELDS, DENSE_OF_TRAIN, PROFILE_FIELDS, PROFILE_HELPS, TRIAL_OF_TRAIN, build_parser
-from nxmiformer.search.runner import PRESETS, SearchConfig
+from nxmiformer.search import PRESETS, SearchConfig
 from nxmiformer.trials import DataConfig, DenseConfig, TrialConfig
 
 

@@ -10,7 +10,7 @@ import torch
 
 from nxmiformer.compression import LayerSpec, compressible_modules, project
 from nxmiformer.models import load_model, load_tokenizer
-from nxmiformer.search.profile import DEFAULT_MENU, profile_sensitivity
+from nxmiformer.search.profile import profile_sensitivity
 from nxmiformer.trials import DataConfig, prepare_task_data
 from nxmiformer.trials.loop import model_inputs, task_loss
 from nxmiformer.trials.data import make_dataloader
@@ -134,10 +134,6 @@ def test_bad_options(setup, options, word):
         profile_sensitivity(model_dir, data, options, calib_size=16, cache_dir=cache, progress=False)
 
 
-def test_default_menu_is_the_documented_one():
-    assert len(DEFAULT_MENU) == 11 and DEFAULT_MENU[0] == "dense"
-
-
 def test_fisher_proxy_weighs_the_projection_error(setup):
     model_dir, data, cache = setup
     options = ("dense", "2:4:int8", "2:4:int4", "1:4:int2")
@@ -169,18 +165,6 @@ def test_a_fisher_only_profile_skips_the_forwards_and_a_full_one_completes_it(se
     again = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False,
                                 oneshot=False)
     assert again.computed == 0 and again.table["delta_loss"].notna().all()
-
-
-@pytest.mark.parametrize("target", [0.875, 0.9375, 0.96875])
-def test_auto_menu_brackets_the_targets_bits_per_weight(target):
-    from nxmiformer.compression import LayerSpec
-    from nxmiformer.search.profile import AUTO_MENU_SIZE, menu_for
-
-    bits = 32 * (1 - target)
-    menu = menu_for("auto", bits)
-    per_weight = [LayerSpec.parse(o).density * LayerSpec.parse(o).bits for o in menu]
-    assert len(menu) == AUTO_MENU_SIZE
-    assert sum(b < bits for b in per_weight) >= AUTO_MENU_SIZE // 3 and sum(b >= bits for b in per_weight) >= AUTO_MENU_SIZE // 3
 
 
 @pytest.mark.parametrize("target, size, fewest, most", [
@@ -225,13 +209,12 @@ def test_named_menus_and_proxies_in_the_search_config(tmp_path):
     from nxmiformer.search.profile import KERNEL_MENU, menu_for
 
     assert SearchConfig(out=str(tmp_path), target_ratio=0.96875).options == menu_for("fine", 1.0)  # the default
-    assert SearchConfig(out=str(tmp_path), target_ratio=0.9375, menu="auto").options == menu_for("auto", 2.0)
     assert SearchConfig(out=str(tmp_path), menu="kernel").options == KERNEL_MENU
     assert SearchConfig(out=str(tmp_path), menu="kernel", options="2:4:int8").options == ("2:4:int8",)  # explicit wins
     assert SearchConfig(out=str(tmp_path), target_ratio=0.96875, menu="fine").options == menu_for("fine", 1.0)
-    with pytest.raises(NxmiError, match="unknown menu 'fast'; allowed: auto, kernel, classic, fine"):
+    with pytest.raises(NxmiError, match="unknown menu 'fast'; allowed: fine, kernel"):
         SearchConfig(out=str(tmp_path), menu="fast")
-    with pytest.raises(NxmiError, match="unknown proxy 'oracle'; allowed: oneshot, fisher, probe"):
+    with pytest.raises(NxmiError, match="unknown proxy 'oracle'; allowed: oneshot, fisher"):
         SearchConfig(out=str(tmp_path), proxy="oracle")
 
 
@@ -239,7 +222,7 @@ def test_proxy_correlation_ranks_plans_by_their_summed_scores():
     import json
 
     from nxmiformer.compression import CompressionPlan
-    from nxmiformer.search.runner import proxy_correlation
+    from nxmiformer.search.report import proxy_correlation
 
     modules = ["a", "b"]
     profile = pd.DataFrame([{"module": m, "option": o, "delta_loss": s, "fisher": -s}
@@ -266,7 +249,7 @@ def test_proxy_correlation_ranks_only_the_plans_a_proxy_can_price(missing, onesh
     import json
 
     from nxmiformer.compression import CompressionPlan
-    from nxmiformer.search.runner import proxy_correlation
+    from nxmiformer.search.report import proxy_correlation
 
     profile = pd.DataFrame([{"module": m, "option": o, "delta_loss": float("nan") if (m, o) == missing else s,
                              "fisher": s}
@@ -279,14 +262,13 @@ def test_proxy_correlation_ranks_only_the_plans_a_proxy_can_price(missing, onesh
     assert got["oneshot_trials"] == trials and got["fisher_trials"] == 4 and got["trials"] == 4
     assert got["fisher"] == pytest.approx(1.0)  # fisher prices every plan, whatever the one-shot column lacks
     assert np.isnan(got["oneshot"]) if np.isnan(oneshot) else got["oneshot"] == pytest.approx(oneshot)
-    assert np.isnan(got["probe"]) and got["probe_trials"] == 0  # not measured
 
 
 def test_plan_costs_sum_each_plans_module_scores():
     import json
 
     from nxmiformer.compression import CompressionPlan
-    from nxmiformer.search.runner import plan_costs
+    from nxmiformer.search.report import plan_costs
 
     profile = pd.DataFrame([{"module": m, "option": o, "score": s * (1 if m == "a" else 10)}
                             for m in ("a", "b") for o, s in (("2:4:int8", 0.1), ("2:4:int4", 0.5))])

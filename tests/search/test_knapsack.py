@@ -11,8 +11,8 @@ import pytest
 
 from nxmiformer.compression import CompressionPlan, LayerSpec, compression_ratio
 from nxmiformer.errors import NxmiError
-from nxmiformer.search import heuristic
-from nxmiformer.search.heuristic import (
+from nxmiformer.search import knapsack
+from nxmiformer.search.knapsack import (
     Candidate,
     cost_matrix,
     generate_candidates,
@@ -251,29 +251,12 @@ def test_min_hamming_cuts_match_greedy_brute_force(n, k, min_hamming):
         ref_previous.append(far[0][1])
 
 
-@pytest.mark.parametrize("n,k,distance", [(4, 3, 0), (4, 3, 1), (5, 3, 2), (6, 2, 3), (5, 4, 5)])
-def test_near_keeps_the_choice_within_the_distance_and_matches_brute_force(n, k, distance):
-    rng = np.random.default_rng(3 * n + 7 * k + 11 * distance)
-    for _ in range(3):
-        costs, scores = random_instance(rng, n, k, integer_costs=False)
-        budget = budgets(costs)[4]
-        anchor = rng.integers(0, k, n)
-        near = [(s, c) for s, c in brute_force_all(costs, scores, budget)
-                if sum(a != b for a, b in zip(c, anchor)) <= distance]
-        got = solve_mckp(costs, scores, budget, near=(anchor, distance))
-        if not near:
-            assert got is None
-            continue
-        assert (got != anchor).sum() <= distance
-        assert scores[np.arange(n), got].sum() == pytest.approx(near[0][0], abs=1e-9)
-
-
 def test_an_over_budget_answer_from_highs_is_cut_off_and_resolved(monkeypatch):
     # HiGHS accepts constraint violations up to its feasibility tolerance; the solver must not
     # pass such a choice on. Fake one such answer (the best-scoring, over-budget choice) first.
     costs = np.array([[1.0, 3.0], [1.0, 3.0], [1.0, 3.0]])
     scores = np.array([[0.0, -1.0], [0.0, -2.0], [0.0, -3.0]])
-    real_milp, calls = heuristic.milp, []
+    real_milp, calls = knapsack.milp, []
 
     def flaky_milp(c, **kwargs):
         calls.append(1)
@@ -281,7 +264,7 @@ def test_an_over_budget_answer_from_highs_is_cut_off_and_resolved(monkeypatch):
             return type("Result", (), {"status": 0, "x": np.array([0, 1, 0, 1, 0, 1.0]), "message": "ok"})()
         return real_milp(c, **kwargs)
 
-    monkeypatch.setattr(heuristic, "milp", flaky_milp)
+    monkeypatch.setattr(knapsack, "milp", flaky_milp)
     got = solve_mckp(costs, scores, 7.0)
     assert len(calls) == 2
     assert costs[np.arange(3), got].sum() <= 7.0
@@ -295,10 +278,8 @@ def test_solve_mckp_rejects_bad_arrays():
         solve_mckp(np.array([[np.nan, 1.0]]), np.ones((1, 2)), 1.0)
     with pytest.raises(NxmiError, match="min_hamming"):
         solve_mckp(np.ones((2, 2)), np.ones((2, 2)), 2.0, min_hamming=0)
-    with pytest.raises(NxmiError, match="distance"):
-        solve_mckp(np.ones((2, 2)), np.ones((2, 2)), 2.0, near=([0, 0], -1))
-    with pytest.raises(NxmiError, match="anchor"):
-        solve_mckp(np.ones((2, 2)), np.ones((2, 2)), 2.0, near=([0, 2], 1))
+    with pytest.raises(NxmiError, match="forbidden choice"):
+        solve_mckp(np.ones((2, 2)), np.ones((2, 2)), 2.0, forbidden=[[0, 2]])
 
 
 # ---------------------------------------------------------------- candidates
@@ -314,7 +295,7 @@ def table():
 def candidate_sets(table):
     modules, sensitivity = table
     return {
-        (conv, target): generate_candidates(sensitivity, modules, target, conv, min_hamming=2)
+        (conv, target): generate_candidates(sensitivity, modules, target, conv)
         for conv, target in [("paper", 0.875), ("paper", 0.92), ("storage", 0.85), ("storage", 0.9)]
     }
 
@@ -356,74 +337,8 @@ def test_diverse_plans_are_far_apart_and_ordered(candidate_sets):
     assert len(knapsack) == 8  # n_best
     for a, b in itertools.combinations(knapsack, 2):
         differ = sum(a.plan.spec_for(n) != b.plan.spec_for(n) for n in synthetic_modules()["module"])
-        assert differ >= 2
+        assert differ >= max(1, len(synthetic_modules()) // 12)  # the fixed rule: a twelfth of the modules
     assert [c.score for c in knapsack] == sorted(c.score for c in knapsack)
-
-
-@pytest.mark.parametrize("convention,target", [("paper", 0.875), ("paper", 0.92), ("storage", 0.9)])
-def test_anchored_plans_lead_from_the_optimum_back_to_the_best_uniform_plan(table, convention, target):
-    modules, sensitivity = table
-    candidates = generate_candidates(sensitivity, modules, target, convention, n_best=1, n_anchored=8)
-    anchor = min((c for c in candidates if c.kind == "uniform"), key=lambda c: c.score)
-    anchored = [c for c in candidates if c.kind == "anchored"]
-    n = len(modules)
-    assert 1 <= len(anchored) <= int(np.log2(n))  # one per distance n // 2, n // 4, ... 1, when new
-    names = list(modules["module"])
-    distances = [sum(c.plan.spec_for(m) != anchor.plan.spec_for(m) for m in names) for c in anchored]
-    assert max(distances) <= n // 2 and min(distances) >= 1
-    # nearer the anchor, no better by the proxy; every one at least as good as the anchor itself
-    ordered = sorted(zip(distances, [c.score for c in anchored]), reverse=True)
-    assert [s for _, s in ordered] == sorted(s for _, s in ordered)
-    assert all(candidates[0].score - 1e-12 <= c.score <= anchor.score + 1e-12 for c in anchored)
-    assert all(c.ratio >= target - 1e-12 for c in anchored)
-    # by default none: the shipped candidates are unchanged
-    assert not any(c.kind == "anchored" for c in generate_candidates(sensitivity, modules, target, convention, n_best=1))
-
-
-@pytest.mark.parametrize("convention,target", [("paper", 0.875), ("paper", 0.92), ("storage", 0.9)])
-def test_halfway_plans_are_the_optima_near_each_of_the_best_uniform_plans(table, convention, target):
-    modules, sensitivity = table
-    candidates = generate_candidates(sensitivity, modules, target, convention, n_best=1, n_halfway=6)
-    halfway = [c for c in candidates if c.kind == "halfway"]
-    names = list(modules["module"])
-    n = len(names)
-    uniform = sorted((c for c in candidates if "uniform" in c.kinds), key=lambda c: c.score)
-    anchors = [c.plan for c in uniform[:heuristic.HALFWAY_ANCHORS]]
-    assert len(anchors) == heuristic.HALFWAY_ANCHORS and 1 <= len(halfway) <= 6
-
-    def distance(a, b):
-        return sum(a.spec_for(m) != b.spec_for(m) for m in names)
-
-    # independent of the generator's loop: each (distance, anchor) optimum by the exact solver, new ones only
-    problem = heuristic.build_problem(sensitivity, modules)
-    costs = problem.costs[convention]
-    budget = heuristic.RatioTarget.of(target, convention).budget_bits(problem.dense_bits)
-    index = {str(spec): k for k, spec in enumerate(problem.menu)}
-    expected, seen = [], {candidates[0].plan.to_json()}  # the optimum is already a candidate
-    for d in (n // 2, n // 4):
-        for plan in anchors:
-            vector = [index[str(plan.spec_for(m))] for m in names]
-            choice = heuristic.solve_mckp(costs, problem.scores, budget, near=(vector, d))
-            got = problem.plan(choice)
-            assert distance(got, plan) <= d
-            if got.to_json() not in seen:
-                seen.add(got.to_json())
-                expected.append(problem.score(choice))
-    assert sorted(c.score for c in halfway) == pytest.approx(sorted(expected[:6]), abs=1e-12)
-    # none better than the optimum, none worse than the third anchor (each is at least as good as its own), all in budget
-    assert all(candidates[0].score - 1e-12 <= c.score <= uniform[heuristic.HALFWAY_ANCHORS - 1].score + 1e-12
-               for c in halfway)
-    assert all(min(distance(c.plan, a) for a in anchors) <= n // 2 for c in halfway)
-    assert all(c.ratio >= target - 1e-12 for c in halfway)
-    # by default none: the shipped candidates are unchanged
-    assert not any(c.kind == "halfway" for c in generate_candidates(sensitivity, modules, target, convention, n_best=1))
-
-
-@pytest.mark.parametrize("name", ["n_anchored", "n_halfway"])
-def test_plan_counts_must_be_counts(table, name):
-    modules, sensitivity = table
-    with pytest.raises(NxmiError, match=name):
-        generate_candidates(sensitivity, modules, 0.875, **{name: -1})
 
 
 def uniform_spec(plan, modules):
@@ -480,7 +395,7 @@ def brute_force_grid(modules, sensitivity, menu, target, convention, top):
 @pytest.mark.parametrize("chunk", [1 << 21, 16])  # one chunk, and many (the leading-axis loop)
 @pytest.mark.parametrize("convention,target", [("paper", 0.9), ("storage", 0.88)])
 def test_grid_is_per_component_and_matches_brute_force(monkeypatch, chunk, convention, target):
-    monkeypatch.setattr(heuristic, "_GRID_CHUNK", chunk)
+    monkeypatch.setattr(knapsack, "_GRID_CHUNK", chunk)
     menu = ["dense:int8", "2:4:int8", "2:4:int4", "1:4:int4"]
     modules = synthetic_modules()
     sensitivity = random_sensitivity(modules, menu, seed=11)
@@ -615,24 +530,4 @@ def test_bad_counts(table):
     modules, sensitivity = table
     with pytest.raises(NxmiError, match="n_best"):
         generate_candidates(sensitivity, modules, 0.9, n_best=0)
-    with pytest.raises(NxmiError, match="min_hamming"):
-        generate_candidates(sensitivity, modules, 0.9, min_hamming=0)
 
-
-@pytest.mark.parametrize("n,k,integer_costs,inf_rate", MCKP_CASES)
-def test_solve_mckp_with_a_cost_floor_matches_brute_force(n, k, integer_costs, inf_rate):
-    rng = np.random.default_rng(11 + n * 100 + k * 10 + int(integer_costs))
-    for _ in range(3):
-        costs, scores = random_instance(rng, n, k, integer_costs, inf_rate)
-        levels = budgets(costs)
-        budget = levels[4]
-        for floor in (levels[1], levels[2], levels[3], budget, budget + 1.0):
-            ref = [(s, c) for s, c in brute_force_all(costs, scores, budget)
-                   if sum(costs[i, j] for i, j in enumerate(c)) >= floor - 1e-9 * abs(floor)]
-            got = solve_mckp(costs, scores, budget, min_cost=floor)
-            if not ref:
-                assert got is None
-                continue
-            spent = costs[np.arange(n), got].sum()
-            assert floor - 1e-9 * abs(floor) <= spent <= budget + 1e-9 * abs(budget)
-            assert scores[np.arange(n), got].sum() == pytest.approx(ref[0][0], abs=1e-9)

@@ -1,34 +1,27 @@
-"""Candidate generation under a compression-ratio constraint (DESIGN.md, search step 2).
+"""The candidates the trials start from: an exact multiple-choice knapsack over the profile.
 
-Given one sensitivity score per (module, option) -- the rise in calibration loss when only that
-module is projected one-shot with that option -- we pick one option per module so that the
-encoder meets a target compression ratio and the summed score is small. Summing scores assumes
-the modules' damages add up; that is only roughly true, which is why we hand the trials a
-*set* of good plans rather than the single optimum:
+Given one cost per (module, option) from the sensitivity profile (by default the ``fisher``
+proxy: the Fisher-weighted error of projecting that module alone with that option), we pick one
+option per module so that the encoder meets a target compression ratio and the summed cost is
+least. Summing costs assumes the modules' damages add up; that is only roughly true, which is why
+the trials get a *set* of good plans, with the baselines a user would try by hand beside them:
 
 ======== ====================================================================================
 kind     what it is
 ======== ====================================================================================
 optimal  the exact optimum of the multiple-choice knapsack (one option per module, total bits
-         within budget, least summed score), solved as a small MILP with HiGHS
+         within budget, least summed cost), solved as a small MILP with HiGHS
 diverse  the next-best plans, each forced by no-good cuts to differ from every plan before it
-         in at least ``min_hamming`` modules, so trials do not spend time on near-copies
-anchored the knapsack optimum among the plans that change at most ``d`` modules of the
-         proxy's best uniform plan (the anchor), for ``d`` = N/2, N/4, ... 1: a path from the
-         optimum back to the uniform plan, for when the proxy overrates what heterogeneity
-         buys (a 1:8 module scores cheap one-shot but recovers worse in short training)
-halfway  the knapsack optimum within N/2 modules of each of the proxy's best uniform plans
-         (up to three), then within N/4 of each: plans halfway between the optimum and
-         several uniform plans, a hedge over which uniform plan short training recovers best
+         in at least a twelfth of the modules, so trials do not spend time on near-copies
 grid     one option per component type (query, key, ... ffn_out) shared by all layers: the
          coarse, per-component plans a person would try by hand; all combinations are scored
 uniform  the same option everywhere: the baselines the heterogeneous plans must beat
 ======== ====================================================================================
 
-The budget follows DESIGN.md's accounting: ``sum(module_bits) <= RatioTarget.budget_bits(modules)``,
-that is ``(1 - target) * sum(32 * numel)`` under the target's convention (``paper`` or
-``storage``) plus the target's one tolerance, so exact hits (uniform 2:4:int8 at 0.875 paper)
-count as meeting it.
+The budget is ``sum(module_bits) <= RatioTarget.budget_bits(modules)``, that is
+``(1 - target) * sum(32 * numel)`` under the target's convention (``paper`` or ``storage``) plus
+the target's one tolerance, so exact hits (uniform 2:4:int8 at 0.875 paper) count as meeting it
+(docs/design.md, "Accounting" and "The knapsack").
 """
 
 from __future__ import annotations
@@ -58,7 +51,6 @@ from nxmiformer.compression.accounting import check_convention
 from nxmiformer.errors import NxmiError
 
 __all__ = [
-    "HALFWAY_ANCHORS",
     "HETEROGENEOUS",
     "KINDS",
     "MODULE_COLUMNS",
@@ -73,9 +65,8 @@ __all__ = [
     "solve_mckp",
 ]
 
-KINDS = ("optimal", "diverse", "anchored", "halfway", "grid", "uniform")
-HETEROGENEOUS = KINDS[:4]  # the kinds that give each module its own option
-HALFWAY_ANCHORS = 3  # halfway plans lead towards this many of the best-scoring uniform plans
+KINDS = ("optimal", "diverse", "grid", "uniform")
+HETEROGENEOUS = KINDS[:2]  # the kinds that give each module its own option
 MODULE_COLUMNS = ("module", "layer", "component", "out_features", "in_features")
 SENSITIVITY_COLUMNS = ("module", "option", "score")
 
@@ -200,8 +191,6 @@ def solve_mckp(
     budget: float,
     forbidden: Iterable[Sequence[int]] = (),
     min_hamming: int = 1,
-    min_cost: float = -np.inf,
-    near: tuple[Sequence[int], int] | None = None,
 ) -> np.ndarray | None:
     """Exact multiple-choice knapsack: one option per row, total cost within budget, least score.
 
@@ -216,10 +205,6 @@ def solve_mckp(
         budget: the cost cap (any tolerance is the caller's, e.g. :meth:`RatioTarget.budget_bits`).
         forbidden: earlier choice vectors (length ``N``, option index per row) to exclude.
         min_hamming: how many rows must differ from each forbidden vector (>= 1).
-        min_cost: the least total cost a choice may have (default: none), e.g. to spend at
-            least what plans already measured spent.
-        near: ``(p, d)``: the choice may differ from the vector ``p`` in at most ``d`` rows
-            (``sum_i x[i, p[i]] >= N - d``), e.g. to stay close to a uniform plan.
 
     Returns:
         The chosen option index per row (``int`` array of length ``N``), or ``None`` when no
@@ -237,22 +222,16 @@ def solve_mckp(
         raise NxmiError(f"min_hamming must be an integer >= 1, got {min_hamming!r}")
     n_rows, n_opts = costs.shape
     forbidden = [np.asarray(p, dtype=int) for p in forbidden]
-    if near is not None:
-        anchor, max_distance = np.asarray(near[0], dtype=int), near[1]
-        if not isinstance(max_distance, numbers.Integral) or isinstance(max_distance, bool) or max_distance < 0:
-            raise NxmiError(f"near's distance must be an integer >= 0, got {max_distance!r}")
-    for p in forbidden + ([anchor] if near is not None else []):
+    for p in forbidden:
         if p.shape != (n_rows,) or (p < 0).any() or (p >= n_opts).any():
             raise NxmiError(
-                f"a forbidden or anchor choice must hold {n_rows} option indices in 0..{n_opts - 1}, got {p.tolist()}"
+                f"a forbidden choice must hold {n_rows} option indices in 0..{n_opts - 1}, got {p.tolist()}"
             )
 
     allowed = np.isfinite(costs) & np.isfinite(scores)
     if not allowed.any(axis=1).all():
         return None
     if np.where(allowed, costs, np.inf).min(axis=1).sum() > budget:
-        return None
-    if np.where(allowed, costs, -np.inf).max(axis=1).sum() < min_cost or min_cost > budget:
         return None
     if forbidden and min_hamming > n_rows:
         return None
@@ -270,7 +249,7 @@ def solve_mckp(
     one_per_row = sparse.csr_array((np.ones(n_vars), (rows, np.arange(n_vars))), shape=(n_rows, n_vars))
     base = [
         LinearConstraint(one_per_row, 1, 1),
-        LinearConstraint(costs[rows, cols][None, :] / cost_scale, min_cost / cost_scale, budget / cost_scale),
+        LinearConstraint(costs[rows, cols][None, :] / cost_scale, -np.inf, budget / cost_scale),
     ]
     var_index = {(int(i), int(j)): v for v, (i, j) in enumerate(zip(rows, cols))}
 
@@ -287,8 +266,6 @@ def solve_mckp(
         return LinearConstraint(same_as(p), -np.inf, n_rows - hamming)
 
     cuts = [cut(p, min_hamming) for p in forbidden]
-    if near is not None:
-        cuts.append(LinearConstraint(same_as(anchor), n_rows - max_distance, np.inf))
     for _ in range(_MAX_RESOLVES):
         res = milp(
             objective,
@@ -304,9 +281,9 @@ def solve_mckp(
         x = np.zeros((n_rows, n_opts))
         x[rows, cols] = res.x
         choice = np.argmax(x, axis=1)
-        if min_cost <= costs[np.arange(n_rows), choice].sum() <= budget:
+        if costs[np.arange(n_rows), choice].sum() <= budget:
             return choice
-        # HiGHS accepted a choice over budget (or under min_cost) within its own feasibility tolerance: exclude
+        # HiGHS accepted a choice over budget within its own feasibility tolerance: exclude
         # exactly that vector (Hamming 1) and ask again, which keeps the answer exact.
         cuts.append(cut(choice, 1))
     raise RuntimeError("HiGHS kept returning choices outside the cost bounds; the cost scale is ill-conditioned")
@@ -318,12 +295,9 @@ def generate_candidates(
     target_ratio: "RatioTarget | float",
     convention: str = "paper",
     n_best: int = 8,
-    min_hamming: int | None = None,
     include_uniform: bool = True,
     include_grid: bool = True,
     grid_top: int = 4,
-    n_anchored: int = 0,
-    n_halfway: int = 0,
 ) -> list[Candidate]:
     """Plans that meet ``target_ratio`` under ``convention``, best summed sensitivity first per kind.
 
@@ -334,23 +308,15 @@ def generate_candidates(
             simply not offered to that module.
         modules: columns :data:`MODULE_COLUMNS`, e.g. from :func:`modules_frame`.
         target_ratio: a :class:`RatioTarget`, or the least compression ratio in ``(0, 1)``
-            under ``convention``: ``paper`` or ``storage`` (DESIGN.md, "Compression-ratio
-            accounting"); ``convention`` is ignored when a target is given.
+            under ``convention``: ``paper`` or ``storage`` (docs/design.md,
+            "Accounting"); ``convention`` is ignored when a target is given.
         n_best: how many knapsack plans: the optimum plus up to ``n_best - 1`` diverse ones
             (fewer when the cuts leave no feasible plan).
-        min_hamming: how many modules each diverse plan must change against every earlier one;
-            default ``max(1, N // 12)`` (about one layer's worth of a BERT-base's 72 modules).
         include_uniform, include_grid: add the uniform baselines / per-component grid plans.
         grid_top: how many of the best feasible grid plans to add.
-        n_anchored: how many anchored plans (default none): the knapsack optimum within ``d``
-            modules of the best-scoring uniform plan that meets the target, for ``d`` = N // 2,
-            N // 4, ... down to 1 (fewer when N is small or no uniform plan meets the target).
-        n_halfway: how many halfway plans (default none): the knapsack optimum within N // 2
-            modules of each of the :data:`HALFWAY_ANCHORS` best-scoring uniform plans that meet
-            the target, then within N // 4 of each (fewer when those repeat earlier plans).
 
     Returns:
-        Candidates grouped by kind in the order ``optimal, diverse, anchored, halfway, grid, uniform``; within a
+        Candidates grouped by kind in the order ``optimal, diverse, grid, uniform``; within a
         group, best score first. A plan produced by several generators appears once, under the
         first kind, and lists them all in ``kinds``.
 
@@ -360,16 +326,14 @@ def generate_candidates(
     """
     target = RatioTarget.of(target_ratio, convention)
     convention = target.convention
-    for name, value, least in (("n_best", n_best, 1), ("grid_top", grid_top, 0), ("n_anchored", n_anchored, 0),
-                               ("n_halfway", n_halfway, 0)):
+    for name, value, least in (("n_best", n_best, 1), ("grid_top", grid_top, 0)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
             raise NxmiError(f"{name} must be an integer >= {least}, got {value!r}")
     problem = build_problem(sensitivity, modules)
     n_modules = len(problem.modules)
-    if min_hamming is None:
-        min_hamming = max(1, n_modules // 12)
-    elif not isinstance(min_hamming, numbers.Integral) or isinstance(min_hamming, bool) or min_hamming < 1:
-        raise NxmiError(f"min_hamming must be None or an integer >= 1, got {min_hamming!r}")
+    # about one layer's worth of a BERT-base's 72 modules (a more diverse arm, 12 of MiniLM's 36, was measured no
+    # better: docs/decisions.md)
+    min_hamming = max(1, n_modules // 12)
 
     costs = problem.costs[convention]
     budget = target.budget_bits(problem.dense_bits)
@@ -391,28 +355,11 @@ def generate_candidates(
             break
         add(choice, "diverse")
         previous.append(choice)
-    uniform = _uniform_choices(problem, costs, budget)
-
-    def add_near(kind: str, limit: int, schedule: list) -> None:
-        """Up to ``limit`` new plans of ``kind``: the knapsack optimum within ``d`` modules of
-        ``anchor``, for each ``(anchor, d)`` of ``schedule`` in turn."""
-        added = 0
-        for anchor, distance in schedule:
-            if added >= limit:
-                break
-            choice = solve_mckp(costs, problem.scores, budget, near=(anchor, distance))
-            if choice is not None and _key(choice) not in found:
-                add(choice, kind)
-                added += 1
-
-    halvings = [n_modules >> k for k in range(1, n_modules.bit_length())]  # N//2, N//4, ... 1
-    add_near("anchored", n_anchored, [(uniform[0], d) for d in halvings] if uniform else [])
-    add_near("halfway", n_halfway, [(u, d) for d in halvings[:2] for u in uniform[:HALFWAY_ANCHORS]])
     if include_grid and grid_top > 0:
         for choice in _grid_choices(problem, costs, budget, grid_top):
             add(choice, "grid")
     if include_uniform:
-        for choice in uniform:
+        for choice in _uniform_choices(problem, costs, budget):
             add(choice, "uniform")
 
     candidates = []
