@@ -210,13 +210,20 @@ def cmd_profile(args) -> int:
 
     import pandas as pd
 
-    from .search import DEFAULT_MENU, SearchConfig, profile_sensitivity, ray_session
+    from .compression import RatioTarget
+    from .search import PROXIES, SearchConfig, menu_for, parse_menu, profile_sensitivity, ray_session
     from .search.profile import sensitivity_pivot
     from .trials import DataConfig, DenseConfig, DenseResult, finetune_dense
     from .trials.config import check_device
 
     fields = given(args, SearchConfig, PROFILE_FIELDS, defaults=defaults_of(SearchConfig, PROFILE_FIELDS) | PROFILE_DEFAULTS)
     check_device(fields["device"])
+    proxy = fields["proxy"]
+    if proxy not in PROXIES:
+        raise NxmiError(f"unknown proxy {proxy!r}; allowed: {', '.join(PROXIES)}")
+    # the options a search for this target profiles (one menu name and default everywhere)
+    target = RatioTarget(fields["target_ratio"], "paper")
+    options = parse_menu(fields["options"]) if fields["options"] else menu_for(fields["menu"], 32 * (1 - target.value))
     data = DataConfig(**{k: fields[k] for k in ("task", "data_dir", "max_length", "train_size", "eval_size", "seed")},
                       holdout_size=fields["calib_size"])
     if args.dense:
@@ -226,11 +233,13 @@ def cmd_profile(args) -> int:
         model_dir = finetune_dense(data, dense, fields["cache_dir"], progress=True).path
     workers = fields["profile_workers"]
     with ray_session(fields["address"]) if workers != 0 else nullcontext():
-        result = profile_sensitivity(model_dir, data, fields["options"] or DEFAULT_MENU, fields["calib_size"],
+        result = profile_sensitivity(model_dir, data, options, fields["calib_size"],
                                      cache_dir=fields["cache_dir"], workers=workers, progress=True,
-                                     device=fields["device"], gpus_per_task=fields["gpus_per_trial"])
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:+.4f}".format):
-        print(sensitivity_pivot(result.table).to_string())
+                                     device=fields["device"], gpus_per_task=fields["gpus_per_trial"],
+                                     oneshot=proxy == "oneshot")
+    print(f"{proxy} proxy, module x option ({PROXIES[proxy]} column):")
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:+.4g}".format):
+        print(sensitivity_pivot(result.table, PROXIES[proxy]).to_string())
     print(f"\n{result.computed} computed, {result.cached} from cache, {result.wall_time:.1f}s; cache: {result.path}")
     return 0
 
@@ -359,11 +368,13 @@ DENSE_OF_TRAIN = {"model": "model", "epochs": "dense_epochs"}
 TRIAL_OF_TRAIN = {"seed": "trial_seed"}
 # nxmi profile: the SearchConfig fields it shares with a search; in-process unless asked
 PROFILE_FIELDS = ("model", "dense_epochs", "task", "data_dir", "max_length", "train_size", "eval_size", "seed",
-                  "options", "calib_size", "profile_workers", "cache_dir", "address", "device", "gpus_per_trial")
+                  "target_ratio", "menu", "options", "proxy", "calib_size", "profile_workers", "cache_dir", "address",
+                  "device", "gpus_per_trial")
 PROFILE_DEFAULTS = {"profile_workers": 0, "train_size": None, "eval_size": None}
 PROFILE_HELPS = {"profile_workers": "Ray tasks in parallel, on --address or embedded Ray (0: in-process, the default)",
                  "gpus_per_trial": "GPUs each profiling Ray task reserves (with --profile-workers)",
-                 "options": "comma-separated option menu (default: the 11 classic options)"}
+                 "options": "comma-separated option menu (default: the --menu for --target-ratio)",
+                 "target_ratio": "the target whose --menu options to profile, in (0, 1)"}
 # nxmi search's flags, by group. The other SearchConfig fields (kinds, objective, prior_weight, concurrency,
 # fail_fast, asha, kd_alpha, dense_patience, oneshot_profile, profile_workers, refine_layer_groups) are settings
 # of the Python API: defaults chosen by measurement (docs/decisions.md) or tools of the benchmarks and tests.

@@ -21,7 +21,7 @@ PLAN_VERSION = 1
 ALLOWED_BITS = INT_BITS + (16, 32)
 _DTYPES = {f"int{b}": b for b in INT_BITS} | {"fp16": 16, "fp32": 32}
 # The scale method an integer spec uses when its string names none, per bit width: chosen by
-# measurement (bench/recovery.py, see the README's "Accuracy recovery"): lsq was best or tied with
+# measurement (bench/recovery.py, docs/decisions.md): lsq was best or tied with
 # ADMM+QAT at 8, 4 and 2 bits, and its one-shot projection (mse) beat max-abs at every width
 # (3, 5, 6 and 7 bits were not measured and follow their neighbours).
 DEFAULT_SCALE_METHOD = {bits: "lsq" for bits in INT_BITS}

@@ -52,8 +52,10 @@ PRESETS = {
 class SearchConfig:
     """A search for plans with encoder compression >= ``target_ratio`` (under ``convention``).
 
-    Every field is an ``nxmi search`` flag of the same name (``--target-ratio`` ...), with the
-    ``help`` of its metadata."""
+    The fields a user sets every day are ``nxmi search`` flags of the same name (``--target-ratio``
+    ...), with the ``help`` of their metadata, in the groups of ``nxmiformer.cli.SEARCH_GROUPS``;
+    the rest (``kinds``, ``objective``, ``prior_weight``, ``concurrency``, ...) are set here, in
+    Python, and have defaults chosen by measurement (docs/decisions.md)."""
 
     out: str = field(metadata=_help("storage path of the search (results, Tune experiments, search.json)"))
     task: str = field(default="sst2", metadata=_help("GLUE task: cola sst2 mrpc qqp stsb mnli qnli rte wnli"))

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from nxmiformer.cli import DATA_FIELDS, DENSE_OF_TRAIN, PROFILE_FIELDS, PROFILE_HELPS, TRIAL_OF_TRAIN, build_parser
+from nxmiformer.cli import (
+    DATA_FIELDS, DENSE_OF_TRAIN, PROFILE_FIELDS, PROFILE_HELPS, SEARCH_GROUPS, TRIAL_OF_TRAIN, build_parser,
+)
 from nxmiformer.search import PRESETS, SearchConfig
 from nxmiformer.trials import DataConfig, DenseConfig, TrialConfig
 
@@ -26,8 +28,9 @@ def _fields(cls, names=None, exclude=(), rename=None):
             if (names is None or f.name in names) and f.name not in exclude}
 
 
+SEARCH_FLAGS = tuple(name for names in SEARCH_GROUPS.values() for name in names)
 CASES = [
-    ("search", SearchConfig, None, (), None, {}),
+    ("search", SearchConfig, SEARCH_FLAGS, (), None, {}),
     ("finetune", DataConfig, DATA_FIELDS, (), None, {}),
     ("finetune", DenseConfig, None, (), None, {}),
     ("train", DataConfig, DATA_FIELDS, (), None, {}),
@@ -46,6 +49,30 @@ def test_every_field_is_a_flag_with_its_help(command, cls, names, exclude, renam
         assert action.option_strings[0] == "--" + dest.replace("_", "-")
         assert action.help.startswith(helps.get(f.name, f.metadata["help"]))
         assert action.default is argparse.SUPPRESS  # unset flags leave the config's (or preset's) value
+
+
+def test_search_help_lists_at_most_40_flags_in_groups():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["search"]
+    flags = [a for a in sub._actions if a.option_strings]
+    assert len(flags) <= 40, [a.option_strings[0] for a in flags]
+    titles = [g.title for g in sub._action_groups if g._group_actions]
+    assert set(SEARCH_GROUPS) <= set(titles)
+    for group in sub._action_groups:  # every search flag but --help and --debug sits in a named group
+        if group.title not in SEARCH_GROUPS:
+            assert {a.dest for a in group._group_actions} <= {"help", "debug"}
+
+
+@pytest.mark.parametrize("flag", ["--kinds", "--min-hamming", "--learn-trials", "--probe-steps", "--refine-fill",
+                                  "--objective", "--concurrency"])
+def test_removed_and_library_only_settings_are_not_search_flags(flag, capsys):
+    from nxmiformer.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "--task", "sst2", "--target-ratio", "0.9", "--out", "x", flag, "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments" in err and flag in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_field_without_help_cannot_become_a_flag():

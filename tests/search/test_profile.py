@@ -46,7 +46,7 @@ def full_forward_loss(model_dir, data, calib_size, module, option):
 
 def test_cold_profile_matches_full_forward_reference(setup):
     model_dir, data, cache = setup
-    result = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    result = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False, oneshot=True)
     table = result.table
     assert result.computed == 18 * len(MENU) and result.cached == 0
     assert len(table) == 18 * len(MENU)
@@ -62,20 +62,20 @@ def test_cold_profile_matches_full_forward_reference(setup):
 
 def test_warm_profile_reads_cache_and_new_options_extend_it(setup):
     model_dir, data, cache = setup
-    cold = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False)
-    warm = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    cold = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False, oneshot=True)
+    warm = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False, oneshot=True)
     assert warm.computed == 0 and warm.cached == len(cold.table)
     pd.testing.assert_frame_equal(warm.table, cold.table)
-    more = profile_sensitivity(model_dir, data, MENU + ("4:8:int4",), calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    more = profile_sensitivity(model_dir, data, MENU + ("4:8:int4",), calib_size=16, batch_size=8, cache_dir=cache, progress=False, oneshot=True)
     assert more.computed == 18 and more.cached == len(cold.table)
-    subset = profile_sensitivity(model_dir, data, ("2:4:int8",), calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    subset = profile_sensitivity(model_dir, data, ("2:4:int8",), calib_size=16, batch_size=8, cache_dir=cache, progress=False, oneshot=True)
     assert subset.computed == 0 and set(subset.table["option"]) == {"2:4:int8"}
 
 
 @pytest.mark.parametrize("change", ["weights", "data", "calibration size"])
 def test_cache_invalidation(setup, change):
     model_dir, data, cache = setup
-    profile_sensitivity(model_dir, data, ("2:4:int8",), calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    profile_sensitivity(model_dir, data, ("2:4:int8",), calib_size=16, batch_size=8, cache_dir=cache, progress=False, oneshot=True)
     calib = 16
     if change == "weights":
         model = load_model(str(model_dir))
@@ -89,14 +89,14 @@ def test_cache_invalidation(setup, change):
         frame.to_parquet(path, index=False)
     else:
         calib = 12
-    again = profile_sensitivity(model_dir, data, ("2:4:int8",), calib_size=calib, batch_size=8, cache_dir=cache, progress=False)
+    again = profile_sensitivity(model_dir, data, ("2:4:int8",), calib_size=calib, batch_size=8, cache_dir=cache, progress=False, oneshot=True)
     assert again.computed == 18
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong columns"])
 def test_corrupt_cache_is_reported_and_recomputed(setup, damage):
     model_dir, data, cache = setup
-    first = profile_sensitivity(model_dir, data, ("2:4:int8",), calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    first = profile_sensitivity(model_dir, data, ("2:4:int8",), calib_size=16, batch_size=8, cache_dir=cache, progress=False, oneshot=True)
     if damage == "garbage":
         first.path.write_bytes(b"not parquet at all")
     elif damage == "truncated":
@@ -104,7 +104,7 @@ def test_corrupt_cache_is_reported_and_recomputed(setup, damage):
     else:
         first.table.drop(columns=["score"]).to_parquet(first.path)
     with pytest.warns(UserWarning, match="unreadable"):
-        again = profile_sensitivity(model_dir, data, ("2:4:int8",), calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+        again = profile_sensitivity(model_dir, data, ("2:4:int8",), calib_size=16, batch_size=8, cache_dir=cache, progress=False, oneshot=True)
     assert again.computed == 18
     pd.testing.assert_frame_equal(again.table, first.table)
     assert not list(first.path.parent.glob(".*.tmp"))
@@ -114,11 +114,11 @@ def test_profiling_on_ray_tasks_matches_in_process(setup):
     ray = pytest.importorskip("ray")
     model_dir, data, cache = setup
     local = profile_sensitivity(model_dir, data, ("2:4:int8", "dense:int4"), calib_size=16, batch_size=8,
-                                cache_dir=cache / "a", progress=False)
+                                cache_dir=cache / "a", progress=False, oneshot=True)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         remote = profile_sensitivity(model_dir, data, ("2:4:int8", "dense:int4"), calib_size=16, batch_size=8,
-                                     cache_dir=cache / "b", workers=2, progress=False)
+                                     cache_dir=cache / "b", workers=2, progress=False, oneshot=True)
     finally:
         ray.shutdown()
     key = ["module", "option"]
@@ -131,14 +131,14 @@ def test_profiling_on_ray_tasks_matches_in_process(setup):
 def test_bad_options(setup, options, word):
     model_dir, data, cache = setup
     with pytest.raises(ValueError, match=word):
-        profile_sensitivity(model_dir, data, options, calib_size=16, cache_dir=cache, progress=False)
+        profile_sensitivity(model_dir, data, options, calib_size=16, cache_dir=cache, progress=False, oneshot=True)
 
 
 def test_fisher_proxy_weighs_the_projection_error(setup):
     model_dir, data, cache = setup
     options = ("dense", "2:4:int8", "2:4:int4", "1:4:int2")
     table = profile_sensitivity(model_dir, data, options, calib_size=16, batch_size=8, cache_dir=cache / "f",
-                                progress=False).table
+                                progress=False, oneshot=True).table
     assert (table["fisher"] >= 0).all() and (table.loc[table["option"] == "dense", "fisher"] == 0).all()
     by_option = table.groupby("option")["fisher"].sum()
     # a coarser projection moves weights further: the Fisher-weighted error grows with it
@@ -148,7 +148,7 @@ def test_fisher_proxy_weighs_the_projection_error(setup):
 def test_a_fisher_only_profile_skips_the_forwards_and_a_full_one_completes_it(setup, monkeypatch):
     model_dir, data, cache = setup
     full = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache / "full",
-                               progress=False).table
+                               progress=False, oneshot=True).table
     lean = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False,
                                oneshot=False)
     assert lean.computed == len(full)
@@ -158,7 +158,7 @@ def test_a_fisher_only_profile_skips_the_forwards_and_a_full_one_completes_it(se
     assert lean.table.loc[~is_dense, ["loss", "delta_loss", "score"]].isna().all().all()
     assert (lean.table.loc[is_dense, "delta_loss"] == 0).all()
     # a later call that needs the one-shot columns recomputes exactly the rows that lack them ...
-    completed = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False)
+    completed = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False, oneshot=True)
     assert completed.computed == len(full) and completed.table["delta_loss"].notna().all()
     pd.testing.assert_frame_equal(completed.table, full, check_exact=False, rtol=1e-5, atol=1e-8)
     # ... and a fisher-only call is served by full rows
