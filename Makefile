@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# the main job: a search on the embedded MiniLM default model (SST-2 from ../shared/data/glue
-# when present, else from the hub), 5.5 to 11 minutes on 2 cores as measured (README: The search)
+# the main job: a search on the embedded MiniLM default model (SST-2 from GLUE_DIR, the shared data beside the clone
+# when present, else from the hub): 3 short trials, about 5 minutes on 2 cores (docs/measurements.md)
 GLUE_DIR ?= $(abspath ../shared/data/glue)
 SEARCH_OUT ?= runs/search-sst2
 demo: $(STAMP)

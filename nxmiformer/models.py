@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .errors import NxmiError, first_line
+from .outputs import logger_level
 
 DEFAULT_MODEL = "default"
 
@@ -101,13 +102,8 @@ def from_hub_failure(exc: BaseException) -> bool:
 def quiet_hub() -> Iterator[None]:
     """Hold back ``huggingface_hub``'s warnings (one per retry of an unreachable endpoint) for the
     duration: a download that fails ends in one :class:`NxmiError` line instead."""
-    logger = logging.getLogger("huggingface_hub")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
+    with logger_level("huggingface_hub", logging.ERROR):
         yield
-    finally:
-        logger.setLevel(level)
 
 
 def _hub_state() -> str:

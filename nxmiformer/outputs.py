@@ -1,9 +1,11 @@
-"""Outputs that are either complete or absent (directories and single files), and reading the
-JSON files they hold: used by the CLI, the search, analysis and the packed export."""
+"""Outputs that are either complete or absent (directories and single files), reading the JSON
+files they hold, and holding back a library's log lines: used by the CLI, the search, analysis
+and the packed export."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -13,6 +15,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import NxmiError
+
+
+@contextmanager
+def logger_level(name: str, level: int) -> Iterator[None]:
+    """Set the logger ``name`` to ``level`` for the duration (e.g. to hold back a library's
+    warnings or INFO lines), then restore its own."""
+    logger = logging.getLogger(name)
+    saved = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
 
 
 def require_free_output(out: str | os.PathLike) -> Path:

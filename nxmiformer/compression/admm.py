@@ -1,27 +1,32 @@
-"""ADMM toward a compression plan's constraint set, in scaled form.
+"""ADMM toward a compression plan's constraint set, in scaled form, in two modes.
 
 For task loss ``f(W)`` and constraint set ``S`` (N:M sparse, kept values on the integer grid), with
 ``rho`` the penalty weight and ``U`` the scaled dual variable:
 
-* W-step: optimizer steps on ``f(W)``, each followed by a decoupled proximal step on the penalty
-  ``(rho/2) ||W - Z + U||^2``:  ``W <- W - rho * (W - Z + U)``               (:meth:`ADMM.pull_`)
+* W-step: optimizer steps on ``f(W) + (rho/2) ||W - Z + U||^2``
 * Z-step: ``Z = proj_S(W + U)``                                             (:meth:`ADMM.update`)
 * U-step: ``U = U + W - Z``                                                 (:meth:`ADMM.update`)
 * rho-step: ``rho <- min(rho * rho_growth, rho_max)``, and ``U <- U * rho_old / rho_new`` so that the
   unscaled dual ``Lambda = rho * U`` is unchanged by the change of ``rho``.
 
-Why the proximal step is decoupled (like AdamW's weight decay): put into the loss, the penalty's
-gradient goes through Adam's normalisation like any other, so a weight moves by about the learning
-rate per step whatever ``rho`` is, and a short ADMM phase never reaches the set. Applied outside
-the optimizer, ``rho`` is the step size ``eta * rho`` of a proximal-gradient step: a dimensionless
-fraction of the distance to ``Z - U`` removed per step, the same for every model, width and weight
-scale. ``mode="penalty"`` keeps the classical penalty-in-the-loss form (:meth:`penalty`).
+``mode="penalty"`` (the default here and in ``TrialConfig``) puts the penalty into the loss
+(:meth:`penalty`). Its gradient then goes through Adam's normalisation like any other, so a
+weight moves by about the learning rate per step whatever ``rho`` is: with the trials' schedule
+``W`` stays near the dense weights and the distance to ``S`` at the hard projection is about that
+of the untrained weights. The ADMM phase then acts as a soft-mask straight-through phase; how much
+of the recovery it owes to the penalty at all (against ``rho = 0``) has not been measured yet
+(docs/decisions.md).
 
-Schedule (:meth:`ADMM.for_phase`): ``updates`` Z-steps spread evenly over the phase, ``rho`` growing
-geometrically from ``rho`` to ``rho_max`` by the third-to-last of them, and no Z-step in the phase's last interval (a
-Z-step right before the hard projection would only be thrown away). At ``rho`` near 1 the pull puts
-``W`` on ``Z - U`` within a step, and the next Z-step then gives ``U = 0`` and ``W = Z``: the phase
-ends on the set.
+``mode="decoupled"`` applies the proximal step outside the optimizer, like AdamW's weight decay:
+``W <- W - rho * (W - Z + U)`` after each step (:meth:`ADMM.pull_`), so ``rho`` is a dimensionless
+fraction of the distance to ``Z - U`` removed per step. It reaches the set (distance ~1e-4, masks
+100%) but retained 0.9-3.4 points less than the penalty form on bench/recovery.py.
+
+Schedule of the decoupled mode (:meth:`ADMM.for_phase`): ``updates`` Z-steps spread evenly over the
+phase, ``rho`` growing geometrically from ``rho`` to ``rho_max`` by the third-to-last of them, and no
+Z-step in the phase's last interval (a Z-step right before the hard projection would only be thrown
+away). At ``rho`` near 1 the pull puts ``W`` on ``Z - U`` within a step, and the next Z-step then gives
+``U = 0`` and ``W = Z``: the phase ends on the set.
 """
 
 from __future__ import annotations
@@ -113,7 +118,8 @@ class ADMM:
         rho: float = 1e-4, rho_max: float = 0.7, mode: str = "decoupled",
         interval: int | None = None, rho_growth: float | None = None,
     ) -> "ADMM":
-        """ADMM scheduled for a phase of ``steps`` optimizer steps: ``updates`` Z-steps (fewer when
+        """Decoupled-mode ADMM (the default ``mode`` here, unlike the constructor's) scheduled for a
+        phase of ``steps`` optimizer steps: ``updates`` Z-steps (fewer when
         the phase is shorter), evenly spaced, none in the last interval, and ``rho`` growing
         geometrically from ``rho`` to ``rho_max`` by the third-to-last. A given ``interval`` or
         ``rho_growth`` replaces the schedule's (and with ``interval`` the count is not capped)."""

@@ -1,12 +1,13 @@
-"""Sensitivity profiling: how much each module hurts when it alone is compressed one-shot.
+"""Sensitivity profiling: how much each module hurts when it alone is compressed.
 
-For every compressible module and every option of a menu, the module's weight is projected
-(N:M mask, then the integer grid) and the calibration loss and primary metric are measured with
-every other module dense (the ``oneshot`` proxy: ``delta_loss``). Beside it, the ``fisher``
-proxy: the squared gradients of the calibration loss (accumulated over micro-batches of
-:data:`FISHER_BATCH` rows in one backward pass each, the empirical Fisher diagonal) weigh the
-projection's change, ``sum(F * (W - proj(W))^2)``; it needs no forward per option. The calibration rows come from the training split (held out from the
-rows the trials train on). The dense forward is computed once per worker: block outputs are
+For every compressible module and every option of a menu, the default ``fisher`` proxy weighs the
+change a projection makes (N:M mask, then the integer grid) by the squared gradients of the
+calibration loss (accumulated over micro-batches of :data:`FISHER_BATCH` rows in one backward pass
+each, the empirical Fisher diagonal): ``sum(F * (W - proj(W))^2)``. It needs no forward per option.
+On request (``oneshot=True``) the ``oneshot`` proxy also measures the calibration loss and primary
+metric with that module alone projected and every other module dense (``delta_loss``): a forward
+per module x option, nearly all of a full profile's cost. The calibration rows come from the
+training split (held out from the rows the trials train on). The dense forward is computed once per worker: block outputs are
 cached, and a module of block ``i`` is measured by replaying the cached outputs of blocks
 ``0..i-1`` and running only blocks ``i..L-1`` and the head.
 
@@ -305,8 +306,8 @@ def profile_sensitivity(
         device: where the forwards run (``auto``: CUDA where the process sees a GPU; a Ray task
             sees the GPUs it reserves with ``gpus_per_task``, none without).
         oneshot: also measure the one-shot columns (a forward per module x option: nearly all of
-            the cost; off unless asked, as ``fisher`` is the default proxy). Without it only ``fisher`` is computed and the one-shot columns of new
-            rows are NaN; cached rows that have them keep them, and a later call with
+            the cost; off unless asked, as ``fisher`` is the default proxy). Without it only
+            ``fisher`` is computed and the one-shot columns of new rows are NaN; cached rows that have them keep them, and a later call with
             ``oneshot`` completes the rows that lack them.
 
     Returns the table with columns ``module, layer, component, out_features, in_features,

@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..compression import CONVENTIONS, CompressionPlan, RatioTarget
 from ..errors import NxmiError
+from ..outputs import logger_level
 from ..records import TrialRecord, records_frame
 from ..trials.config import TrialConfig
 from .cluster import cluster_cpus, node_cpus
@@ -117,13 +118,10 @@ def tune_console(verbose: bool) -> Iterator[None]:
         return
     saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    tune_logger = logging.getLogger("ray.tune")
-    level = tune_logger.level
-    tune_logger.setLevel(logging.WARNING)
     try:
-        yield
+        with logger_level("ray.tune", logging.WARNING):
+            yield
     finally:
-        tune_logger.setLevel(level)
         if saved is None:
             os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
         else:
