@@ -6,10 +6,13 @@ shape (``BertConfig()``: 12 layers, hidden 768, FFN 3072, 72 compressible module
 downloaded) and, for scale, the MiniLM default:
 
 1. **profile cost per module x option**: ``search.profile.profile_modules`` (the function every
-   profiling worker runs) on SST-2 calibration rows, for the six modules of the first layer and of
-   the last layer over the 11 classic options (a module of layer ``l`` re-runs layers ``l..11``,
+   profiling worker runs) with its one-shot forwards, on SST-2 calibration rows, for the six
+   modules of the first layer and of the last layer over ``--options`` (default the 11 options the
+   README's figures were measured on, ``_common.MENU_11``; a module of layer ``l`` re-runs layers ``l..11``,
    so the first layer is the dearest and the last the cheapest), less the fixed part (load, one
-   dense forward, the Fisher backward) timed alone with the identity option;
+   dense forward, the Fisher backward) timed alone with the identity option (``nxmi search``
+   profiles without the one-shot forwards by default, so its profile costs about the fixed part:
+   the one-shot figure is an upper bound);
 2. **training step**: dense and compressed (2:4:int8 + ADMM) steps interleaved
    (``bench/step_overhead.py``) for both models, so the compressed/dense ratio and the
    BERT-base/MiniLM cost ratio come from one run.
@@ -35,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, add_data_dir  # noqa: E402  (also puts the repository on sys.path)
+from _common import MENU_11, ROOT, add_data_dir, option_menu  # noqa: E402  (also puts the repository on sys.path)
 
 H200_RUN = ROOT / "bench" / "results" / "recovery_gpu_run1.json"
 
@@ -79,7 +82,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--trial-steps", type=int, default=600)
-    parser.add_argument("--second-stage", type=int, default=4, help="trials of the stage that learns from the first")
+    parser.add_argument("--second-stage", type=int, default=4,
+                        help="trials of a second stage that waits for the first (nxmi search's Optuna stage, --refine-trials)")
+    parser.add_argument("--options", type=option_menu, default=MENU_11,
+                        help="comma-separated option menu of the profile (default: the 11 options of the README's figures)")
     parser.add_argument("--warm-steps", type=int, default=500, help="dense warm-start steps (one epoch of 16,000 rows)")
     parser.add_argument("--gpus", default="1,8,64")
     args = parser.parse_args()
@@ -89,7 +95,6 @@ def main() -> int:
 
     from nxmiformer.compression import compressible_modules
     from nxmiformer.models import skeleton
-    from nxmiformer.search.profile import DEFAULT_MENU
     from nxmiformer.trials import DataConfig
 
     hf_logging.set_verbosity_error()
@@ -101,9 +106,9 @@ def main() -> int:
         first = [cm.name for cm in modules if cm.layer == 0]
         last = [cm.name for cm in modules if cm.layer == layers - 1]
         fixed = time_profile(model_dir, data, first[:1], ("dense",), args.calib, args.threads)
-        t_first = time_profile(model_dir, data, first, DEFAULT_MENU, args.calib, args.threads)
-        t_last = time_profile(model_dir, data, last, DEFAULT_MENU, args.calib, args.threads)
-    options = len([o for o in DEFAULT_MENU if o != "dense"])  # the identity option costs no forward
+        t_first = time_profile(model_dir, data, first, args.options, args.calib, args.threads)
+        t_last = time_profile(model_dir, data, last, args.options, args.calib, args.threads)
+    options = len([o for o in args.options if o != "dense"])  # the identity option costs no forward
     per_first = (t_first - fixed) / (len(first) * options)
     per_last = (t_last - fixed) / (len(last) * options)
     per_layer = [per_first + (per_last - per_first) * layer / (layers - 1) for layer in range(layers)]
@@ -123,7 +128,7 @@ def main() -> int:
     trial_gpu = gpu_mini * cost_ratio
     warm_gpu = args.warm_steps * bert["dense_median_s"] / gpu_speedup
     profile_gpu = profile_cpu / gpu_speedup
-    print(f"\nBERT-base shape, {len(modules)} modules x {len(DEFAULT_MENU)} options, {args.calib} calibration rows x "
+    print(f"\nBERT-base shape, {len(modules)} modules x {len(args.options)} options, {args.calib} calibration rows x "
           f"{args.length} tokens, {args.threads} threads")
     print("| measured on this machine | value |\n|---|---|")
     print(f"| profile: fixed part (load, dense forward, Fisher backward) | {fixed:.1f} s |")

@@ -1,68 +1,111 @@
 """Does the heterogeneous search beat the uniform and per-component grid baselines at equal budget?
 
-For each task and target ratio (``paper`` convention) three arms each get the same number of
-short trials with the same settings (steps, training rows, seed), every trial run to the end (no
-early stopping, so no arm loses a trial to ASHA):
+For each task and target ratio (``paper`` convention) the arms each get the same number of short
+trials with the same settings (steps, training rows, seed), every trial run to the end (no early
+stopping, so no arm loses a trial to ASHA):
 
-* ``search``: ``nxmi search``'s stage 1 on ``--menu auto`` (the default menu before ``fine``): the
-  knapsack optimum and the next diverse heterogeneous plans on the chosen ``--proxy``; with
-  ``--stage2 N``, its last N trials go to the stage that learns from the first ones
-  (``learn_trials``: the additive model calibrated on the trials, re-solved);
-* ``optuna``: the same first stage, then ``--stage2`` trials (at least 1) of the Optuna stage
-  seeded with its results (``refine_trials``), to measure the two second stages against each other;
-* ``anchored`` (not run by default): the knapsack optimum, then the anchored plans: the knapsack
-  optimum within N/2, N/4, ... 1 modules of the proxy's best uniform plan (a path from the
-  heterogeneous optimum back to uniform);
-* ``halfway`` (not run by default): the knapsack optimum, then the halfway plans: the knapsack
-  optimum within N/2 modules of each of the proxy's three best uniform plans, then within N/4;
-* ``fine`` (not run by default): the search arm's kinds on ``--menu fine``, ``nxmi search``'s default
-  menu (a finer ladder of bits per weight, 3-bit and 3:8 / 6:8 / 3:4 options, none beyond a factor 2
-  of the target's average), profiled for ``fisher`` only (no one-shot forwards for the extra options);
+* ``fine``: ``nxmi search``'s first stage on its default menu (``fine``): the knapsack optimum and
+  the next diverse heterogeneous plans on the chosen ``--proxy``;
+* ``optuna`` (not run by default): the same first stage, then ``--stage2`` trials (at least 1) of
+  the Optuna stage seeded with its results (``refine_trials``);
 * ``uniform``: the uniform plans that meet the target, best proxy score first;
 * ``grid``: the per-component-type plans (one option per query/key/value/attn_out/ffn_in/ffn_out
   shared by every layer), best proxy score first, as the original research did.
 
+The baselines draw on ``--baseline-menu``: ``auto`` (default), the 12 options of the menu
+``nxmi search`` called ``auto`` until 9002db8, on which every kept record's uniform and grid arms
+ran (computed here, :func:`auto_menu`, and passed as an explicit option list since the product
+dropped it), or ``fine``, the search's own menu.
+
 Every arm chooses its plan on the selection rows (held out of training; the search's objective)
-and is reported on the full validation split, which decides nothing. The dense warm start and the
-profile are computed once per task and shared (cache). Prints one table: each arm's chosen plan,
-its validation metric and retention, the difference search minus the best baseline with its
-standard error: paired (a bootstrap over the validation rows of both plans' predictions, which
-the trial records keep) and, beside it, unpaired (binomial, as if the rows were independent:
-conservative); ``differences.csv`` holds them. Beside each arm's choice, the mean validation
-retention of all its completed trials (with its standard error) and their mean selection metric.
-And each proxy's Spearman rank correlation between predicted plan cost and the final selection
-loss over every arm's trials (``fisher``: its profile is completed for every option the trials
-use, which costs no forward per option; ``oneshot`` and ``probe`` rank the plans of the first
-arm's menu, which they measured; ``<proxy>_trials`` counts what each ranked), and beside it with the
-selection rows' task metric (``fisher@selection_primary``), with the KL divergence from the dense
-model's predictions on those rows (``fisher@selection_kl``: what a Fisher-weighted error
-approximates), with the selection loss at each trial's best temperature
-(``fisher@selection_loss_calibrated``: the loss without the model's confidence) and with the
-validation metric (``fisher@validation``, a diagnosis only),
-with the rank correlation between the selection rows' metric and the validation metric over the
-same trials (how much a choice made on the selection rows can carry to the validation split), and
-the same for the selection loss (``loss_vs_validation``, lowest loss first: below 0, a lower loss
-went with a worse validation metric, and a proxy cannot rank both; ``calibrated_vs_validation`` for
-the calibrated loss).
+and is reported on the full validation split, which decides nothing; the better baseline is also
+the one whose chosen plan is better on the selection rows (:func:`better_on_selection`), not on
+the validation split it is reported on. The dense warm start and the profile are computed once per
+task and shared (cache). Prints one table: each arm's chosen plan, its validation metric and
+retention, the difference fine minus the better baseline with its standard error: paired (a
+bootstrap over the validation rows of both plans' predictions, which the trial records keep) and,
+beside it, unpaired (binomial, as if the rows were independent: conservative); ``differences.csv``
+holds them. Beside each arm's choice, the mean validation retention of all its completed trials
+(with its standard error) and their mean selection metric. And each proxy's Spearman rank
+correlation between predicted plan cost and the final selection loss over every arm's trials
+(``fisher``: its profile is completed for every option the trials use, which costs no forward per
+option; ``oneshot``, measured with ``--oneshot`` only, ranks the plans of the first arm's menu;
+``<proxy>_trials`` counts what each ranked), and beside it with the selection rows' task metric
+(``fisher@selection_primary``), with the KL divergence from the dense model's predictions on those
+rows (``fisher@selection_kl``: what a Fisher-weighted error approximates), with the selection loss
+at each trial's best temperature (``fisher@selection_loss_calibrated``: the loss without the
+model's confidence) and with the validation metric (``fisher@validation``, a diagnosis only), with
+the rank correlation between the selection rows' metric and the validation metric over the same
+trials (how much a choice made on the selection rows can carry to the validation split), and the
+same for the selection loss (``loss_vs_validation``, lowest loss first: below 0, a lower loss went
+with a worse validation metric, and a proxy cannot rank both; ``calibrated_vs_validation`` for the
+calibrated loss). Several seeds' runs are pooled by ``bench/search_quality_pool.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 from _common import ROOT, add_data_dir  # noqa: E402  (also puts the repository on sys.path)
 
-ARMS = {"search": ("optimal", "diverse"), "optuna": ("optimal", "diverse"), "anchored": ("optimal", "anchored"),
-        "halfway": ("optimal", "halfway"), "fine": ("optimal", "diverse"), "uniform": ("uniform",), "grid": ("grid",)}
-MENUS = {"fine": "fine"}  # arms on --menu fine (nxmi search's default); the rest on auto, as all kept records
-STAGED_ARMS = ("search", "optuna")  # the arms whose last --stage2 trials go to a second stage
-SEARCH_ARMS = STAGED_ARMS + ("anchored", "halfway", "fine")
+ARMS = {"fine": ("optimal", "diverse"), "optuna": ("optimal", "diverse"), "uniform": ("uniform",), "grid": ("grid",)}
+SEARCH_ARMS = ("fine", "optuna")  # on nxmi search's default menu (fine)
+BASELINES = ("uniform", "grid")  # on --baseline-menu
+BASELINE_MENUS = ("auto", "fine")
+
+# The options ``nxmi search --menu auto`` drew on until 9002db8 (nxmiformer/search/profile.py's
+# CATALOGUE), by paper bits per weight (density x bits): every kept record's uniform and grid arms
+# ran on the AUTO_MENU_SIZE of them nearest the target (auto_menu), so a baseline that repeats a kept
+# cell computes that menu here and passes it as an explicit option list.
+CATALOGUE = ("dense", "dense:fp16", "dense:int8", "dense:int4", "dense:int2", "2:4:fp16", "4:8:int8", "2:4:int8",
+             "4:8:int4", "2:4:int4", "2:8:int8", "1:4:int8", "2:8:int4", "1:4:int4", "4:8:int2", "2:4:int2",
+             "1:8:int8", "1:8:int4", "1:4:int2", "2:8:int2", "1:8:int2")
+AUTO_MENU_SIZE = 12
+
+
+def auto_menu(target_ratio: float) -> tuple[str, ...]:
+    """The former ``--menu auto`` at a paper ``target_ratio``: the :data:`AUTO_MENU_SIZE` options of
+    :data:`CATALOGUE` nearest in log bits per weight to the target's average, 32 x (1 - ratio), with
+    at least a third of them (4) on each side of it, in catalogue order (git show
+    b5cf04a:nxmiformer/search/profile.py, ``menu_for``)."""
+    from nxmiformer.compression import LayerSpec
+
+    target_bits = 32 * (1 - target_ratio)
+    bits = {o: LayerSpec.parse(o).bits_per_weight for o in CATALOGUE}
+    distance = {o: abs(math.log2(b / target_bits)) for o, b in bits.items()}
+    below = sorted((o for o in CATALOGUE if bits[o] < target_bits), key=distance.get)
+    above = sorted((o for o in CATALOGUE if bits[o] >= target_bits), key=distance.get)
+    side = AUTO_MENU_SIZE // 3
+    chosen = below[:side] + above[:side]
+    rest = sorted(below[side:] + above[side:], key=distance.get)
+    chosen += rest[:AUTO_MENU_SIZE - len(chosen)]
+    return tuple(o for o in CATALOGUE if o in chosen)
+
+
+def arm_options(arm: str, target_ratio: float, baseline_menu: str = "auto") -> tuple[str, ...] | None:
+    """The explicit option list of an arm: the former auto menu for a baseline on ``auto``, else
+    None (the search's default menu, ``fine``)."""
+    return auto_menu(target_ratio) if arm in BASELINES and baseline_menu == "auto" else None
+
+
+def arm_config(args, task: str, target: float, arm: str, out: Path):
+    """The SearchConfig of one arm of a cell: the same settings for every arm but its kinds, its
+    options (:func:`arm_options`) and, for the optuna arm, its --stage2 Optuna trials."""
+    from nxmiformer.search import SearchConfig
+
+    second = args.stage2 if arm == "optuna" else 0
+    return SearchConfig(
+        out=str(out / f"{task}-{target}-{arm}"), task=task, target_ratio=target, data_dir=args.data_dir,
+        max_length=64, train_size=args.train_size, eval_size=None, selection_size=args.selection_size,
+        seed=args.seed, trials=args.budget - second, steps=args.steps, refine_trials=second,
+        kinds=ARMS[arm], calib_size=args.calib_size, asha=False, cache_dir=args.cache_dir,
+        proxy=args.proxy, options=arm_options(arm, target, args.baseline_menu), oneshot_profile=args.oneshot)
 
 
 def main() -> int:
@@ -71,27 +114,23 @@ def main() -> int:
     parser.add_argument("--tasks", default="sst2,mrpc")
     parser.add_argument("--targets", default="0.9375,0.96875")
     parser.add_argument("--budget", type=int, default=6, help="short trials per arm, task and target")
-    # measured at 96.875% (SST-2 and MRPC, seeds 0 and 1): with 2 of 6 trials, the learning stage's plans
-    # scored below every stage-1 plan on the selection rows in all 4 cells, so the default spends all 6 on stage 1
     parser.add_argument("--stage2", type=int, default=0,
-                        help="of the search arms' budget, trials of their second stage (learning or Optuna; "
-                             "default 0: stage 1 only, as nxmi search ships)")
+                        help="of the optuna arm's budget, trials of its Optuna stage (default 0; the optuna arm needs >= 1)")
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--train-size", type=int, default=4000)
     parser.add_argument("--selection-size", type=int, default=500)
     parser.add_argument("--calib-size", type=int, default=128)
     parser.add_argument("--proxy", default="fisher")
-    parser.add_argument("--min-hamming", type=int,
-                        help="modules each diverse plan of the search arms changes against every earlier one "
-                             "(default: nxmi search's, a twelfth of the modules)")
+    parser.add_argument("--oneshot", action="store_true",
+                        help="also measure the oneshot proxy (a forward per module x option), as the kept records' "
+                             "baseline arms did, so that its rank correlations are reported too")
+    parser.add_argument("--baseline-menu", choices=BASELINE_MENUS, default="auto",
+                        help="the uniform and grid arms' options: auto (the former --menu auto, as every kept record) "
+                             "or fine (the search's menu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", help="warm starts and profiles (default: the user cache)")
-    parser.add_argument("--arms", default="search,uniform,grid",
-                        help=f"arms to run, some of {', '.join(ARMS)} (default: search,uniform,grid)")
-    parser.add_argument("--probes", action="store_true",
-                        help="also measure the probe proxy (short-recovery probes, cached) against the trials")
-    parser.add_argument("--probe-steps", type=int, default=16)
-    parser.add_argument("--probe-blocks", type=int, default=2)
+    parser.add_argument("--arms", default="fine,uniform,grid",
+                        help=f"arms to run, some of {', '.join(ARMS)} (default: fine,uniform,grid)")
     parser.add_argument("--reuse", action="store_true",
                         help="read the arms already finished under --out instead of running them again")
     parser.add_argument("--out", default=str(ROOT / "runs" / "search-quality"))
@@ -105,7 +144,7 @@ def main() -> int:
         return 2
     if "optuna" in arms and args.stage2 == 0:
         print(f"--stage2 {args.stage2} with the optuna arm: it needs --stage2 >= 1 (its Optuna trials); "
-              "without them it repeats the search arm", file=sys.stderr)
+              "without them it repeats the fine arm", file=sys.stderr)
         return 2
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.reuse:
@@ -115,8 +154,8 @@ def main() -> int:
     import pandas as pd
     from transformers.utils import logging as hf_logging
 
-    from nxmiformer.search import SearchConfig, run_search
-    from nxmiformer.search.runner import proxy_correlation
+    from nxmiformer.errors import NxmiError
+    from nxmiformer.search import proxy_correlation, run_search
 
     hf_logging.set_verbosity_error()
     rows, correlations = [], []
@@ -125,25 +164,21 @@ def main() -> int:
         for target in [float(t) for t in args.targets.split(",")]:
             pooled = []
             for arm in arms:
-                second = args.stage2 if arm in STAGED_ARMS else 0
-                config = SearchConfig(
-                    out=str(out / f"{task}-{target}-{arm}"), task=task, target_ratio=target, data_dir=args.data_dir,
-                    max_length=64, train_size=args.train_size, eval_size=None, selection_size=args.selection_size,
-                    seed=args.seed, trials=args.budget - second, steps=args.steps,
-                    refine_trials=second if arm == "optuna" else 0, learn_trials=second if arm == "search" else 0,
-                    kinds=ARMS[arm], calib_size=args.calib_size, asha=False, cache_dir=args.cache_dir,
-                    proxy=args.proxy, min_hamming=args.min_hamming, menu=MENUS.get(arm, "auto"),
-                    oneshot_profile=arm not in MENUS)
+                config = arm_config(args, task, target, arm, out)
                 arm_dir = Path(config.out)
                 if args.reuse and (arm_dir / "results.parquet").is_file():
                     print(f"\n=== {task} target {target:.3%}, arm {arm}: read from {arm_dir}", flush=True)
-                    result = _finished(arm_dir)
+                    try:
+                        result = finished_arm(arm_dir)
+                    except NxmiError as err:  # e.g. a run of an older nxmiformer (search_quality_pool.py reads those)
+                        print(err, file=sys.stderr)
+                        return 2
                 else:
                     print(f"\n=== {task} target {target:.3%}, arm {arm}: {args.budget} trials x {args.steps} steps", flush=True)
                     result = run_search(config, progress=True)
                 pooled.append(result.results)  # the proxies are scored on every arm's trials
                 best = result.best
-                n_val = len(_validation_labels(args.data_dir, task))
+                n_val = len(validation_labels(args.data_dir, task))
                 rows.append({
                     "task": task, "target": target, "arm": arm, "trials": len(result.results),
                     "completed": int((result.results["status"] == "completed").sum()),
@@ -153,12 +188,15 @@ def main() -> int:
                     "n_val": n_val, "ratio_paper": float("nan") if best is None else best["ratio_paper"],
                     "kind": "" if best is None else best["kind"],
                     "plan": "" if best is None else best["plan_summary"], "wall_s": result.wall_time,
+                    "objective": config.objective,
+                    # what the better baseline is chosen on (better_on_selection): the chosen trial's selection rows
+                    **{c: float("nan") if best is None else best.get(c, float("nan")) for c in SELECTION_COLUMNS},
                     **_arm_mean(result.results),
                     "predictions": "" if best is None else best.get("predictions", ""),
                 })
                 pd.DataFrame(rows).to_csv(out / "summary.csv", index=False)  # so far: a long run that stops keeps its arms
             trials = pd.concat(pooled)
-            profile = _profile_of(out / f"{task}-{target}-{arms[0]}", args, _options_of(trials))
+            profile = _profile_of(out / f"{task}-{target}-{arms[0]}", _options_of(trials))
             correlations.append({"task": task, "target": target} | proxy_correlation(trials, profile)
                                 | _against(trials, profile)
                                 | {"selection_vs_validation": _agreement(trials),
@@ -174,15 +212,15 @@ def main() -> int:
             shown[col] = shown[col].map(lambda v: f"{v:.2%}")
         shown["mean_retention"] = [f"{m:.2%} +- {se:.2%}" for m, se in zip(table["mean_retention"], table["mean_retention_se"])]
         shown["mean_selection"] = table["mean_selection"].map(lambda v: f"{v:.4f}")
-        print(shown.drop(columns=["n_val", "predictions", "mean_retention_se"]).to_string(index=False))
+        print(shown.drop(columns=["n_val", "predictions", "mean_retention_se", *SELECTION_COLUMNS]).to_string(index=False))
     print()
     differences = []
     for (task, target), group in table.groupby(["task", "target"]):
         by_arm = group.set_index("arm")
-        baselines = [a for a in ("uniform", "grid") if a in by_arm.index]
+        baselines = [a for a in BASELINES if a in by_arm.index and by_arm.loc[a, "plan"]]
         if not baselines:
             continue
-        best = max(baselines, key=lambda a: by_arm.loc[a, "retention"])
+        best = better_on_selection({a: by_arm.loc[a] for a in baselines}, by_arm.loc[baselines[0], "objective"])
         for arm in (a for a in SEARCH_ARMS if a in by_arm.index):
             diff = by_arm.loc[arm, "retention"] - by_arm.loc[best, "retention"]
             se = _standard_error(by_arm.loc[arm, "accuracy"], by_arm.loc[best, "accuracy"], by_arm.loc[arm, "n_val"])
@@ -190,7 +228,7 @@ def main() -> int:
             paired = _paired_standard_error(task, args.data_dir, by_arm.loc[arm, "predictions"],
                                             by_arm.loc[best, "predictions"]) / dense
             paired_text = "no paired SE: records without predictions" if paired != paired else f"+- {paired:.2%} paired"
-            print(f"{task} {target:.3%}: {arm} - best baseline ({best}) {diff:+.2%} retention "
+            print(f"{task} {target:.3%}: {arm} - better baseline on the selection rows ({best}) {diff:+.2%} retention "
                   f"({paired_text}, +- {se / dense:.2%} unpaired; one standard error)")
             differences.append({"task": task, "target": target, "arm": arm, "baseline": best, "difference": diff,
                                 "se_paired": paired, "se_unpaired": se / dense})
@@ -210,12 +248,35 @@ def main() -> int:
     return 0
 
 
+# the selection-row measures of a chosen trial that better_on_selection compares arms on
+SELECTION_COLUMNS = ("selection_primary", "selection_loss", "selection_loss_calibrated", "selection_kl")
+
+
+def better_on_selection(chosen: dict, objective: str) -> str:
+    """Of several arms' chosen trials (arm -> its record: a mapping with the selection-row columns),
+    the arm whose trial is better on the selection rows by ``objective`` (the search's: the highest
+    ``selection_primary``, the lowest loss or KL), ties to the lower ``selection_loss``, then to the
+    first arm given. The validation split, on which the choice is reported, decides nothing. With a
+    ``prior_weight`` the arms ranked their own trials by z-scores within the arm; between arms the
+    objective itself is compared."""
+    from nxmiformer.records import HIGHER_IS_BETTER
+
+    sign = -1.0 if objective in HIGHER_IS_BETTER else 1.0
+
+    def key(item):
+        order, (arm, row) = item
+        value, loss = float(row[objective]), float(row.get("selection_loss", math.nan))
+        return (sign * value if math.isfinite(value) else math.inf, loss if math.isfinite(loss) else math.inf, order)
+
+    return min(enumerate(chosen.items()), key=key)[1][0]
+
+
 @functools.lru_cache(maxsize=None)
-def _validation_labels(data_dir, task: str):
+def validation_labels(data_dir, task: str):
     """The labels of the task's (first) validation split, in order, read once per task."""
     import numpy as np
 
-    from nxmiformer.trials.data import get_task, load_glue
+    from nxmiformer.trials import get_task, load_glue
 
     split = get_task(task).validation_splits[0]
     return np.asarray(load_glue(task, data_dir=data_dir, splits=[split])[split]["label"])
@@ -224,8 +285,6 @@ def _validation_labels(data_dir, task: str):
 def _standard_error(p1, p2, n: int) -> float:
     """Of a difference of two accuracies on ``n`` rows, as if independent (an upper bound for
     the paired difference on the same rows)."""
-    import math
-
     return math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n)
 
 
@@ -234,8 +293,6 @@ def _arm_mean(results) -> dict:
     good the arm's plans are, apart from which one its selection picked. Beside it the mean of
     the selection rows' metric over the same trials: a lead there that the validation means do
     not show is a lead that does not carry over."""
-    import math
-
     completed = results[results["status"] == "completed"]
     done = completed["retention"].dropna()
     se = float(done.std(ddof=1) / math.sqrt(len(done))) if len(done) > 1 else float("nan")
@@ -249,7 +306,7 @@ def _against(results, profile) -> dict:
     on) and with the validation metric (``@validation``: a diagnosis of the proxy, never used to
     decide), beside the one with the selection loss that the issue's target names. On MRPC the
     selection loss and the task metric can rank the same trials in opposite orders."""
-    from nxmiformer.search.runner import proxy_correlation
+    from nxmiformer.search import proxy_correlation
 
     out = {}
     for column, suffix in (("selection_primary", "selection_primary"), ("selection_kl", "selection_kl"),
@@ -284,18 +341,19 @@ def _paired_standard_error(task: str, data_dir, first: str, second: str, draws: 
 
     if not isinstance(first, str) or not isinstance(second, str) or not first or not second:
         return float("nan")
-    labels = _validation_labels(data_dir, task)
+    labels = validation_labels(data_dir, task)
     a, b = json.loads(first), json.loads(second)
     if not len(a) == len(b) == len(labels):
         return float("nan")
     return paired_difference(task, a, b, labels, draws=draws)[1]
 
 
-def _finished(search_dir: Path):
-    """A finished arm's SearchResult, read back (its best plan chosen as the search chose it)."""
+def finished_arm(search_dir: Path):
+    """A finished arm of this nxmiformer, read back as a SearchResult (its best plan chosen as the
+    search chose it). ``NxmiError`` for a run of another search state version:
+    ``search_quality_pool.py`` reads those."""
     from nxmiformer.analysis import load_results
-    from nxmiformer.search import SearchConfig
-    from nxmiformer.search.runner import SearchResult, best_trial
+    from nxmiformer.search import SearchConfig, SearchResult, best_trial
 
     config = SearchConfig.load(search_dir)
     results = load_results(search_dir)
@@ -310,26 +368,18 @@ def _options_of(results) -> list[str]:
     return sorted({str(plan.spec_for(m)) for plan in plans for m in plan} | {str(DENSE)})
 
 
-def _profile_of(search_dir: Path, args, extra=()):
+def _profile_of(search_dir: Path, extra=()):
     """The arm's profile table, with ``fisher`` also for the ``extra`` options (no one-shot forwards
     for them: their ``oneshot`` is NaN unless cached, so that proxy prices only the plans of the
-    arm's menu); with ``--probes``, the probe column beside it (cost printed)."""
+    arm's menu)."""
     from nxmiformer.search import SearchConfig, profile_sensitivity
-    from nxmiformer.search.probes import probe_sensitivity
 
     stored = json.loads((search_dir / "search.json").read_text())
     config = SearchConfig.load(search_dir)
     dense_path = stored["provenance"]["dense_path"]
     options = list(dict.fromkeys([*config.options, *extra]))
-    table = profile_sensitivity(dense_path, config.data_config(), options, config.calib_size,
-                                cache_dir=config.cache_root(), progress=False, oneshot=False).table
-    if not args.probes:
-        return table
-    settings = dataclasses.replace(config.probe_settings(), steps=args.probe_steps, blocks=args.probe_blocks)
-    probes = probe_sensitivity(dense_path, config.data_config(), config.options, settings,
-                               cache_dir=config.cache_root(), progress=True)
-    print(f"probes of {search_dir.name}: {probes.cost()}", flush=True)
-    return table.merge(probes.table[["module", "option", "probe"]], on=["module", "option"], how="left")
+    return profile_sensitivity(dense_path, config.data_config(), options, config.calib_size,
+                               cache_dir=config.cache_root(), progress=False, oneshot=False).table
 
 
 if __name__ == "__main__":
