@@ -8,7 +8,9 @@ from .accounting import CONVENTIONS, DENSE_BITS, RatioTarget, compression_ratio,
 from .admm import ADMM
 from .layer import CompressedLinear, compress_, compressed_modules, current_plan, harden_, project, to_dense_
 from .masks import nm_mask
-from .modules import COMPONENTS, CompressibleModule, compressible_modules, encoder_blocks
+from .modules import (
+    ALL_COMPONENTS, COMPONENTS, FUSED_COMPONENTS, CompressibleModule, compressible_modules, encoder_blocks,
+)
 from .quant import fake_quantize, fake_quantize_activations, quantize_to_int, weight_scales
 from .spec import DENSE, CompressionPlan, LayerSpec
 from .serve import Int8WeightOnlyLinear, to_int8_weight_only_
@@ -21,7 +23,9 @@ __all__ = [
     "Int8WeightOnlyLinear",
     "to_int8_weight_only_",
     "ADMM",
+    "ALL_COMPONENTS",
     "COMPONENTS",
+    "FUSED_COMPONENTS",
     "CONVENTIONS",
     "DENSE_BITS",
     "RatioTarget",
