@@ -52,7 +52,7 @@ def parse_plan_arg(value: str, model):
             specs[component.strip()] = spec.strip()
         return CompressionPlan.by_component(model, specs).validate(model)
     plan = CompressionPlan.uniform(model, LayerSpec.parse(value)).validate(model)
-    return plan.check_compresses(f" --plan {value}")
+    return plan.check_compresses(f" of --plan {value}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ projections are ``hidden -> hidden``, FFN-in ``hidden -> intermediate``, FFN-out
 ``intermediate -> hidden``.
 
 A fused block (ModernBERT) has four: one ``qkv`` matrix holding the query, key and value
-projections as row blocks (``hidden -> 3 x heads``), the attention output, a FFN input that may be
+projections as row blocks (``hidden -> 3 x heads``), the attention output, an FFN input that may be
 gated (gate and up projections in one matrix, ``hidden -> 2 x intermediate``: still ``ffn_in``)
 and the FFN output. A fused matrix is one module with one role and takes one spec: N:M groups run
 along its input dimension, as for separate projections, and its per-row scales are those of the
