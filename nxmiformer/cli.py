@@ -38,14 +38,25 @@ def _quiet_libraries():
 
 
 def parse_plan_arg(value: str, model):
-    """``--plan``: a plan JSON file, or a spec string for a uniform plan."""
+    """``--plan``: a plan JSON file, ``COMPONENT=SPEC[,COMPONENT=SPEC...]`` for one spec per
+    component type (``qkv=2:4:int8,ffn_in=2:4:int4``), or a spec string for a uniform plan. A
+    plan that compresses nothing is refused."""
     from .compression import CompressionPlan, LayerSpec
 
     if value.endswith(".json") or Path(value).is_file():
-        plan = CompressionPlan.load(value)
-    else:
-        plan = CompressionPlan.uniform(model, LayerSpec.parse(value))
-    return plan.validate(model)
+        plan = CompressionPlan.load(value).validate(model)
+        return plan.check_compresses(f" in {value}")
+    if "=" in value:
+        specs = {}
+        for item in (part.strip() for part in value.split(",") if part.strip()):
+            component, _, spec = item.partition("=")
+            if not component.strip() or not spec.strip() or component.strip() in specs:
+                raise NxmiError(f"malformed --plan item {item!r}: expected COMPONENT=SPEC, each component once, "
+                                f"e.g. ffn_in=2:4:int8,ffn_out=dense:int8")
+            specs[component.strip()] = spec.strip()
+        return CompressionPlan.by_component(model, specs).validate(model)
+    plan = CompressionPlan.uniform(model, LayerSpec.parse(value)).validate(model)
+    return plan.check_compresses(f" of --plan {value}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("compress", cmd_compress, "apply a plan one-shot (no training) and report the compression")
     p.add_argument("--model", default="default", help="'default' (embedded MiniLM), a directory, or a hub name")
-    p.add_argument("--plan", required=True, help="a spec such as 2:4:int8 (uniform plan) or a plan.json file")
+    p.add_argument("--plan", required=True, help="a spec such as 2:4:int8 (uniform plan), one spec per component "
+                   "such as qkv=2:4:int4,ffn_in=2:4:int8 (nxmi compress lists a model's components), or a plan.json file")
     p.add_argument("--out", help="save the hardened model (save_pretrained) and plan.json here")
 
     p = command("finetune", cmd_finetune, "dense task fine-tune (the warm start of every trial), cached")
@@ -433,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="save the fine-tuned model here")
 
     p = command("train", cmd_train, "full ADMM+QAT training of a plan from the dense warm start")
-    p.add_argument("--plan", required=True, help="a plan.json (e.g. from nxmi export) or a spec such as 2:4:int8")
+    p.add_argument("--plan", required=True, help="a plan.json (e.g. from nxmi export), a spec such as 2:4:int8, or "
+                   "one spec per component such as query=2:4:int4,ffn_in=2:4:int8")
     p.add_argument("--dense", help="an existing warm start directory (from nxmi finetune) instead of computing one")
     p.add_argument("--epochs", type=float, help="epochs over the training rows instead of --steps (default 1)")
     add_fields(p, DataConfig, DATA_FIELDS, required=("task",))

@@ -42,6 +42,24 @@ def tiny_bert(seed: int = 0, **overrides):
     return model
 
 
+def tiny_modernbert(seed: int = 0, **overrides):
+    """A tiny random ModernBERT: per block a fused QKV matrix, the attention output, a gated FFN
+    input (gate and up in one matrix) and the FFN output. Skips the test on a transformers
+    without ModernBERT (before 4.48)."""
+    import transformers
+
+    if not hasattr(transformers, "ModernBertConfig"):
+        pytest.skip(f"transformers {transformers.__version__} has no ModernBERT (added in 4.48)")
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification
+
+    kwargs = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  max_position_embeddings=64, local_attention=8, num_labels=2,
+                  pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3)
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    return ModernBertForSequenceClassification(ModernBertConfig(**kwargs)).eval()
+
+
 @pytest.fixture
 def tiny_model():
     return tiny_bert()

@@ -16,7 +16,9 @@ from pathlib import Path
 import pandas as pd
 from torch import nn
 
-from ..compression import COMPONENTS, DENSE, CompressibleModule, CompressionPlan, compressible_modules
+from ..compression import (
+    ALL_COMPONENTS, COMPONENTS, DENSE, FUSED_COMPONENTS, CompressibleModule, CompressionPlan, compressible_modules,
+)
 from ..errors import NxmiError
 
 PLAN_TABLE_COLUMNS = ("module", "layer", "component", "spec", "bits_per_weight")
@@ -32,6 +34,8 @@ _SUFFIXES = {
     # DistilBERT
     "attention.q_lin": "query", "attention.k_lin": "key", "attention.v_lin": "value",
     "attention.out_lin": "attn_out", "ffn.lin1": "ffn_in", "ffn.lin2": "ffn_out",
+    # ModernBERT: fused QKV, gated FFN input (gate and up in one matrix)
+    "attn.Wqkv": "qkv", "attn.Wo": "attn_out", "mlp.Wi": "ffn_in", "mlp.Wo": "ffn_out",
 }
 _NAME = re.compile(r"^(?P<blocks>.+)\.(?P<layer>\d+)\.(?P<rest>[^.\d][^.]*(?:\.[^.\d][^.]*)*)$")
 
@@ -40,7 +44,7 @@ def module_position(name: str) -> tuple[int, str]:
     """``(layer, component)`` of a module name by its Hugging Face suffix.
 
     ``bert.encoder.layer.3.attention.self.query`` -> ``(3, "query")``. Known suffixes: BERT,
-    RoBERTa, XLM-R, ELECTRA, MiniLM, DeBERTa, MPNet, DistilBERT.
+    RoBERTa, XLM-R, ELECTRA, MiniLM, DeBERTa, MPNet, DistilBERT, ModernBERT.
 
     Raises:
         NxmiError: a name with no layer index or an unknown suffix (pass the model instead).
@@ -78,7 +82,9 @@ def plan_table(plan: "CompressionPlan | Mapping | pd.Series | str | os.PathLike"
     Without ``model`` the cells come from the plan's module names (:func:`module_position`);
     cells the plan does not name are dense fp32 (a plan leaves unnamed modules dense) and are
     filled in for layers ``0 .. num_layers - 1`` (default: up to the highest layer the plan
-    names), their ``module`` left empty. With ``model`` every compressible module is listed.
+    names), their ``module`` left empty; the cells of a layer are :data:`COMPONENTS`, or
+    :data:`FUSED_COMPONENTS` when the plan names a ``qkv`` module. With ``model`` every
+    compressible module is listed.
     """
     plan = plan_of(plan)
     if model is not None:
@@ -91,7 +97,8 @@ def plan_table(plan: "CompressionPlan | Mapping | pd.Series | str | os.PathLike"
     table = pd.DataFrame(rows, columns=["module", "layer", "component", "spec"])
     if model is None:
         layers = num_layers if num_layers is not None else int(table["layer"].max()) + 1 if len(table) else 0
-        grid = pd.MultiIndex.from_product([range(layers), COMPONENTS], names=["layer", "component"])
+        layout = FUSED_COMPONENTS if "qkv" in set(table["component"]) else COMPONENTS
+        grid = pd.MultiIndex.from_product([range(layers), layout], names=["layer", "component"])
         named = table.set_index(["layer", "component"])
         if named.index.has_duplicates:
             twice = named.index[named.index.duplicated()][0]
@@ -101,7 +108,7 @@ def plan_table(plan: "CompressionPlan | Mapping | pd.Series | str | os.PathLike"
         table["spec"] = table["spec"].map(lambda spec: DENSE if pd.isna(spec) else spec)  # unnamed: dense
     table["bits_per_weight"] = table["spec"].map(lambda spec: spec.bits_per_weight)
     table["spec"] = table["spec"].map(str)
-    order = {c: i for i, c in enumerate(COMPONENTS)}
+    order = {c: i for i, c in enumerate(ALL_COMPONENTS)}
     table = table.sort_values(["layer", "component"], key=lambda s: s.map(order) if s.name == "component" else s,
                               kind="mergesort")
     return table[list(PLAN_TABLE_COLUMNS)].reset_index(drop=True)
@@ -109,9 +116,9 @@ def plan_table(plan: "CompressionPlan | Mapping | pd.Series | str | os.PathLike"
 
 def plan_grid(table: pd.DataFrame, value: str) -> pd.DataFrame:
     """``value`` of a :func:`plan_table` as layers x components (components in
-    :data:`~nxmiformer.compression.COMPONENTS` order, then any ``other``)."""
+    :data:`~nxmiformer.compression.ALL_COMPONENTS` order, then any ``other``)."""
     grid = table.pivot(index="layer", columns="component", values=value)
-    columns = [c for c in COMPONENTS if c in grid.columns] + sorted(set(grid.columns) - set(COMPONENTS))
+    columns = [c for c in ALL_COMPONENTS if c in grid.columns] + sorted(set(grid.columns) - set(ALL_COMPONENTS))
     return grid[columns]
 
 

@@ -129,8 +129,9 @@ def _title(results: pd.DataFrame, n_shown: int, n_front: int) -> str:
 def plot_plan(plan, model=None, num_layers: int | None = None, ax: Axes | None = None,
               path: str | os.PathLike | None = None, title: str | None = None, dpi: int = DPI) -> Figure:
     """A plan as a heatmap: one row per layer, one column per component (query, key, value,
-    attn_out, ffn_in, ffn_out), each cell labelled with its spec and coloured by bits per weight
-    (``density * bits``: 2:4:int8 is 4, dense:int8 is 8, dense fp32 is 32) on a fixed log scale.
+    attn_out, ffn_in, ffn_out; qkv for a fused QKV matrix), each cell labelled with its spec and
+    coloured by bits per weight (``density * bits``: 2:4:int8 is 4, dense:int8 is 8, dense fp32 is
+    32) on a fixed log scale.
 
     ``plan``: anything :func:`~nxmiformer.analysis.plans.plan_of` reads (a plan, a results row,
     a plan.json path); ``model`` and ``num_layers`` as in

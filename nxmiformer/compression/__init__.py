@@ -8,13 +8,17 @@ from .accounting import CONVENTIONS, DENSE_BITS, RatioTarget, compression_ratio,
 from .admm import ADMM
 from .layer import CompressedLinear, compress_, compressed_modules, current_plan, harden_, project, to_dense_
 from .masks import nm_mask
-from .modules import COMPONENTS, CompressibleModule, compressible_modules, encoder_blocks
+from .modules import (
+    ALL_COMPONENTS, COMPONENTS, FUSED_COMPONENTS, CompressibleModule, compressible_modules, encoder_blocks,
+)
 from .quant import fake_quantize, fake_quantize_activations, quantize_to_int, weight_scales
 from .spec import DENSE, CompressionPlan, LayerSpec
 
 __all__ = [
     "ADMM",
+    "ALL_COMPONENTS",
     "COMPONENTS",
+    "FUSED_COMPONENTS",
     "CONVENTIONS",
     "DENSE_BITS",
     "RatioTarget",

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import NxmiError
 from .masks import check_nm
-from .modules import COMPONENTS, compressible_modules
+from .modules import ALL_COMPONENTS, compressible_modules
 from .quant import INT_BITS, SCALE_METHODS, check_group_size
 
 PLAN_SCHEMA = "nxmiformer.plan"
@@ -224,13 +224,46 @@ class CompressionPlan(Mapping):
     def by_component(cls, model: nn.Module, specs: Mapping[str, "str | LayerSpec"]) -> "CompressionPlan":
         """One spec per component type (``query``, ``ffn_in``...), shared across layers.
 
-        Component types not named stay dense.
+        Component types not named stay dense. A model with a fused QKV matrix (ModernBERT) has a
+        ``qkv`` component instead of ``query``, ``key`` and ``value``: the fused matrix takes one
+        spec (see :mod:`.modules`).
+
+        Raises:
+            NxmiError: a name that is no component type (naming those allowed); a component this
+                model has no module of (naming the components it has); a plan that compresses
+                nothing (every named component dense fp32).
         """
-        unknown = sorted(set(specs) - set(COMPONENTS))
+        allowed = (*ALL_COMPONENTS, "other")
+        unknown = sorted(set(specs) - set(allowed))
         if unknown:
-            raise NxmiError(f"unknown component(s) {unknown}; allowed: {', '.join(COMPONENTS)}")
+            raise NxmiError(f"unknown component(s) {unknown}; allowed: {', '.join(allowed)}")
+        modules = compressible_modules(model)
+        present = [c for c in allowed if any(cm.component == c for cm in modules)]
+        absent = [c for c in specs if c not in present]
+        if absent:
+            hint = ""
+            if "qkv" in present and {"query", "key", "value"} & set(absent):
+                hint = "; query, key and value are one fused matrix per layer here: give 'qkv' one spec"
+            elif "qkv" in absent and "query" in present:
+                hint = "; query, key and value are separate matrices here: give them their own specs"
+            raise NxmiError(f"component(s) {absent} match no module of {type(model).__name__}; "
+                            f"its components: {', '.join(present)}{hint}")
         coerced = {c: _coerce(s) for c, s in specs.items()}
-        return cls({cm.name: coerced[cm.component] for cm in compressible_modules(model) if cm.component in coerced})
+        plan = cls({cm.name: coerced[cm.component] for cm in modules if cm.component in coerced})
+        return plan.check_compresses(f" of components {', '.join(coerced) or '(none)'} on {type(model).__name__}")
+
+    def check_compresses(self, source: str = "") -> "CompressionPlan":
+        """``self``, when some module it names is compressed (a spec other than dense fp32).
+
+        Raises:
+            NxmiError: the plan names no module, or gives every module dense fp32 (it would change
+                nothing); ``source`` (e.g. ``" in plan.json"``) follows "the plan" in the message.
+        """
+        if all(spec.is_identity for spec in self._specs.values()):
+            given = "names no module" if not self._specs else "gives every module it names dense fp32"
+            raise NxmiError(f"the plan{source} compresses nothing: it {given}; "
+                            f"give at least one module a spec such as 2:4:int8")
+        return self
 
     # validation
     def validate(self, model: nn.Module) -> "CompressionPlan":

@@ -131,7 +131,8 @@ def _export_fp32(model: nn.Module, names: tuple[str, ...], path: Path, fuse: boo
                               output_names=["logits"], dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names},
                               opset_version=OPSET, dynamo=False)
     except Exception as exc:  # the exporter raises many types for a model it cannot trace
-        raise NxmiError(f"torch.onnx.export cannot export {type(model).__name__}: {first_line(exc)}") from exc
+        raise NxmiError(f"torch.onnx.export cannot export {type(model).__name__}: {first_line(exc)}; the hardened "
+                        f"or packed model directory still runs in PyTorch (nxmi evaluate --model DIR)") from exc
     finally:
         exporter_log.setLevel(level)
     if fuse:
@@ -265,7 +266,9 @@ def _check(model: nn.Module, path: Path, names: tuple[str, ...]) -> tuple[float,
     with torch.inference_mode():
         expected = model(**example).logits.float()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(session.run(["logits"], {k: v.numpy() for k, v in example.items()})[0])
+    # the exporter drops an input the graph does not use (DeBERTa's token_type_ids without token types)
+    taken = {i.name for i in session.get_inputs()}
+    got = torch.from_numpy(session.run(["logits"], {k: v.numpy() for k, v in example.items() if k in taken})[0])
     diff = float((got - expected).abs().max())
     agreement = float((got.argmax(-1) == expected.argmax(-1)).float().mean())
     return diff, agreement
@@ -374,13 +377,21 @@ def export_onnx_dir(model_dir: str | Path, out_dir: str | Path, int8: bool = Tru
 
     require_free_output(out_dir)
     model = load_for_export(model_dir)
+    try:
+        tokenizer = load_tokenizer(str(model_dir))
+    except NxmiError:
+        tokenizer = None  # a model directory without a tokenizer still exports
+    input_names = None  # the graph takes what the tokenizer gives (RoBERTa's: no token_type_ids)
+    if tokenizer is not None:
+        import inspect
+
+        accepted = inspect.signature(model.forward).parameters
+        input_names = tuple(n for n in INPUT_NAMES if n in accepted and n in tokenizer.model_input_names) or None
     with atomic_output_dir(out_dir) as tmp:
-        report = export_onnx(model, tmp / ONNX_FILE, int8=int8, fuse=fuse)
+        report = export_onnx(model, tmp / ONNX_FILE, int8=int8, fuse=fuse, input_names=input_names)
         model.config.save_pretrained(tmp)
-        try:
-            load_tokenizer(str(model_dir)).save_pretrained(tmp)
-        except NxmiError:
-            pass  # a model directory without a tokenizer still exports
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         if (Path(model_dir) / PLAN_FILE).is_file():
             shutil.copyfile(Path(model_dir) / PLAN_FILE, tmp / PLAN_FILE)
         write_json(tmp / REPORT_FILE, report.to_json() | {"source": str(model_dir), "int8": int8, "fuse": fuse})

@@ -154,11 +154,22 @@ def _write_atomic(table: pd.DataFrame, path: Path) -> None:
 
 class _Replay(nn.Module):
     """Stands in for an encoder block: returns the block's cached dense output for the batch
-    currently being evaluated."""
+    currently being evaluated. Any other attribute is the block's (the encoder loop may read
+    some, e.g. ModernBERT's ``attention_type``); the block is not registered as a submodule."""
 
-    def __init__(self, outputs: list, cursor: dict):
+    def __init__(self, outputs: list, cursor: dict, block: nn.Module | None = None):
         super().__init__()
         self.outputs, self.cursor = outputs, cursor
+        self.__dict__["_block"] = block
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            block = self.__dict__.get("_block")
+            if block is None:
+                raise
+            return getattr(block, name)
 
     def forward(self, *args, **kwargs):
         return self.outputs[self.cursor["batch"]]
@@ -216,7 +227,7 @@ def profile_modules(model_dir: str, data: dict, calib_size: int, batch_size: int
     for layer in sorted({by_name[name].layer for name in modules}):
         originals = [blocks[i] for i in range(layer)]
         for i in range(layer):
-            blocks[i] = _Replay(cached[i], cursor)
+            blocks[i] = _Replay(cached[i], cursor, blocks[i])
         try:
             for name in (n for n in modules if by_name[n].layer == layer):
                 cm = by_name[name]

@@ -2,9 +2,9 @@
 per-group choices, seeded with the knapsack stage's plans.
 
 The search space has one categorical parameter per *group* of modules: a component type
-(query, key, ... ffn_out) over a contiguous block of layers (``layer_groups`` blocks; as many
-blocks as layers makes every module its own group). Each parameter's choices are the menu
-options that every module of the group can take.
+(query, key, ... ffn_out; qkv where a model fuses them; other) over a contiguous block of layers
+(``layer_groups`` blocks; as many blocks as layers makes every module its own group). Each
+parameter's choices are the menu options that every module of the group can take.
 
 Ray Tune's :class:`~ray.tune.search.optuna.OptunaSearch` drives Optuna's TPE sampler over that
 space. It is seeded two ways:
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..compression import COMPONENTS, CompressionPlan, RatioTarget
+from ..compression import ALL_COMPONENTS, CompressionPlan, RatioTarget
 from ..errors import NxmiError
 from ..outputs import write_json
 from .knapsack import CandidateProblem
@@ -65,7 +65,9 @@ class GroupSpace:
         frame = problem.modules.reset_index(drop=True)
         layers = sorted(frame["layer"].unique())
         blocks = [b for b in np.array_split(np.asarray(layers), min(layer_groups, len(layers))) if len(b)]
-        order = [c for c in COMPONENTS if c in set(frame["component"])]
+        # every component type the modules have (qkv, other...), so every module is in a group
+        present = set(frame["component"])
+        order = [c for c in ALL_COMPONENTS if c in present] + sorted(present - set(ALL_COMPONENTS))
         groups = {}
         for block in blocks:
             span = f"L{block[0]}" if len(block) == 1 else f"L{block[0]}-{block[-1]}"

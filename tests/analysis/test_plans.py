@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nxmiformer.analysis import module_position, plan_grid, plan_of, plan_table
-from nxmiformer.compression import COMPONENTS, CompressionPlan, compressible_modules
+from nxmiformer.compression import COMPONENTS, FUSED_COMPONENTS, CompressionPlan, compressible_modules
 from nxmiformer.errors import NxmiError
 from tests.conftest import tiny_bert
 
@@ -22,6 +22,10 @@ NAMES = [
     ("distilbert.transformer.layer.5.ffn.lin2", 5, "ffn_out"),
     ("mpnet.encoder.layer.1.attention.attn.o", 1, "attn_out"),
     ("deberta.encoder.layer.4.attention.self.value_proj", 4, "value"),
+    ("model.layers.21.attn.Wqkv", 21, "qkv"),
+    ("model.layers.21.attn.Wo", 21, "attn_out"),
+    ("model.layers.0.mlp.Wi", 0, "ffn_in"),
+    ("model.layers.0.mlp.Wo", 0, "ffn_out"),
 ]
 
 
@@ -60,6 +64,18 @@ def test_plan_table_cells():
     specs = plan_grid(table, "spec")
     assert specs.at[1, "query"] == "2:4:int8" and specs.at[1, "key"] == "dense"
     assert len(plan_table(plan, num_layers=4)) == 4 * len(COMPONENTS)
+
+
+def test_a_fused_model_places_its_cells_by_name_and_by_structure():
+    from tests.conftest import tiny_modernbert
+
+    model = tiny_modernbert()
+    plan = CompressionPlan.by_component(model, {"qkv": "2:4:int4", "ffn_in": "2:4:int8"})
+    by_name, by_structure = plan_table(plan), plan_table(plan, model=model)
+    assert by_name.drop(columns="module").equals(by_structure.drop(columns="module"))
+    specs = plan_grid(by_name, "spec")
+    assert list(specs.columns) == list(FUSED_COMPONENTS) and list(specs.index) == [0, 1]
+    assert specs.loc[0].tolist() == ["2:4:int4", "dense", "2:4:int8", "dense"]
 
 
 def test_plan_of_reads_every_form(tmp_path):

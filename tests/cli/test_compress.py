@@ -67,6 +67,17 @@ BAD_INPUTS = [
     ("wrong version", lambda d, t: ["--model", d, "--plan", _plan_file(t, {"schema": "nxmiformer.plan", "version": 3, "modules": {}})], "version 3"),
     ("missing model path", lambda d, t: ["--model", str(t / "nowhere"), "--plan", "2:4:int8"], "nowhere"),
     ("missing plan file", lambda d, t: ["--model", d, "--plan", str(t / "no.json")], "no.json"),
+    ("component the model lacks", lambda d, t: ["--model", d, "--plan", "qkv=2:4:int8"],
+     "its components: query, key, value, attn_out, ffn_in, ffn_out"),
+    ("unknown component", lambda d, t: ["--model", d, "--plan", "querry=2:4:int8,ffn_in=2:4:int8"],
+     "unknown component(s) ['querry']"),
+    ("malformed component item", lambda d, t: ["--model", d, "--plan", "query=2:4:int8,ffn_in"], "COMPONENT=SPEC"),
+    ("component twice", lambda d, t: ["--model", d, "--plan", "query=2:4:int8,query=dense"], "each component once"),
+    ("bad component spec", lambda d, t: ["--model", d, "--plan", "query=2:4:int9"], "bits=9"),
+    ("components select nothing", lambda d, t: ["--model", d, "--plan", "query=dense,ffn_in=4:4"], "compresses nothing"),
+    ("uniform dense", lambda d, t: ["--model", d, "--plan", "dense"], "compresses nothing"),
+    ("empty plan file", lambda d, t: ["--model", d, "--plan", _plan_file(t, {"schema": "nxmiformer.plan", "version": 1, "modules": {}})],
+     "names no module"),
 ]
 
 
@@ -101,3 +112,51 @@ def test_python_dash_m_and_debug_traceback(tiny_dir):
     assert bad.returncode != 0 and "Traceback" in bad.stderr
     usage = subprocess.run([sys.executable, "-m", "nxmiformer", "compress"], capture_output=True, text=True)
     assert usage.returncode == 2 and "--plan" in usage.stderr and len(usage.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- a fused model (ModernBERT)
+
+
+@pytest.fixture
+def modernbert_dir(tmp_path):
+    from tests.conftest import tiny_modernbert
+
+    path = tmp_path / "modernbert"
+    tiny_modernbert().save_pretrained(path)
+    return path
+
+
+def test_compress_lists_a_fused_models_roles(modernbert_dir, capsys):
+    assert main(["compress", "--model", str(modernbert_dir), "--plan", "2:4:int8"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:9]]
+    assert [(row[0], row[1], row[2]) for row in rows] == [
+        (str(layer), role, shape) for layer in "01"
+        for role, shape in (("qkv", "96x32"), ("attn_out", "32x32"), ("ffn_in", "128x32"), ("ffn_out", "32x64"))]
+
+
+@pytest.mark.parametrize("plan,changed", [
+    ("qkv=2:4:int4,ffn_in=2:4:int8", {"attn.Wqkv", "mlp.Wi"}),
+    ("attn_out=dense:int8,ffn_out=4:8:int4", {"attn.Wo", "mlp.Wo"}),
+])
+def test_compress_by_component_changes_the_named_matrices(plan, changed, modernbert_dir, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    assert main(["compress", "--model", str(modernbert_dir), "--plan", plan, "--out", str(out_dir)]) == 0
+    before = AutoModelForSequenceClassification.from_pretrained(modernbert_dir).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(out_dir).state_dict()
+    differ = {k.removesuffix(".weight") for k in before if not torch.equal(before[k], after[k])}
+    assert differ == {f"model.layers.{layer}.{ending}" for layer in range(2) for ending in changed}
+    saved = CompressionPlan.load(out_dir / "plan.json")
+    assert set(saved) == differ
+
+
+@pytest.mark.parametrize("plan,needle", [
+    ("query=2:4:int8", "give 'qkv' one spec"),
+    ("key=2:4:int8,ffn_in=2:4:int8", "its components: qkv, attn_out, ffn_in, ffn_out"),
+    ("qkv=dense", "compresses nothing"),
+])
+def test_compress_by_component_on_a_fused_model_bad_input(plan, needle, modernbert_dir, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    assert main(["compress", "--model", str(modernbert_dir), "--plan", plan, "--out", str(out_dir)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not out_dir.exists()

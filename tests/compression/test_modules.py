@@ -43,3 +43,51 @@ def test_finds_six_linears_per_block_by_structure(label, cls, config, layers):
 def test_model_without_blocks_is_a_clear_error():
     with pytest.raises(ValueError, match="no encoder blocks"):
         compressible_modules(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+def _deberta(**changes):
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    config = DebertaV2Config(hidden_size=32, num_hidden_layers=2, intermediate_size=64, pooler_hidden_size=32,
+                             relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=16,
+                             type_vocab_size=0, position_biased_input=False, **SMALL, **changes)
+    return DebertaV2ForSequenceClassification(config)
+
+
+def _modernbert(**changes):
+    from tests.conftest import tiny_modernbert
+
+    return tiny_modernbert(**changes)
+
+
+# (label, model, roles of one block in registration order, (in, out) of each, name endings)
+LAYOUTS = [
+    ("modernbert", _modernbert, ["qkv", "attn_out", "ffn_in", "ffn_out"], [(32, 96), (32, 32), (32, 128), (64, 32)],
+     ["attn.Wqkv", "attn.Wo", "mlp.Wi", "mlp.Wo"]),
+    # other widths: 3 heads, an FFN narrower than the hidden width (its gated input still 2 x wider)
+    ("modernbert-48-3-heads", lambda: _modernbert(hidden_size=48, num_attention_heads=3, intermediate_size=40),
+     ["qkv", "attn_out", "ffn_in", "ffn_out"], [(48, 144), (48, 48), (48, 80), (40, 48)], None),
+    # DeBERTa-v3 (keys shared with the relative positions): the standard six
+    ("deberta-v3", lambda: _deberta(share_att_key=True), list(COMPONENTS), None,
+     ["attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj",
+      "attention.output.dense", "intermediate.dense", "output.dense"]),
+    # DeBERTa-v2 with its own position projections: those are other, not a second key and query
+    ("deberta-v2-pos-proj", lambda: _deberta(share_att_key=False),
+     ["query", "key", "value", "other", "other", "attn_out", "ffn_in", "ffn_out"], None,
+     ["attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj",
+      "attention.self.pos_key_proj", "attention.self.pos_query_proj", "attention.output.dense",
+      "intermediate.dense", "output.dense"]),
+]
+
+
+@pytest.mark.parametrize("label,build,roles,shapes,endings", LAYOUTS, ids=[c[0] for c in LAYOUTS])
+def test_fused_and_extra_linears_get_their_roles(label, build, roles, shapes, endings):
+    torch.manual_seed(0)
+    found = compressible_modules(build())
+    assert [cm.component for cm in found] == roles * 2
+    assert [cm.layer for cm in found] == [i for i in range(2) for _ in roles]
+    block = [cm for cm in found if cm.layer == 0]
+    if shapes is not None:
+        assert [(cm.in_features, cm.out_features) for cm in block] == shapes
+    if endings is not None:
+        assert [cm.name.split(".0.", 1)[1] for cm in block] == endings

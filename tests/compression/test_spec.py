@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from nxmiformer.compression import COMPONENTS, CompressionPlan, LayerSpec, compressible_modules
 from tests.conftest import tiny_bert
@@ -130,3 +131,77 @@ def test_validate_rejects_m_not_dividing_width():
     name = compressible_modules(model)[0].name
     with pytest.raises(ValueError, match="m=3"):
         CompressionPlan({name: "1:3:int8"}).validate(model)
+
+
+# ----------------------------------------------------------------------------- by_component: fused layouts, errors
+
+# (label, component specs, the name endings in each block whose weights change)
+MODERNBERT_PLANS = [
+    ("qkv", {"qkv": "2:4:int4"}, {"attn.Wqkv"}),
+    ("qkv+ffn_in", {"qkv": "2:4:int4", "ffn_in": "2:4:int8"}, {"attn.Wqkv", "mlp.Wi"}),
+    ("attn_out+ffn_out", {"attn_out": "dense:int8", "ffn_out": "4:8:int4"}, {"attn.Wo", "mlp.Wo"}),
+    ("a dense one stays", {"ffn_in": "2:4:int8", "ffn_out": "dense"}, {"mlp.Wi"}),
+    ("all", {"qkv": "2:4:int8", "attn_out": "2:4:int8", "ffn_in": "2:4:int8", "ffn_out": "2:4:int8"},
+     {"attn.Wqkv", "attn.Wo", "mlp.Wi", "mlp.Wo"}),
+]
+
+
+@pytest.mark.parametrize("label,specs,changed", MODERNBERT_PLANS, ids=[c[0] for c in MODERNBERT_PLANS])
+def test_by_component_on_a_fused_model_compresses_the_right_matrices(label, specs, changed):
+    from nxmiformer.compression import compress_, harden_
+    from tests.conftest import tiny_modernbert
+
+    model = tiny_modernbert()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = CompressionPlan.by_component(model, specs).validate(model)
+    harden_(compress_(model, plan))
+    after = model.state_dict()
+    differ = {k.removesuffix(".weight") for k in before if not torch.equal(before[k], after[k])}
+    expected = {f"model.layers.{layer}.{ending}" for layer in range(2) for ending in changed}
+    assert differ == expected
+    for name in differ:  # N:M along the input dimension, per row of the fused matrix too
+        spec = plan[name]
+        groups = (after[f"{name}.weight"] != 0).reshape(after[f"{name}.weight"].shape[0], -1, spec.m).sum(-1)
+        assert bool((groups <= spec.n).all())
+
+
+# (label, model, component specs, words the one-line message holds)
+BAD_COMPONENTS = [
+    ("query on fused", "modernbert", {"query": "2:4:int8"},
+     ["'query'", "match no module of ModernBertForSequenceClassification",
+      "its components: qkv, attn_out, ffn_in, ffn_out", "give 'qkv' one spec"]),
+    ("key and value on fused", "modernbert", {"key": "2:4:int8", "value": "2:4:int8", "ffn_in": "2:4:int8"},
+     ["'key', 'value'", "qkv"]),
+    ("qkv on separate", "bert", {"qkv": "2:4:int8"},
+     ["'qkv'", "BertForSequenceClassification", "its components: query, key, value, attn_out, ffn_in, ffn_out",
+      "give them their own specs"]),
+    ("other on bert", "bert", {"other": "2:4:int8"}, ["'other'", "its components: query"]),
+    ("typo", "modernbert", {"ffn_inn": "2:4:int8"}, ["unknown component(s) ['ffn_inn']", "allowed: query, key, value, qkv"]),
+    ("nothing named", "bert", {}, ["compresses nothing", "names no module"]),
+    ("all dense", "modernbert", {"qkv": "dense", "ffn_in": "4:4"}, ["compresses nothing", "dense fp32", "qkv, ffn_in"]),
+]
+
+
+@pytest.mark.parametrize("label,family,specs,words", BAD_COMPONENTS, ids=[c[0] for c in BAD_COMPONENTS])
+def test_by_component_never_returns_a_silent_no_op(label, family, specs, words):
+    from nxmiformer.errors import NxmiError
+    from tests.conftest import tiny_modernbert
+
+    model = tiny_modernbert() if family == "modernbert" else tiny_bert()
+    with pytest.raises(NxmiError) as err:
+        CompressionPlan.by_component(model, specs)
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+@pytest.mark.parametrize("plan,compresses", [({}, False), ({"a": "dense"}, False), ({"a": "dense", "b": "dense:fp16"}, True),
+                                              ({"a": "2:4"}, True)])
+def test_check_compresses(plan, compresses):
+    plan = CompressionPlan(plan)
+    if compresses:
+        assert plan.check_compresses() is plan
+    else:
+        with pytest.raises(ValueError, match="the plan compresses nothing"):
+            plan.check_compresses()

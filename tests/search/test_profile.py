@@ -60,6 +60,29 @@ def test_cold_profile_matches_full_forward_reference(setup):
     assert table.loc[table["option"] == "2:4:int2", "delta_loss"].abs().sum() > 0
 
 
+def test_replay_of_a_fused_model_matches_full_forward(tmp_path):
+    """ModernBERT's encoder loop reads each block's ``attention_type``: the stand-in that replays a
+    cached block output answers it from the block, and the numbers are a plain forward's."""
+    from transformers import BertTokenizerFast
+
+    from tests.conftest import tiny_modernbert
+
+    model_dir, vocab = tmp_path / "model", tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(SPECIAL_TOKENS + WORDS) + "\n")
+    model = tiny_modernbert(vocab_size=len(SPECIAL_TOKENS) + len(WORDS), num_hidden_layers=3)
+    model.save_pretrained(model_dir)
+    BertTokenizerFast(vocab=str(vocab), vocab_file=str(vocab), do_lower_case=True,
+                      model_input_names=["input_ids", "attention_mask"]).save_pretrained(model_dir)
+    write_synthetic_task(tmp_path / "glue", "sst2")
+    data = DataConfig(task="sst2", data_dir=str(tmp_path / "glue"), max_length=16)
+    table = profile_sensitivity(model_dir, data, ("dense", "2:4:int2"), calib_size=16, batch_size=8,
+                                cache_dir=tmp_path / "cache", progress=False).table
+    assert len(table) == 12 * 2 and set(table["component"]) == {"qkv", "attn_out", "ffn_in", "ffn_out"}
+    for module in ("model.layers.0.attn.Wqkv", "model.layers.1.mlp.Wi", "model.layers.2.attn.Wqkv", "model.layers.2.mlp.Wo"):
+        row = table[(table["module"] == module) & (table["option"] == "2:4:int2")].iloc[0]
+        assert row["loss"] == pytest.approx(full_forward_loss(model_dir, data, 16, module, "2:4:int2"), abs=1e-5)
+
+
 def test_warm_profile_reads_cache_and_new_options_extend_it(setup):
     model_dir, data, cache = setup
     cold = profile_sensitivity(model_dir, data, MENU, calib_size=16, batch_size=8, cache_dir=cache, progress=False, oneshot=True)

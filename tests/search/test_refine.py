@@ -8,12 +8,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from nxmiformer.compression import CompressionPlan, compression_ratio
 from nxmiformer.errors import NxmiError
 from nxmiformer.search.knapsack import build_problem, generate_candidates, modules_frame
 from nxmiformer.search.refine import REFINED, GroupSpace, make_searcher, seed_points
-from tests.conftest import tiny_bert
+from tests.conftest import tiny_bert, tiny_modernbert
 
 MENU = ("dense", "dense:int8", "2:4:int8", "2:4:int4", "4:8:int4", "1:4:int8")
 
@@ -45,6 +46,39 @@ def test_groups_cover_every_module_once(model, layer_groups, expected):
     rows = sorted(r for g in space.groups.values() for r in g)
     assert rows == list(range(len(space.modules)))
     assert set(space.distributions()) == set(space.groups)
+
+
+def _deberta_with_position_projections():
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    torch.manual_seed(0)
+    return DebertaV2ForSequenceClassification(DebertaV2Config(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, relative_attention=True, pos_att_type=["p2c", "c2p"], share_att_key=False))
+
+
+# (label, model, layer groups, the group names): a fused qkv and the ``other`` linears are groups too
+LAYOUT_GROUPS = [
+    ("modernbert", tiny_modernbert, 1,
+     ["qkv.L0-1", "attn_out.L0-1", "ffn_in.L0-1", "ffn_out.L0-1"]),
+    ("modernbert-per-layer", tiny_modernbert, 2,
+     [f"{c}.L{i}" for i in range(2) for c in ("qkv", "attn_out", "ffn_in", "ffn_out")]),
+    ("deberta-pos-proj", _deberta_with_position_projections, 1,
+     ["query.L0-1", "key.L0-1", "value.L0-1", "attn_out.L0-1", "ffn_in.L0-1", "ffn_out.L0-1", "other.L0-1"]),
+]
+
+
+@pytest.mark.parametrize("label,build,layer_groups,names", LAYOUT_GROUPS, ids=[c[0] for c in LAYOUT_GROUPS])
+def test_groups_cover_fused_and_other_modules(label, build, layer_groups, names):
+    model = build()
+    space, _ = space_for(model, layer_groups=layer_groups)
+    assert list(space.groups) == names
+    assert sorted(r for g in space.groups.values() for r in g) == list(range(len(space.modules)))
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # every module gets the option its group sampled (or a repair move)
+        plan = space.plan_for({g: str(rng.choice(space.choices(g))) for g in space.groups})
+        assert compression_ratio(model, plan) >= 0.875 - 1e-9
+        assert set(plan) <= set(space.modules)
 
 
 @pytest.mark.parametrize("seed,target,convention", list(itertools.product([0, 1, 2], [0.8, 0.875, 0.9], ["paper", "storage"])))
