@@ -21,7 +21,7 @@ from transformers import BertTokenizerFast
 
 from nxmiformer.cli import main
 from nxmiformer.compression import COMPONENTS, FUSED_COMPONENTS, CompressionPlan, compressible_modules
-from nxmiformer.compression.onnx_export import OnnxClassifier
+from nxmiformer.export import OnnxClassifier
 from tests.conftest import SPECIAL_TOKENS, WORDS, write_synthetic_task
 
 ray = pytest.importorskip("ray")
