@@ -22,6 +22,7 @@ from transformers import BertTokenizerFast
 from nxmiformer.cli import main
 from nxmiformer.compression import COMPONENTS, FUSED_COMPONENTS, CompressionPlan, compressible_modules
 from nxmiformer.export import OnnxClassifier
+from nxmiformer.search import SearchConfig, run_search
 from tests.conftest import SPECIAL_TOKENS, WORDS, write_synthetic_task
 
 ray = pytest.importorskip("ray")
@@ -133,13 +134,15 @@ def test_family_end_to_end(family, shared_ray, glue, vocab_file, tmp_path, capsy
     assert [(int(row[0]), row[1]) for row in table] == [(cm.layer, cm.component) for cm in found]
     assert "other" not in out and f"modules: {len(found)}" in out
 
-    # a two-trial search (its one-shot profile replays cached blocks), its plan exported
+    # a two-trial search (its one-shot profile replays cached blocks), its plan exported; through the
+    # Python API, which also sets what nxmi search leaves to its defaults (no ASHA: both trials finish)
     data = ["--task", "mrpc", "--data-dir", glue, "--max-length", 16, "--train-size", 24, "--eval-size", 13]
     search = tmp_path / "search"
-    _run(capsys, "search", "--out", search, "--model", model_dir, *data, "--target-ratio", TARGET,
-         "--trials", 2, "--steps", 4, "--batch-size", 8, "--lr", 1e-3, "--options", MENU, "--calib-size", 8,
-         "--selection-size", 8, "--dense-epochs", 0.5, "--profile-workers", 0, "--cache-dir", tmp_path / "cache",
-         "--concurrency", 2, "--no-asha", "--device", "cpu")
+    run_search(SearchConfig(out=str(search), model=str(model_dir), task="mrpc", data_dir=str(glue), max_length=16,
+                            train_size=24, eval_size=13, target_ratio=TARGET, trials=2, steps=4, batch_size=8,
+                            lr=1e-3, options=MENU, calib_size=8, selection_size=8, dense_epochs=0.5,
+                            profile_workers=0, cache_dir=str(tmp_path / "cache"), concurrency=2, asha=False,
+                            oneshot_profile=True, device="cpu"), progress=False)
     results = pd.read_parquet(search / "results.parquet")
     assert len(results) == 2 and set(results["status"]) == {"completed"}
     assert (results["ratio_paper"] >= TARGET - 1e-9).all()

@@ -76,7 +76,7 @@ def test_replay_of_a_fused_model_matches_full_forward(tmp_path):
     write_synthetic_task(tmp_path / "glue", "sst2")
     data = DataConfig(task="sst2", data_dir=str(tmp_path / "glue"), max_length=16)
     table = profile_sensitivity(model_dir, data, ("dense", "2:4:int2"), calib_size=16, batch_size=8,
-                                cache_dir=tmp_path / "cache", progress=False).table
+                                cache_dir=tmp_path / "cache", progress=False, oneshot=True).table
     assert len(table) == 12 * 2 and set(table["component"]) == {"qkv", "attn_out", "ffn_in", "ffn_out"}
     for module in ("model.layers.0.attn.Wqkv", "model.layers.1.mlp.Wi", "model.layers.2.attn.Wqkv", "model.layers.2.mlp.Wo"):
         row = table[(table["module"] == module) & (table["option"] == "2:4:int2")].iloc[0]
