@@ -90,9 +90,9 @@ def cmd_compress(args) -> int:
     return 0
 
 
-def _save_hardened(out, model, plan, tokenizer_from: str, metrics: dict | None = None) -> None:
+def _save_hardened(out, model, plan, tokenizer_from: str, metrics: dict | None = None, task: dict | None = None) -> None:
     """The hardened model (``save_pretrained``), its tokenizer, ``plan.json`` and optionally
-    ``metrics.json`` in a new directory ``out``, all or nothing."""
+    ``metrics.json`` and the task record ``task.json`` in a new directory ``out``, all or nothing."""
     import json
 
     from .compression import to_dense_
@@ -107,6 +107,8 @@ def _save_hardened(out, model, plan, tokenizer_from: str, metrics: dict | None =
         plan.save(tmp / "plan.json")
         if metrics is not None:
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        if task is not None:
+            (tmp / TASK_FILE).write_text(json.dumps(task, indent=2) + "\n")
 
 
 def _print_metrics(title: str, metrics: dict) -> None:
@@ -114,13 +116,43 @@ def _print_metrics(title: str, metrics: dict) -> None:
     print(f"{title}  {shown}")
 
 
-def _data(args):
+TASK_FILE = "task.json"
+
+
+def _data(args, stored: dict | None = None):
+    """The run's data: the task flags given, on top of ``stored`` (a task record of a plan or a
+    model directory) when they name no task themselves."""
     from .trials import DataConfig
 
-    return DataConfig(**given(args, DataConfig, exclude=("holdout_size",)))
+    fields = given(args, DataConfig, exclude=("holdout_size", "selection_size"))
+    if not any(k in fields for k in ("task", "train_file", "dataset")):
+        if stored:
+            fields = {k: v for k, v in stored.items() if k in (*TASK_FIELDS, "max_length", "seed") and v is not None} | fields
+        elif "validation_file" not in fields:
+            raise NxmiError("no task: give --task (a GLUE task) or your own data (--train-file and --validation-file, "
+                            "or --dataset)")
+    return DataConfig(**fields)
+
+
+def task_record(data) -> dict:
+    """What a saved model or plan keeps of its task, so later commands need no data flags: the
+    task flags' values and the task's description (label names, metric, columns)."""
+    values = {name: getattr(data, name) for name in (*TASK_FIELDS, "max_length")}
+    values["text_columns"] = list(data.text_columns) if data.text_columns else None
+    return values | {"task_info": data.task_info.to_dict()}
+
+
+def _stored_task(model_dir) -> dict | None:
+    """The task record a model directory keeps (``task.json``; None when it has none)."""
+    import json
+
+    file = Path(model_dir) / TASK_FILE
+    return json.loads(file.read_text()) if file.is_file() else None
 
 
 def cmd_finetune(args) -> int:
+    import json
+
     from .trials import DenseConfig, finetune_dense
 
     data = _data(args)
@@ -128,6 +160,7 @@ def cmd_finetune(args) -> int:
     result = finetune_dense(data, DenseConfig(**given(args, DenseConfig)), args.cache_dir, progress=True)
     with atomic_output_dir(out) as tmp:
         shutil.copytree(result.path, tmp, dirs_exist_ok=True)
+        (tmp / TASK_FILE).write_text(json.dumps(task_record(data), indent=2) + "\n")
     _print_metrics(f"dense {data.task} ({'cached' if result.cached else f'{result.wall_time:.0f}s'}):", result.metrics)
     print(f"saved to {out}")
     return 0
@@ -141,12 +174,22 @@ def _steps_from(args, data, batch_size: int) -> int:
         return args.steps
     import math
 
-    from .trials.data import load_glue
+    from .trials.data import load_task
 
     rows = data.train_size
     if rows is None:
-        rows = len(load_glue(data.task, data_dir=data.data_dir, splits=["train"])["train"])
+        rows = len(load_task(data.task_info, data_dir=data.data_dir, splits=["train"])["train"])
     return max(1, math.ceil((args.epochs or 1.0) * rows / batch_size))
+
+
+def _plan_search(plan_arg: str) -> dict | None:
+    """The search record of an exported plan file (``meta.search``; None for a spec string or a
+    plan without one)."""
+    from .compression import CompressionPlan
+
+    if not (plan_arg.endswith(".json") or Path(plan_arg).is_file()):
+        return None
+    return CompressionPlan.load(plan_arg).meta.get("search") or None
 
 
 def cmd_train(args) -> int:
@@ -157,9 +200,16 @@ def cmd_train(args) -> int:
     from .trials import DenseConfig, DenseResult, TrialConfig, finetune_dense, run_trial
 
     start = time.perf_counter()
-    data = _data(args)
+    # an exported plan keeps its search's task and model: nxmi train --plan best_plan.json needs no data flags
+    search = _plan_search(args.plan)
+    data = _data(args, search)
     out = require_free_output(args.out)
-    dense_cfg = DenseConfig(**given(args, DenseConfig, DENSE_OF_TRAIN, rename=DENSE_OF_TRAIN))
+    dense_fields = given(args, DenseConfig, DENSE_OF_TRAIN, rename=DENSE_OF_TRAIN)
+    if search and "model" not in dense_fields and not args.dense:
+        dense_fields = {k: search[k] for k in ("model", "finetuned") if search.get(k) is not None} | dense_fields
+        if search.get("dense_epochs") is not None and "dense_epochs" not in vars(args):
+            dense_fields.setdefault("epochs", search["dense_epochs"])
+    dense_cfg = DenseConfig(**dense_fields)
     plan = parse_plan_arg(args.plan, skeleton(args.dense or dense_cfg.model))  # checked before any training
     config = TrialConfig(**given(args, TrialConfig, exclude=("data", "dense"), rename=TRIAL_OF_TRAIN),
                          data=data, dense=dense_cfg)
@@ -173,7 +223,7 @@ def cmd_train(args) -> int:
                        report=lambda row, _: print(f"step {row['step']:>6} {row['phase']:<9} primary {row['primary']:.4f} "
                                                    f"retention {row['retention']:.2%}", flush=True))
     summary = result.summary(config, dense.metrics) | {"wall_time": time.perf_counter() - start}
-    _save_hardened(out, result.model, plan, str(dense.path), summary)
+    _save_hardened(out, result.model, plan, str(dense.path), summary, task_record(data))
     _print_metrics("compressed:", result.metrics)
     print(f"retention {result.retention:.2%}  ratio paper {result.ratio_paper:.4%}  storage {result.ratio_storage:.4%}")
     print(f"saved hardened model, plan.json and metrics.json to {out}")
@@ -184,10 +234,11 @@ def cmd_evaluate(args) -> int:
     import json
 
     from .models import load_model, load_tokenizer
-    from .trials import evaluate, get_task, prepare_task_data
+    from .trials import evaluate, prepare_task_data
+    from .trials.dense import check_head
 
-    data = _data(args)
-    info = get_task(data.task)
+    data = _data(args, _stored_task(args.model))
+    info = data.task_info
     from .trials.config import check_device
     from .trials.loop import resolve_device
 
@@ -199,12 +250,11 @@ def cmd_evaluate(args) -> int:
 
         from .export.onnx import OnnxClassifier
 
-        model, labels = OnnxClassifier(args.model), AutoConfig.from_pretrained(args.model).num_labels
+        model, config = OnnxClassifier(args.model), AutoConfig.from_pretrained(args.model)
     else:
         model = load_model(args.model).to(resolve_device(args.device))
-        labels = getattr(model.config, "num_labels", None)
-    if labels != info.num_labels:
-        raise NxmiError(f"model {args.model} has {labels} labels; task {data.task} needs {info.num_labels}")
+        config = model.config
+    check_head(config, info, args.model)  # its outputs and label names fit the task
     tokenizer = load_tokenizer(args.model)
     prepared = prepare_task_data(info, tokenizer, data_dir=data.data_dir, max_length=data.max_length,
                                  eval_size=data.eval_size, seed=data.seed, include_train=False)
@@ -235,12 +285,13 @@ def cmd_profile(args) -> int:
     # the options a search for this target profiles (one menu name and default everywhere)
     target = RatioTarget(fields["target_ratio"], "paper")
     options = parse_menu(fields["options"]) if fields["options"] else menu_for(fields["menu"], 32 * (1 - target.value))
-    data = DataConfig(**{k: fields[k] for k in ("task", "data_dir", "max_length", "train_size", "eval_size", "seed")},
+    data = DataConfig(**{k: fields[k] for k in (*TASK_FIELDS, "max_length", "train_size", "eval_size", "seed")},
                       holdout_size=fields["calib_size"])
     if args.dense:
         model_dir = DenseResult.load(args.dense).path
     else:
-        dense = DenseConfig(model=fields["model"], epochs=fields["dense_epochs"], device=fields["device"])
+        dense = DenseConfig(model=fields["model"], finetuned=fields["finetuned"], epochs=fields["dense_epochs"],
+                            device=fields["device"])
         model_dir = finetune_dense(data, dense, fields["cache_dir"], progress=True).path
     workers = fields["profile_workers"]
     with ray_session(fields["address"]) if workers != 0 else nullcontext():
@@ -375,10 +426,13 @@ def cmd_unpack(args) -> int:
 # parser: the options of a command that configures a dataclass are generated from its fields
 
 # nxmi train: DenseConfig fields named for the warm start, TrialConfig's seed apart from the data's
-DENSE_OF_TRAIN = {"model": "model", "epochs": "dense_epochs"}
+DENSE_OF_TRAIN = {"model": "model", "finetuned": "finetuned", "epochs": "dense_epochs"}
 TRIAL_OF_TRAIN = {"seed": "trial_seed"}
+# the task: a GLUE name, or the user's own data (files or a dataset, columns, metric)
+TASK_FIELDS = ("task", "data_dir", "train_file", "validation_file", "dataset", "train_split", "validation_split",
+               "text_columns", "label_column", "metric")
 # nxmi profile: the SearchConfig fields it shares with a search; in-process unless asked
-PROFILE_FIELDS = ("model", "dense_epochs", "task", "data_dir", "max_length", "train_size", "eval_size", "seed",
+PROFILE_FIELDS = ("model", "finetuned", "dense_epochs", *TASK_FIELDS, "max_length", "train_size", "eval_size", "seed",
                   "target_ratio", "menu", "options", "proxy", "calib_size", "profile_workers", "cache_dir", "address",
                   "device", "gpus_per_trial")
 PROFILE_DEFAULTS = {"profile_workers": 0, "train_size": None, "eval_size": None}
@@ -387,19 +441,21 @@ PROFILE_HELPS = {"profile_workers": "Ray tasks in parallel, on --address or embe
                  "options": "comma-separated option menu (default: the --menu for --target-ratio)",
                  "target_ratio": "the target whose --menu options to profile, in (0, 1)"}
 # nxmi search's flags, by group. The other SearchConfig fields (kinds, objective, prior_weight, concurrency,
-# fail_fast, asha, kd_alpha, dense_patience, oneshot_profile, profile_workers, refine_layer_groups) are settings
+# fail_fast, asha, kd_alpha, dense_patience, oneshot_profile, profile_workers, refine_layer_groups, cache_dir: also
+# $NXMI_CACHE_DIR) are settings
 # of the Python API: defaults chosen by measurement (docs/decisions.md) or tools of the benchmarks and tests.
 SEARCH_GROUPS = {
-    "task and data": ("task", "model", "data_dir", "max_length", "train_size", "eval_size", "selection_size",
-                      "calib_size", "seed"),
+    "task and data": ("task", "model", "finetuned", "data_dir", "train_file", "validation_file", "dataset", "train_split",
+                      "validation_split", "text_columns", "label_column", "metric", "max_length", "train_size",
+                      "eval_size", "selection_size", "calib_size", "seed"),
     "target": ("target_ratio", "convention"),
     "search": ("menu", "options", "proxy", "trials", "refine_trials"),
     "trials": ("steps", "batch_size", "lr", "dense_epochs", "precision", "device"),
-    "cluster": ("address", "cpus_per_trial", "gpus_per_trial", "cache_dir"),
+    "cluster": ("address", "cpus_per_trial", "gpus_per_trial"),
     "output": ("out",),
 }
-DATA_FIELDS = ("task", "data_dir", "max_length", "train_size", "eval_size", "seed")
-EVALUATE_FIELDS = ("task", "data_dir", "max_length", "eval_size", "seed")
+DATA_FIELDS = (*TASK_FIELDS, "max_length", "train_size", "eval_size", "seed")
+EVALUATE_FIELDS = (*TASK_FIELDS, "max_length", "eval_size", "seed")
 
 
 def _add_selection_args(p, front: bool) -> None:
@@ -419,6 +475,7 @@ def _add_selection_args(p, front: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .search import PRESETS, SearchConfig
     from .trials import DataConfig, DenseConfig, TrialConfig
+    from .trials.config import TASK_HELP
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
@@ -439,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="save the hardened model (save_pretrained) and plan.json here")
 
     p = command("finetune", cmd_finetune, "dense task fine-tune (the warm start of every trial), cached")
-    add_fields(p, DataConfig, DATA_FIELDS, required=("task",))
+    add_fields(p, DataConfig, DATA_FIELDS)
     add_fields(p, DenseConfig)
     p.add_argument("--cache-dir", help="where dense warm starts are cached (default: $NXMI_CACHE_DIR or ~/.cache/nxmiformer)")
     p.add_argument("--out", required=True, help="save the fine-tuned model here")
@@ -449,14 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "one spec per component such as query=2:4:int4,ffn_in=2:4:int8")
     p.add_argument("--dense", help="an existing warm start directory (from nxmi finetune) instead of computing one")
     p.add_argument("--epochs", type=float, help="epochs over the training rows instead of --steps (default 1)")
-    add_fields(p, DataConfig, DATA_FIELDS, required=("task",))
+    add_fields(p, DataConfig, DATA_FIELDS, helps={"task": TASK_HELP + "; default: the plan's own (nxmi export)"})
     add_fields(p, DenseConfig, DENSE_OF_TRAIN, rename=DENSE_OF_TRAIN)
     add_fields(p, TrialConfig, exclude=("data", "dense"), rename=TRIAL_OF_TRAIN, defaults={"steps": "from --epochs"})
     p.add_argument("--out", required=True, help="save the hardened model, plan.json and metrics.json here")
 
     p = command("profile", cmd_profile, "per-module sensitivity of every option (cached in Parquet)")
     p.add_argument("--dense", help="an existing warm start directory (from nxmi finetune)")
-    add_fields(p, SearchConfig, PROFILE_FIELDS, required=("task",), defaults=PROFILE_DEFAULTS, helps=PROFILE_HELPS)
+    add_fields(p, SearchConfig, PROFILE_FIELDS, defaults=PROFILE_DEFAULTS, helps=PROFILE_HELPS)
 
     p = command("search", cmd_search, "search heterogeneous per-layer plans under a compression-ratio constraint")
     for title, names in SEARCH_GROUPS.items():
@@ -500,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("evaluate", cmd_evaluate, "GLUE metrics of a saved model")
     p.add_argument("--model", required=True, help="a save_pretrained directory, or an nxmi onnx directory (run by "
                    "ONNX Runtime)")
-    add_fields(p, DataConfig, EVALUATE_FIELDS, required=("task",))
+    add_fields(p, DataConfig, EVALUATE_FIELDS, helps={
+        "task": TASK_HELP + "; default: the model directory's own (task.json, written by nxmi finetune/train)"})
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (CUDA where this process sees a GPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

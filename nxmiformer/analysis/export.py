@@ -24,9 +24,16 @@ from .results import check_metric, provenance, read_search_config, search_object
 # search.json field -> nxmi train flag; full training keeps the search's data and warm start
 # settings but drops its --train-size / --eval-size / --steps limits
 TRAIN_FLAGS = {
-    "data_dir": "--data-dir", "max_length": "--max-length", "seed": "--seed", "dense_epochs": "--dense-epochs",
+    "data_dir": "--data-dir", "train_file": "--train-file", "validation_file": "--validation-file",
+    "dataset": "--dataset", "train_split": "--train-split", "validation_split": "--validation-split",
+    "text_columns": "--text-columns", "label_column": "--label-column", "metric": "--metric",
+    "max_length": "--max-length", "seed": "--seed", "dense_epochs": "--dense-epochs",
     "batch_size": "--batch-size", "lr": "--lr", "kd_alpha": "--kd-alpha", "cache_dir": "--cache-dir",
 }
+# what a plan keeps of its search's task, so nxmi train --plan best_plan.json needs no data flags
+TASK_KEYS = ("task", "data_dir", "train_file", "validation_file", "dataset", "train_split", "validation_split",
+             "text_columns", "label_column", "metric", "task_info")
+DATASET_ONLY = ("train_split", "validation_split")  # flags that mean something only with --dataset
 
 
 def _finite_or_none(value) -> float | None:
@@ -40,18 +47,21 @@ def _finite_or_none(value) -> float | None:
 def train_command(search_config: dict, plan_path: str | os.PathLike, out: str | os.PathLike) -> str:
     """The ``nxmi train`` command line that trains ``plan_path`` fully with a search's settings.
 
-    Task, model, data directory, max length, seed, dense warm-start epochs, batch size, learning
-    rate, distillation weight and cache directory come from ``search_config`` (fields it lacks
+    Task (a GLUE name, or the user's files or dataset with their columns and metric), model (and
+    ``--finetuned``), data directory, max length, seed, dense warm-start epochs, batch size,
+    learning rate, distillation weight and cache directory come from ``search_config`` (fields it lacks
     or leaves unset fall back to ``nxmi train``'s defaults); training runs one epoch over every
     training row and evaluates on the full validation split.
     """
     args = ["nxmi", "train", "--task", str(search_config.get("task", "sst2")),
             "--model", str(search_config.get("model", "default")), "--plan", str(plan_path)]
+    if search_config.get("finetuned"):
+        args.append("--finetuned")
     for field, flag in TRAIN_FLAGS.items():
         value = search_config.get(field)
-        if value is None or (field == "kd_alpha" and not value):
+        if value is None or (field == "kd_alpha" and not value) or (field in DATASET_ONLY and not search_config.get("dataset")):
             continue
-        args += [flag, str(value)]
+        args += [flag, ",".join(value) if isinstance(value, list) else str(value)]
     return shlex.join([*args, "--out", str(out)])
 
 
@@ -111,7 +121,7 @@ def export_plan(results: pd.DataFrame, target_ratio: float, convention: str, out
     known = provenance(config)
     train_out = train_out if train_out is not None else out.with_name(f"{out.stem}-trained")
     search = {"dir": str(row["search_dir"]), "model_fingerprint": known["model_fingerprint"]} | {
-        key: config.get(key) for key in ("task", "model", "data_dir", "max_length", "seed", "target_ratio",
+        key: config.get(key) for key in (*TASK_KEYS, "model", "finetuned", "dense_epochs", "max_length", "seed", "target_ratio",
                                           "convention", "train_size", "eval_size", "steps")}
     meta = {
         "exported_by": f"nxmiformer {__version__} (nxmi export)",

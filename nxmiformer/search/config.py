@@ -16,9 +16,8 @@ from ..errors import NxmiError
 from ..outputs import write_json
 from ..records import HIGHER_IS_BETTER
 from ..trials.config import (
-    PRECISION_HELP, DataConfig, DenseConfig, TrialConfig, check_device, check_precision, default_cache_dir,
+    PRECISION_HELP, TASK_HELP, DataConfig, DenseConfig, TrialConfig, check_device, check_precision, default_cache_dir,
 )
-from ..trials.data import get_task
 from .profile import PROXIES, menu_for, parse_menu
 
 # search.json's layout and the trials' Tune configs: a search of another version is not resumed
@@ -29,6 +28,11 @@ OBJECTIVES = ("selection_primary", "selection_loss", "selection_loss_calibrated"
 
 def _help(text: str) -> dict:
     return {"help": text}
+
+
+def _of(cls, name: str) -> dict:
+    """The metadata (help) of ``cls``'s field ``name``: one text for a flag two configs share."""
+    return dict(next(f for f in dataclasses.fields(cls) if f.name == name).metadata)
 
 
 @dataclass(frozen=True)
@@ -58,12 +62,22 @@ class SearchConfig:
     Python, and have defaults chosen by measurement (docs/decisions.md)."""
 
     out: str = field(metadata=_help("storage path of the search (results, Tune experiments, search.json)"))
-    task: str = field(default="sst2", metadata=_help("GLUE task: cola sst2 mrpc qqp stsb mnli qnli rte wnli"))
+    task: str | None = field(default=None, metadata=_help(TASK_HELP))
     target_ratio: float = field(default=0.875, metadata=_help("minimum encoder compression ratio, in (0, 1)"))
     convention: str = field(default="paper", metadata=_help("ratio convention: paper or storage"))
     model: str = field(default="default", metadata=_help("'default' (embedded MiniLM), a directory, or a hub name"))
+    finetuned: bool = field(default=False, metadata=_of(DenseConfig, "finetuned"))
     data_dir: str | None = field(default=None, metadata=_help(
         "directory of <task>/<split>.parquet (default: $NXMI_GLUE_DIR, else the hub)"))
+    # the user's own data: DataConfig's fields of the same names
+    train_file: str | None = field(default=None, metadata=_of(DataConfig, "train_file"))
+    validation_file: str | None = field(default=None, metadata=_of(DataConfig, "validation_file"))
+    dataset: str | None = field(default=None, metadata=_of(DataConfig, "dataset"))
+    train_split: str = field(default="train", metadata=_of(DataConfig, "train_split"))
+    validation_split: str = field(default="validation", metadata=_of(DataConfig, "validation_split"))
+    text_columns: tuple[str, ...] | None = field(default=None, metadata=_of(DataConfig, "text_columns"))
+    label_column: str | None = field(default=None, metadata=_of(DataConfig, "label_column"))
+    metric: str | None = field(default=None, metadata=_of(DataConfig, "metric"))
     max_length: int = field(default=64, metadata=_help("truncation length in tokens"))
     train_size: int | None = field(default=4000, metadata=_help("training rows to draw (None: all)"))
     eval_size: int | None = field(default=500, metadata=_help(
@@ -137,7 +151,11 @@ class SearchConfig:
         "stop the search at the first trial failure instead of restarting the trial (continue with --resume)"))
 
     def __post_init__(self):
-        get_task(self.task)
+        data = self.data_config()  # validates the task and reads the user's data once
+        for name in ("task", "data_dir", "train_file", "validation_file", "dataset", "text_columns"):
+            # a user's task named after its data; paths absolute, so trials on other workers, --resume from
+            # elsewhere and exported commands read the same files
+            object.__setattr__(self, name, getattr(data, name))
         self.target  # validates target_ratio and convention
         if self.objective not in OBJECTIVES:
             raise NxmiError(f"unknown objective {self.objective!r}; allowed: {', '.join(OBJECTIVES)}")
@@ -180,9 +198,6 @@ class SearchConfig:
         object.__setattr__(self, "kinds", kinds)
         if self.model != "default" and Path(self.model).expanduser().exists():
             object.__setattr__(self, "model", str(Path(self.model).expanduser().resolve()))
-        # absolute, so trials on other workers, --resume from elsewhere and exported commands work;
-        # data_config() and trial_config() also validate their fields
-        object.__setattr__(self, "data_dir", self.data_config().data_dir)
         if self.cache_dir is not None:
             object.__setattr__(self, "cache_dir", str(Path(self.cache_dir).expanduser().resolve()))
         self.trial_config()
@@ -192,13 +207,12 @@ class SearchConfig:
         return RatioTarget(self.target_ratio, self.convention)
 
     def data_config(self) -> DataConfig:
-        return DataConfig(task=self.task, data_dir=self.data_dir, max_length=self.max_length, train_size=self.train_size,
-                          eval_size=self.eval_size, seed=self.seed, holdout_size=self.calib_size,
-                          selection_size=self.selection_size)
+        shared = {f.name for f in dataclasses.fields(DataConfig)} & {f.name for f in dataclasses.fields(self)}
+        return DataConfig(**{name: getattr(self, name) for name in shared}, holdout_size=self.calib_size)
 
     def dense_config(self) -> DenseConfig:
-        return DenseConfig(model=self.model, epochs=self.dense_epochs, patience=self.dense_patience, device=self.device,
-                           precision=self.precision)
+        return DenseConfig(model=self.model, finetuned=self.finetuned, epochs=self.dense_epochs,
+                           patience=self.dense_patience, device=self.device, precision=self.precision)
 
     def trial_config(self) -> TrialConfig:
         config = TrialConfig(data=self.data_config(), dense=self.dense_config(), steps=self.steps,
@@ -220,7 +234,11 @@ class SearchConfig:
         return Path(self.cache_dir).resolve() if self.cache_dir else default_cache_dir()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"options": list(self.options), "kinds": list(self.kinds)}
+        """The configuration as search.json stores it, with the task's description (``task_info``:
+        columns, label names, metric, sources) beside it, the task record that travels with the work."""
+        return dataclasses.asdict(self) | {"options": list(self.options), "kinds": list(self.kinds),
+                                           "text_columns": list(self.text_columns) if self.text_columns else None,
+                                           "task_info": self.data_config().task_info.to_dict()}
 
     @classmethod
     def preset(cls, name: str | None, **fields) -> "SearchConfig":

@@ -36,7 +36,6 @@ from ..compression import LayerSpec, compressible_modules, encoder_blocks, proje
 from ..errors import NxmiError
 from ..models import skeleton
 from ..trials.config import DataConfig, default_cache_dir
-from ..trials.data import get_task
 
 PROFILE_VERSION = 3  # 2: projections use the spec's scale method (MSE-fitted clips by default); 3: fisher
 FISHER_BATCH = 8
@@ -119,13 +118,18 @@ def profile_key(model_dir: Path, data: DataConfig, calib_size: int, batch_size: 
     if not weight_files:
         raise NxmiError(f"no weight files in {model_dir}")
     _hash_files(weight_files, digest)
-    if data.data_dir:
+    info = data.task_info
+    if info.source == "files":
+        _hash_files([Path(info.train_file)], digest)
+    elif data.data_dir and info.source == "glue":
         train_file = Path(data.data_dir) / data.task / "train.parquet"
         if not train_file.is_file():
             raise NxmiError(f"missing split file {train_file}")
         _hash_files([train_file], digest)
     sampling = {"task": data.task, "max_length": data.max_length, "seed": data.seed, "calib_size": calib_size,
                 "batch_size": batch_size, "version": PROFILE_VERSION}
+    if info.source != "glue":  # a user's task: how its rows are read (a GLUE preset's key is as it was)
+        sampling["task_info"] = {k: v for k, v in info.to_dict().items() if k not in ("train_file", "validation_file")}
     digest.update(json.dumps(sampling, sort_keys=True).encode())
     return digest.hexdigest()[:20]
 
@@ -190,7 +194,7 @@ def profile_modules(model_dir: str, data: dict, calib_size: int, batch_size: int
     if threads:
         torch.set_num_threads(threads)
     data_cfg = DataConfig(**data)
-    info = get_task(data_cfg.task)
+    info = data_cfg.task_info
     where = resolve_device(device)
     model = load_model(model_dir).eval().to(where)
     tokenizer = load_tokenizer(model_dir)

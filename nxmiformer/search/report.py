@@ -124,7 +124,7 @@ def choice_margin(best: pd.Series | None, results: pd.DataFrame, config: SearchC
     first, second = (row.get("selection_predictions", "") for row in (best, runner_up))
     if not first or not second or not isinstance(first, str) or not isinstance(second, str):
         return None
-    lead, se = paired_difference(config.task, json.loads(first), json.loads(second), labels)
+    lead, se = paired_difference(config.data_config().task_info, json.loads(first), json.loads(second), labels)
     # in-sample: the selection rows that chose the trial also measure its lead
     return {"trial_id": best["trial_id"], "runner_up": runner_up["trial_id"], "metric": "selection_primary", "in_sample": True,
             "lead": lead, "se": se, "rows": len(labels)}
@@ -138,7 +138,7 @@ def selection_labels(config: SearchConfig, dense_path: Path):
     from ..trials.data import prepare_task_data
 
     data = config.data_config()
-    glue = prepare_task_data(data.task, load_tokenizer(str(dense_path)), data_dir=data.data_dir,
+    glue = prepare_task_data(data.task_info, load_tokenizer(str(dense_path)), data_dir=data.data_dir,
                              max_length=data.max_length, train_size=data.train_size, eval_size=1, seed=data.seed,
                              include_train=False, holdout_size=data.holdout_size, selection_size=data.selection_size)
     return np.asarray(glue.selection["labels"])

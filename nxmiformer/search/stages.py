@@ -40,10 +40,20 @@ STAGE1_FILE = "stage1.parquet"
 
 @dataclass
 class SearchResult:
+    """What a search returns: every trial's record (``results``, as in ``results.parquet``), the
+    chosen trial (``best``; None when no completed trial meets the target), where it lives."""
+
     results: pd.DataFrame
     best: pd.Series | None
     out: Path
     wall_time: float
+
+    @property
+    def plan(self):
+        """The chosen trial's :class:`~nxmiformer.compression.CompressionPlan` (None without one)."""
+        from ..compression import CompressionPlan
+
+        return None if self.best is None else CompressionPlan.from_json(self.best["plan_json"])
 
 
 def select_candidates(candidates: list, budget: int) -> list:

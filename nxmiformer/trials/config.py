@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NxmiError
-from .data import get_task
+from .data import TaskInfo, describe_task
 
 CACHE_ENV = "NXMI_CACHE_DIR"
 
@@ -52,12 +52,36 @@ def check_device(device) -> None:
         raise NxmiError(f"device must be cpu, cuda, cuda:N or auto, got {device!r}")
 
 
+TASK_HELP = ("a GLUE task (cola sst2 mrpc qqp stsb mnli qnli rte wnli), or a name for your own data (default: sst2 "
+             "without --train-file or --dataset; with them, named after the data)")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data a run sees. Shared by the dense warm start and the trials."""
+    """Which data a run sees. Shared by the dense warm start and the trials.
 
-    task: str = field(default="sst2", metadata={"help": "GLUE task: cola sst2 mrpc qqp stsb mnli qnli rte wnli"})
+    The task is a GLUE preset (``task``, its files under ``data_dir`` or from the hub) or the
+    user's own data (``train_file`` and ``validation_file``, or ``dataset``, with their columns and
+    ``metric``): :attr:`task_info` is its description (:func:`~nxmiformer.trials.data.describe_task`),
+    read from the data once and checked when the config is made, so bad data fails at once."""
+
+    task: str | None = field(default=None, metadata={"help": TASK_HELP})
     data_dir: str | None = field(default=None, metadata={"help": "GLUE parquet directory (else $NXMI_GLUE_DIR, else the hub)"})
+    train_file: str | None = field(default=None, metadata={
+        "help": "your training rows: a CSV, TSV, JSON Lines or Parquet file (with --validation-file)"})
+    validation_file: str | None = field(default=None, metadata={
+        "help": "your validation rows, in the training file's format: reported, never decided on"})
+    dataset: str | None = field(default=None, metadata={
+        "help": "your data through datasets.load_dataset: NAME[:CONFIG], a hub name or a local folder"})
+    train_split: str = field(default="train", metadata={"help": "--dataset: its training split"})
+    validation_split: str = field(default="validation", metadata={"help": "--dataset: its validation split"})
+    text_columns: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "your data: the text column, or a pair A,B (default: text, sentence or sentence1,sentence2)"})
+    label_column: str | None = field(default=None, metadata={
+        "help": "your data: the column of labels (strings or integers: classes; floats: a regression) (default: label)"})
+    metric: str | None = field(default=None, metadata={
+        "help": "the primary metric: accuracy, f1 (two classes), macro_f1 or mcc; pearson or spearman for a "
+                "regression (default: accuracy, pearson; a GLUE task's own)"})
     max_length: int = field(default=128, metadata={"help": "truncation length in tokens"})
     train_size: int | None = field(default=None, metadata={"help": "training rows to draw (None: all)"})
     eval_size: int | None = field(default=None, metadata={"help": "rows of each validation split (None: all)"})
@@ -67,7 +91,18 @@ class DataConfig:
         "help": "training rows set aside after those for selection: the rows a search decides on (0: none)"})
 
     def __post_init__(self):
-        get_task(self.task)
+        for name in ("train_file", "validation_file"):  # absolute: trials on other workers read the same files
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(Path(getattr(self, name)).expanduser().resolve()))
+        if self.dataset is not None and Path(self.dataset.partition(":")[0]).expanduser().exists():
+            object.__setattr__(self, "dataset", str(Path(self.dataset).expanduser().resolve()))
+        if isinstance(self.text_columns, (str, list)):
+            object.__setattr__(self, "text_columns", tuple(c.strip() for c in (
+                self.text_columns.split(",") if isinstance(self.text_columns, str) else self.text_columns)))
+        own = self.train_file is not None or self.validation_file is not None or self.dataset is not None
+        if self.task is None and not own:
+            object.__setattr__(self, "task", "sst2")
+        object.__setattr__(self, "task", self.task_info.name)  # a user's task: named after its data
         _positive_int("holdout_size", self.holdout_size, allow_zero=True)
         _positive_int("selection_size", self.selection_size, allow_zero=True)
         _positive_int("max_length", self.max_length)
@@ -77,12 +112,28 @@ class DataConfig:
             # absolute, so Ray workers (whose working directory differs) find the same files
             object.__setattr__(self, "data_dir", str(Path(self.data_dir).expanduser().resolve()))
 
+    @property
+    def task_info(self) -> TaskInfo:
+        """The task's description (cached by the data's paths and modification times)."""
+        return describe_task(self.task, train_file=self.train_file, validation_file=self.validation_file,
+                             dataset=self.dataset, train_split=self.train_split,
+                             validation_split=self.validation_split, text_columns=self.text_columns,
+                             label_column=self.label_column, metric=self.metric)
+
+    @property
+    def own_data(self) -> bool:
+        """Whether the task is the user's data rather than a GLUE preset."""
+        return self.task_info.source != "glue"
+
 
 @dataclass(frozen=True)
 class DenseConfig:
     """Hyper-parameters of the dense task fine-tune that every trial starts from."""
 
     model: str = field(default="default", metadata={"help": "'default' (embedded MiniLM), a directory, or a hub name"})
+    finetuned: bool = field(default=False, metadata={
+        "help": "the model is already fine-tuned for this task: it is the warm start and the reference of every "
+                "retention figure as it is (no dense fine-tune); its head must fit the task's labels"})
     epochs: float = field(default=1.0, metadata={"help": "epochs over the training rows"})
     steps: int | None = field(default=None, metadata={"help": "optimizer steps; overrides epochs when given"})
     batch_size: int = field(default=32, metadata={"help": "batch size"})

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..errors import NxmiError
 from ..models import load_model, load_tokenizer, model_fingerprint, resolve_model_path
 from .config import DataConfig, DenseConfig, default_cache_dir
-from .data import get_task, prepare_task_data
+from .data import prepare_task_data
 from .loop import BatchStream, evaluate, predict, resolve_device, selection_metrics, set_seed, train_step
 
 DENSE_CODE_VERSION = 1
@@ -93,16 +93,53 @@ def selection_reference(dense: DenseResult, data: DataConfig, glue, tokenizer, m
     return logits
 
 
+# fields whose default leaves a key as it was before they existed: cached warm starts stay valid
+_NEW_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataConfig)
+                       if f.name in ("train_file", "validation_file", "dataset", "train_split", "validation_split",
+                                     "text_columns", "label_column", "metric")} | {"precision": "fp32", "finetuned": False}
+
+
+def data_fingerprint(data: DataConfig) -> dict:
+    """What identifies a run's data in a cache key: the config's fields (those a GLUE preset
+    leaves at their defaults left out) and, for a user's files, their contents' hash."""
+    fields = {k: v for k, v in dataclasses.asdict(data).items() if _NEW_FIELD_DEFAULTS.get(k, object()) != v}
+    fields["data_dir"] = str(Path(data.data_dir).resolve()) if data.data_dir else None
+    files = [f for f in (data.train_file, data.validation_file) if f]
+    if files:
+        digest = hashlib.sha256()
+        for file in files:
+            with open(file, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(chunk)
+        fields["files_sha256"] = digest.hexdigest()
+    return fields
+
+
 def dense_cache_key(fingerprint: str, data: DataConfig, dense: DenseConfig) -> str:
     payload = {
         "model": fingerprint,
-        "data": dataclasses.asdict(data) | {"data_dir": str(Path(data.data_dir).resolve()) if data.data_dir else None},
-        # fp32 leaves the key as it was before precision existed: cached warm starts stay valid
+        "data": data_fingerprint(data),
         "dense": {k: v for k, v in dataclasses.asdict(dense).items()
-                  if k not in ("model", "device") and not (k == "precision" and v == "fp32")},
+                  if k not in ("model", "device") and _NEW_FIELD_DEFAULTS.get(k, object()) != v},
         "version": DENSE_CODE_VERSION,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def check_head(config, info, name: str) -> None:
+    """A trained classifier (its ``config``) must fit the task: as many outputs as the task has
+    labels (1 for a regression) and, where the config names them (not ``LABEL_i``), the task's
+    label names in the same order."""
+    if config.num_labels != info.num_labels:
+        what = "a regression score" if info.is_regression else ", ".join(info.label_names or ()) or "class ids"
+        raise NxmiError(f"model {name} has {config.num_labels} outputs; task {info.name} needs {info.num_labels} "
+                        f"({what})")
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(config.num_labels)]
+    generic = all(n == f"LABEL_{i}" for i, n in enumerate(names))
+    if info.label_names is not None and not generic and tuple(names) != info.label_names:
+        raise NxmiError(f"model {name} labels its outputs {names}; the data's labels are {list(info.label_names)} "
+                        f"(class id i is the i-th, sorted)")
 
 
 def finetune_dense(
@@ -111,15 +148,26 @@ def finetune_dense(
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> DenseResult:
-    """Fine-tune ``dense.model`` on ``data.task`` (or return the cached result)."""
+    """Fine-tune ``dense.model`` on ``data.task`` (or return the cached result).
+
+    With ``dense.finetuned`` the model is taken as it is (:func:`check_head`), only evaluated:
+    the reference of every retention figure is its own metric. A user's class names go into the
+    saved config (``id2label``), so every model made from the warm start prints them."""
     dense = dense or DenseConfig()
-    info = get_task(data.task)
+    info = data.task_info
     cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
     model_path = resolve_model_path(dense.model)
     # seed before loading: a checkpoint without a task head gets a freshly initialised classifier,
     # which must be the same in every process for the cache key and the warm start to repeat
     set_seed(data.seed)
-    model = load_model(model_path, num_labels=info.num_labels, ignore_mismatched_sizes=True)
+    if dense.finetuned:
+        model = load_model(model_path)
+        check_head(model.config, info, dense.model)
+    else:
+        model = load_model(model_path, num_labels=info.num_labels, ignore_mismatched_sizes=True)
+    if info.id2label is not None:
+        model.config.id2label = info.id2label
+        model.config.label2id = {label: i for i, label in info.id2label.items()}
     fingerprint = model_fingerprint(model)
     key = dense_cache_key(fingerprint, data, dense)
     target = cache_root / "dense" / f"{data.task}-{key}"
@@ -133,7 +181,10 @@ def finetune_dense(
                              train_size=data.train_size, eval_size=data.eval_size, seed=data.seed,
                              holdout_size=data.holdout_size, selection_size=data.selection_size)
     stream = BatchStream(glue.train, tokenizer, dense.batch_size, data.seed)
-    steps = dense.steps if dense.steps is not None else max(1, math.ceil(dense.epochs * stream.per_epoch))
+    if dense.finetuned:
+        steps = 0
+    else:
+        steps = dense.steps if dense.steps is not None else max(1, math.ceil(dense.epochs * stream.per_epoch))
     device = resolve_device(dense.device)
     model.to(device)
     if steps > 0:

@@ -1,4 +1,5 @@
-"""GLUE metrics, computed with scikit-learn and SciPy.
+"""Task metrics, computed with scikit-learn and SciPy: the GLUE presets' and those a user's task
+may rank on (``accuracy``, ``f1``, ``macro_f1``, ``mcc``; ``pearson``, ``spearman``).
 
 | task                        | keys returned                            | ``primary``  |
 |-----------------------------|------------------------------------------|--------------|
@@ -8,7 +9,10 @@
 | sst2, mnli, qnli, rte, wnli | ``accuracy``                             | ``accuracy`` |
 
 ``combined`` is the GLUE leaderboard's task score: the mean of F1 and accuracy (mrpc, qqp), or of
-Pearson and Spearman correlation (stsb). ``f1`` is binary F1 of the positive class (label 1).
+Pearson and Spearman correlation (stsb). ``f1`` is binary F1 of the positive class (class id 1:
+for a user's two classes, the second of its sorted label names); ``macro_f1`` the unweighted mean
+of every class's F1. A user's classification task reports accuracy, macro_f1 and mcc (and f1
+with two classes); a regression pearson and spearman.
 For mnli the caller computes metrics once per validation split (matched, mismatched).
 All metrics are "higher is better".
 """
@@ -80,7 +84,7 @@ def _as_scores(values: np.ndarray, what: str) -> np.ndarray:
         values = values[:, 0]
     if values.ndim != 1:
         raise NxmiError(
-            f"{what} for task 'stsb' must have shape [N] or [N, 1], got {tuple(values.shape)}"
+            f"{what} of a regression must have shape [N] or [N, 1], got {tuple(values.shape)}"
         )
     return values.astype(np.float64)
 
@@ -129,22 +133,29 @@ def compute_metrics(task: str | TaskInfo, predictions: object, labels: object) -
             f"predictions hold {preds.shape[0]} examples but labels hold {gold.shape[0]}"
         )
 
-    metrics: dict[str, float]
-    if info.primary_metric == "mcc":
-        mcc = float(matthews_corrcoef(gold, preds))
-        metrics = {"mcc": mcc if math.isfinite(mcc) else 0.0}
-    elif "f1" in info.metric_names:
-        accuracy = float(accuracy_score(gold, preds))
-        f1 = float(f1_score(gold, preds, pos_label=1, average="binary", zero_division=0.0))
-        metrics = {"accuracy": accuracy, "f1": f1, "combined": (accuracy + f1) / 2}
-    elif info.is_regression:
-        pearson = _correlation(pearsonr, preds, gold)
-        spearman = _correlation(spearmanr, preds, gold)
-        metrics = {"pearson": pearson, "spearmanr": spearman, "combined": (pearson + spearman) / 2}
-    else:
-        metrics = {"accuracy": float(accuracy_score(gold, preds))}
+    metrics = {name: _METRICS[name](preds, gold) for name in info.metric_names if name != "combined"}
+    if "combined" in info.metric_names:  # GLUE's task score: the mean of its two metrics
+        pair = ("pearson", "spearmanr") if info.is_regression else ("accuracy", "f1")
+        metrics["combined"] = (metrics[pair[0]] + metrics[pair[1]]) / 2
     metrics["primary"] = metrics[info.primary_metric]
     return metrics
+
+
+def _mcc(preds: np.ndarray, gold: np.ndarray) -> float:
+    mcc = float(matthews_corrcoef(gold, preds))
+    return mcc if math.isfinite(mcc) else 0.0
+
+
+# metric name -> f(predictions, gold); class ids for the classification metrics, scores for the rest
+_METRICS = {
+    "accuracy": lambda p, g: float(accuracy_score(g, p)),
+    "f1": lambda p, g: float(f1_score(g, p, pos_label=1, average="binary", zero_division=0.0)),
+    "macro_f1": lambda p, g: float(f1_score(g, p, average="macro", zero_division=0.0)),
+    "mcc": _mcc,
+    "pearson": lambda p, g: _correlation(pearsonr, p, g),
+    "spearmanr": lambda p, g: _correlation(spearmanr, p, g),
+    "spearman": lambda p, g: _correlation(spearmanr, p, g),
+}
 
 
 def bootstrap_primary(task: str | TaskInfo, predictions: list, labels: object, draws: int = 1000,

@@ -22,7 +22,7 @@ from ..compression import (
 from ..compression.layer import refit_clips_, scale_parameters
 from ..models import load_model, load_tokenizer
 from .config import TrialConfig
-from .data import get_task, prepare_task_data
+from .data import prepare_task_data
 from .dense import DenseResult, finetune_dense, selection_reference
 from .loop import BatchStream, evaluate, model_device, resolve_device, selection_metrics, set_seed, train_step
 
@@ -78,7 +78,7 @@ class Trial:
     def __init__(self, plan: CompressionPlan | str, config: TrialConfig, dense: DenseResult,
                  report: Report | None = None, resume: dict | None = None):
         self.config, self.dense, self.report = config, dense, report
-        self.info = get_task(config.data.task)
+        self.info = config.data.task_info
         seed = config.data.seed if config.seed is None else config.seed
         set_seed(seed)
         self.tokenizer = load_tokenizer(str(dense.path))

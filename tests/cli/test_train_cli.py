@@ -67,7 +67,7 @@ BAD = [
     ("plan compresses nothing", ["train", "--plan", "ffn_in=dense", "--model", "{model}", "--task", "sst2", "--data-dir", "{glue}", "--out", "{tmp}/o"], "compresses nothing"),
     ("component the model lacks", ["train", "--plan", "qkv=2:4:int8", "--model", "{model}", "--task", "sst2", "--data-dir", "{glue}", "--out", "{tmp}/o"], "its components: query"),
     ("bad kd", ["train", "--plan", "2:4:int8", "--model", "{model}", "--task", "sst2", "--data-dir", "{glue}", "--kd-alpha", "3", "--steps", "2", "--out", "{tmp}/o"], "kd_alpha"),
-    ("wrong labels", ["evaluate", "--model", "{model}", "--task", "mnli", "--data-dir", "{glue}"], "labels"),
+    ("wrong labels", ["evaluate", "--model", "{model}", "--task", "mnli", "--data-dir", "{glue}"], "has 2 outputs; task mnli needs 3"),
 ]
 
 

@@ -295,7 +295,7 @@ def test_kinds_filter_relabels_plans_found_by_several_generators():
     (["--proxy", "oneshot"], {"trials": 3, "proxy": "oneshot"}),
     (["--steps", "9", "--refine-trials=1"], {"trials": 3, "refine_trials": 1, "steps": 9, "train_size": 2000}),
     # argparse abbreviations are explicit flags too
-    (["--step", "9", "--train-s=100"], {"trials": 3, "refine_trials": 0, "steps": 9, "train_size": 100}),
+    (["--step", "9", "--train-si=100"], {"trials": 3, "refine_trials": 0, "steps": 9, "train_size": 100}),
     (["--train-size", "none", "--lr", "0.001"], {"train_size": None, "lr": 0.001, "steps": 60}),
 ])
 def test_quick_preset_fills_what_the_user_did_not_give(extra, expected, assets, tmp_path, monkeypatch):
