@@ -61,7 +61,11 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write; it replaces ``path`` only if the block
     succeeds, so a reader (another trial, a resumed search) never sees half a file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    # a name of its own: two processes writing the same file (two trials caching the same dense
+    # logits) must not move each other's temporary file away
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp = Path(name)
     try:
         yield tmp
         os.replace(tmp, path)
