@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import NxmiError
 from .flags import add_fields, defaults_of, given
-from .outputs import atomic_output_dir, require_free_output
+from .outputs import TASK_FILE, atomic_output_dir, require_free_output
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,7 +116,6 @@ def _print_metrics(title: str, metrics: dict) -> None:
     print(f"{title}  {shown}")
 
 
-TASK_FILE = "task.json"
 
 
 def _data(args, stored: dict | None = None):
@@ -222,7 +221,8 @@ def cmd_train(args) -> int:
     result = run_trial(plan, config, dense=dense, progress=True, keep_model=True,
                        report=lambda row, _: print(f"step {row['step']:>6} {row['phase']:<9} primary {row['primary']:.4f} "
                                                    f"retention {row['retention']:.2%}", flush=True))
-    summary = result.summary(config, dense.metrics) | {"wall_time": time.perf_counter() - start}
+    summary = result.summary(config, dense.metrics) | {"wall_time": time.perf_counter() - start,
+                                                        "dense_path": str(dense.path)}
     _save_hardened(out, result.model, plan, str(dense.path), summary, task_record(data))
     _print_metrics("compressed:", result.metrics)
     print(f"retention {result.retention:.2%}  ratio paper {result.ratio_paper:.4%}  storage {result.ratio_storage:.4%}")
@@ -518,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("search", cmd_search, "search heterogeneous per-layer plans under a compression-ratio constraint")
     for title, names in SEARCH_GROUPS.items():
         group = p.add_argument_group(title)
-        add_fields(group, SearchConfig, names, required=("out", "task", "target_ratio"))
+        add_fields(group, SearchConfig, names, required=("out", "target_ratio"))
         if title == "output":
             group.add_argument("--preset", choices=sorted(PRESETS), help="; ".join(
                 f"{k}: {v.description}" for k, v in PRESETS.items()) + " (flags given explicitly win)")
@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fuse", action="store_true", help="apply ONNX Runtime's BERT fusions (QAttention...): faster at "
                    "batch 1, slower at batch 32 on CPU, and only ONNX Runtime loads it (default: standard operators)")
 
-    p = command("evaluate", cmd_evaluate, "GLUE metrics of a saved model")
+    p = command("evaluate", cmd_evaluate, "the task's metrics of a saved or ONNX model (its task.json says which task)")
     p.add_argument("--model", required=True, help="a save_pretrained directory, or an nxmi onnx directory (run by "
                    "ONNX Runtime)")
     add_fields(p, DataConfig, EVALUATE_FIELDS, helps={

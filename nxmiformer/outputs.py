@@ -16,6 +16,9 @@ from pathlib import Path
 
 from .errors import NxmiError
 
+# the task record a model directory keeps (nxmi finetune/train/onnx), so nxmi evaluate needs no data flags
+TASK_FILE = "task.json"
+
 
 @contextmanager
 def logger_level(name: str, level: int) -> Iterator[None]:

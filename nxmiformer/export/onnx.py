@@ -372,7 +372,7 @@ def export_onnx_dir(model_dir: str | Path, out_dir: str | Path, int8: bool = Tru
     import shutil
 
     from ..models import load_tokenizer
-    from ..outputs import atomic_output_dir, require_free_output, write_json
+    from ..outputs import TASK_FILE, atomic_output_dir, require_free_output, write_json
     from .pack import PLAN_FILE
 
     require_free_output(out_dir)
@@ -392,8 +392,9 @@ def export_onnx_dir(model_dir: str | Path, out_dir: str | Path, int8: bool = Tru
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if (Path(model_dir) / PLAN_FILE).is_file():
-            shutil.copyfile(Path(model_dir) / PLAN_FILE, tmp / PLAN_FILE)
+        for name in (PLAN_FILE, TASK_FILE):  # the plan, and the task record (nxmi evaluate needs no data flags)
+            if (Path(model_dir) / name).is_file():
+                shutil.copyfile(Path(model_dir) / name, tmp / name)
         write_json(tmp / REPORT_FILE, report.to_json() | {"source": str(model_dir), "int8": int8, "fuse": fuse})
     report.path = Path(out_dir) / ONNX_FILE
     return report

@@ -1,5 +1,5 @@
-"""Trials: GLUE data and metrics, the dense warm start, and the short ADMM+QAT fine-tune that
-turns a compression plan into a trained, measured model."""
+"""Trials: task data (GLUE presets and a user's own) and metrics, the dense warm start, and the
+short ADMM+QAT fine-tune that turns a compression plan into a trained, measured model."""
 
 from nxmiformer.trials.data import (
     GLUE_DIR_ENV,
@@ -7,8 +7,10 @@ from nxmiformer.trials.data import (
     TASKS,
     GlueData,
     TaskInfo,
+    describe_task,
     get_task,
     load_glue,
+    load_task,
     make_dataloader,
     prepare_task_data,
     subsample,
@@ -37,9 +39,11 @@ __all__ = [
     "TASKS",
     "GlueData",
     "TaskInfo",
+    "describe_task",
     "compute_metrics",
     "get_task",
     "load_glue",
+    "load_task",
     "make_dataloader",
     "prepare_task_data",
     "primary_metric",

@@ -142,7 +142,7 @@ def predict(model: nn.Module, dataset, tokenizer, batch_size: int = 64) -> tuple
 
 def evaluate(model: nn.Module, data: GlueData, tokenizer, batch_size: int = 64,
              keep_predictions: bool = False) -> dict[str, float]:
-    """GLUE metrics of ``model`` on every validation split of ``data``.
+    """The task's metrics of ``model`` on every validation split of ``data``.
 
     The first split's metrics are returned under their plain names (``accuracy``, ``primary``...);
     further splits (mnli's mismatched set) under ``<split>/<metric>``. Also returns ``eval_loss``

@@ -99,10 +99,10 @@ def _correlation(fn, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def compute_metrics(task: str | TaskInfo, predictions: object, labels: object) -> dict[str, float]:
-    """Compute the GLUE metrics of ``task`` (see the module table) plus ``"primary"``.
+    """Compute the metrics of ``task`` (see the module docstring) plus ``"primary"``.
 
     Args:
-        task: A GLUE config name or :class:`~nxmiformer.trials.data.TaskInfo`.
+        task: A GLUE config name or a :class:`~nxmiformer.trials.data.TaskInfo`.
         predictions: Classification: logits ``[N, num_labels]`` (argmax is taken) or class ids
             ``[N]``. stsb: scores ``[N]`` or ``[N, 1]``. NumPy arrays, lists or torch tensors.
         labels: ``[N]`` gold class ids (floats for stsb). For mnli pass one validation split.
