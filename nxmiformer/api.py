@@ -13,6 +13,7 @@ Parquet files, so every Ray worker reads the same rows).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -106,10 +107,11 @@ def train(plan: "CompressionPlan | str", model: str | os.PathLike, task: "TaskIn
     from ``model`` (fine-tuned first unless ``finetuned``): ADMM + QAT, the hard projection and
     masked QAT over ``steps`` steps; other :class:`~nxmiformer.trials.TrialConfig` fields as
     keywords. With ``out``, the hardened model is saved there (``save_pretrained``, with its
-    tokenizer, ``plan.json`` and the task's label names in its config), as ``nxmi train`` saves it."""
+    tokenizer, ``plan.json``, ``task.json`` and the task's label names in its config), as ``nxmi
+    train`` saves it."""
     from .compression import to_dense_
     from .models import load_tokenizer
-    from .outputs import atomic_output_dir, require_free_output
+    from .outputs import TASK_FILE, atomic_output_dir, require_free_output, task_record
     from .trials import DataConfig, DenseConfig, TrialConfig, finetune_dense, run_trial
 
     if out is not None:
@@ -125,4 +127,5 @@ def train(plan: "CompressionPlan | str", model: str | os.PathLike, task: "TaskIn
             to_dense_(result.model).save_pretrained(tmp)
             load_tokenizer(str(dense.path)).save_pretrained(tmp)
             result.plan.save(tmp / "plan.json")
+            (tmp / TASK_FILE).write_text(json.dumps(task_record(data), indent=2) + "\n")
     return result

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import NxmiError
 from .flags import add_fields, defaults_of, given
-from .outputs import TASK_FILE, atomic_output_dir, require_free_output
+from .outputs import TASK_FIELDS, TASK_FILE, atomic_output_dir, require_free_output, task_record
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,14 +131,6 @@ def _data(args, stored: dict | None = None):
             raise NxmiError("no task: give --task (a GLUE task) or your own data (--train-file and --validation-file, "
                             "or --dataset)")
     return DataConfig(**fields)
-
-
-def task_record(data) -> dict:
-    """What a saved model or plan keeps of its task, so later commands need no data flags: the
-    task flags' values and the task's description (label names, metric, columns)."""
-    values = {name: getattr(data, name) for name in (*TASK_FIELDS, "max_length")}
-    values["text_columns"] = list(data.text_columns) if data.text_columns else None
-    return values | {"task_info": data.task_info.to_dict()}
 
 
 def _stored_task(model_dir) -> dict | None:
@@ -428,9 +420,6 @@ def cmd_unpack(args) -> int:
 # nxmi train: DenseConfig fields named for the warm start, TrialConfig's seed apart from the data's
 DENSE_OF_TRAIN = {"model": "model", "finetuned": "finetuned", "epochs": "dense_epochs"}
 TRIAL_OF_TRAIN = {"seed": "trial_seed"}
-# the task: a GLUE name, or the user's own data (files or a dataset, columns, metric)
-TASK_FIELDS = ("task", "data_dir", "train_file", "validation_file", "dataset", "train_split", "validation_split",
-               "text_columns", "label_column", "metric")
 # nxmi profile: the SearchConfig fields it shares with a search; in-process unless asked
 PROFILE_FIELDS = ("model", "finetuned", "dense_epochs", *TASK_FIELDS, "max_length", "train_size", "eval_size", "seed",
                   "target_ratio", "menu", "options", "proxy", "calib_size", "profile_workers", "cache_dir", "address",

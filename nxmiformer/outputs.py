@@ -18,6 +18,18 @@ from .errors import NxmiError
 
 # the task record a model directory keeps (nxmi finetune/train/onnx), so nxmi evaluate needs no data flags
 TASK_FILE = "task.json"
+# the fields of a task (DataConfig's of the same names, and the CLI's task flags): a GLUE name, or a user's data
+TASK_FIELDS = ("task", "data_dir", "train_file", "validation_file", "dataset", "train_split", "validation_split",
+               "text_columns", "label_column", "metric")
+
+
+def task_record(data) -> dict:
+    """What a saved model or plan keeps of its task (a ``DataConfig``), so later commands need no
+    data flags: the task's fields, the truncation length, and its description (label names,
+    metric, columns)."""
+    values = {name: getattr(data, name) for name in (*TASK_FIELDS, "max_length")}
+    values["text_columns"] = list(data.text_columns) if data.text_columns else None
+    return values | {"task_info": data.task_info.to_dict()}
 
 
 @contextmanager

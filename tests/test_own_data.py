@@ -220,3 +220,26 @@ def test_the_chain_on_own_data(tmp_path, files, model_dir, capsys):
                  "--validation-file", str(files[1]), "--metric", "macro_f1", "--max-length", "16", "--json"]) == 0
     onnx_metrics = json.loads(capsys.readouterr().out)
     assert abs(onnx_metrics["accuracy"] - metrics["accuracy"]) <= 2 / 24  # int8 kernels: at most 2 rows differ
+
+
+def test_the_api_trains_a_plan_on_own_data(tmp_path, files, model_dir):
+    from nxmiformer.api import task, train
+    from nxmiformer.models import load_model
+
+    reviews = task(train_file=files[0], validation_file=files[1], metric="macro_f1")
+    result = train("2:4:int8", model_dir, reviews, out=tmp_path / "small", steps=4, batch_size=8, lr=1e-3,
+                   max_length=16, cache_dir=str(tmp_path / "cache"), device="cpu", progress=False)
+    assert result.ratio_paper == pytest.approx(0.875) and result.metrics["primary"] == result.metrics["macro_f1"]
+    saved = load_model(str(tmp_path / "small"))
+    assert saved.config.id2label == dict(enumerate(CLASSES))
+    assert (tmp_path / "small" / "plan.json").is_file() and (tmp_path / "small" / "task.json").is_file()
+
+
+def test_a_finetuned_head_that_does_not_fit_is_one_line_exit_2(tmp_path, files, model_dir, capsys):
+    out = tmp_path / "out"
+    argv = ["finetune", "--model", str(model_dir), "--finetuned", "--train-file", str(files[0]),
+            "--validation-file", str(files[1]), "--out", str(out)]
+    assert main(argv) == 2  # the tiny model has 2 outputs; the data 3 classes
+    err = capsys.readouterr().err
+    assert "has 2 outputs; task reviews needs 3 (negative, neutral, positive)" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()

@@ -18,6 +18,7 @@ import pandas as pd
 from .. import __version__
 from ..compression import CompressionPlan, RatioTarget
 from ..errors import NxmiError
+from ..outputs import TASK_FIELDS
 from .pareto import check_prior_weight, select
 from .results import check_metric, provenance, read_search_config, search_objective, search_prior_weight
 
@@ -31,8 +32,7 @@ TRAIN_FLAGS = {
     "batch_size": "--batch-size", "lr": "--lr", "kd_alpha": "--kd-alpha", "cache_dir": "--cache-dir",
 }
 # what a plan keeps of its search's task, so nxmi train --plan best_plan.json needs no data flags
-TASK_KEYS = ("task", "data_dir", "train_file", "validation_file", "dataset", "train_split", "validation_split",
-             "text_columns", "label_column", "metric", "task_info")
+TASK_KEYS = (*TASK_FIELDS, "task_info")
 DATASET_ONLY = ("train_split", "validation_split")  # flags that mean something only with --dataset
 
 
