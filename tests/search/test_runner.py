@@ -356,12 +356,14 @@ def test_a_stage_with_idle_cpus_shares_them_among_its_trials(changes, n_trials, 
     assert trial_resources(cfg, n_trials)["cpu"] == cpus
 
 
-def test_a_search_asking_for_gpus_on_a_cluster_without_any_is_refused_before_writing(assets, tmp_path, capsys):
+def test_a_search_asking_for_gpus_on_a_cluster_without_any_is_refused_before_writing(assets, tmp_path, capsys,
+                                                                                      monkeypatch):
     root, model_dir = assets
     out = tmp_path / "out"
+    monkeypatch.setenv("NXMI_CACHE_DIR", str(root / "cache"))  # nxmi search's cache (no flag: the variable)
     argv = ["search", "--model", str(model_dir), "--task", "sst2", "--data-dir", str(root / "glue"), "--target-ratio",
             "0.8", "--max-length", "16", "--dense-epochs", "0.5", "--calib-size", "8", "--selection-size", "8",
-            "--cache-dir", str(root / "cache"), "--gpus-per-trial", "0.25", "--out", str(out)]
+            "--gpus-per-trial", "0.25", "--out", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # after the warm start's progress: the error, in one line
