@@ -413,6 +413,12 @@ def _pm(value, se) -> str:
     return "-" if value != value else f"{value:+.2f} +- {se:.2f}"
 
 
+
+def _pooled(table, names):
+    """Per (task, target) group of cells: the group and each of the columns ``names`` pooled."""
+    for (task, target), group in groups(table):
+        yield task, target, group, [pool(_column(group, name), group.get(f"{name}_draws")) for name in names]
+
 def markdown(table) -> str:
     """The per-cell table (one row per seed x task x target: the dense warm start's validation
     metric, each arm's chosen plan on the validation split as retention of it, the differences with
@@ -443,8 +449,7 @@ def markdown(table) -> str:
               "| cells | n | chosen: mean | se (joint bootstrap) | se_cells | chosen >= 0 | "
               "better baseline on validation: mean | se (joint bootstrap) | se_cells |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for (task, target), group in groups(table):
-        c, v = (pool(_column(group, name), group.get(f"{name}_draws")) for name in ("chosen", "chosen_valrule"))
+    for task, target, group, (c, v) in _pooled(table, ("chosen", "chosen_valrule")):
         lines.append(f"| {_group_name(task, target)} | {c['cells']} | {c['mean']:+.2f} | {_joint(c)} | "
                      f"{c['se_cells']:.2f} | {c['at_least_zero']} of {c['cells']} | {v['mean']:+.2f} | {_joint(v)} | "
                      f"{v['se_cells']:.2f} |")
@@ -454,8 +459,7 @@ def markdown(table) -> str:
               "| cells | n | families: mean | se (joint bootstrap) | se_cells | choice lead, in-sample: mean | "
               "choice lead, held out: mean | se (joint bootstrap) |",
               "|---|---|---|---|---|---|---|---|"]
-    for (task, target), group in groups(table):
-        f, h = (pool(_column(group, name), group.get(f"{name}_draws")) for name in ("family", "choice_heldout"))
+    for task, target, group, (f, h) in _pooled(table, ("family", "choice_heldout")):
         lead = _column(group, "choice_lead").dropna()
         lines.append(f"| {_group_name(task, target)} | {f['cells']} | {f['mean']:+.2f} | {_joint(f)} | "
                      f"{f['se_cells']:.2f} | {lead.mean() if len(lead) else math.nan:+.2f} | {h['mean']:+.2f} | "

@@ -165,3 +165,12 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     tiny_bert(vocab_size=len(SPECIAL_TOKENS) + len(WORDS)).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def module_ray():
+    """An embedded 2-CPU Ray for the tests of one module (skipped where Ray is not installed)."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()

@@ -88,14 +88,6 @@ FAMILIES = [
 
 
 @pytest.fixture(scope="module")
-def shared_ray():
-    """One Ray session for every family's search."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def glue(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("glue")
     write_synthetic_task(root, "mrpc")
@@ -118,7 +110,7 @@ def _run(capsys, *argv) -> str:
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=[f.name for f in FAMILIES])
-def test_family_end_to_end(family, shared_ray, glue, vocab_file, tmp_path, capsys):
+def test_family_end_to_end(family, module_ray, glue, vocab_file, tmp_path, capsys):
     model_dir = tmp_path / "model"
     model = family.build()
     model.save_pretrained(model_dir)

@@ -17,13 +17,6 @@ from tests.faults import inject  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_tokenizer, synthetic_glue_dir):
     root = tmp_path_factory.mktemp("tune")
     model_dir = root / "model"
@@ -49,7 +42,7 @@ def _tuner(trainable_config, storage, name, max_failures=0, trainable=trial_trai
     )
 
 
-def test_two_trials_run_concurrently_with_one_thread_each(local_ray, setup):
+def test_two_trials_run_concurrently_with_one_thread_each(module_ray, setup):
     root, model, config, dense = setup
     plans = [{"plan": CompressionPlan.uniform(model, s).to_dict(), "kind": "uniform"} for s in ("2:4:int8", "4:8:int4")]
     results = _tuner({"candidate": tune.grid_search(plans), "trial": config.to_dict(), "dense_path": str(dense.path)},
@@ -67,7 +60,7 @@ def test_two_trials_run_concurrently_with_one_thread_each(local_ray, setup):
     assert starts.max() < frame["timestamp"].min()  # the two trials overlapped in time
 
 
-def test_crashed_trial_restarts_from_its_checkpoint(local_ray, setup):
+def test_crashed_trial_restarts_from_its_checkpoint(module_ray, setup):
     root, model, config, dense = setup
     marker = root / "crashed-once"
     space = {"candidate": {"plan": CompressionPlan.uniform(model, "2:4:int8").to_dict()}, "trial": config.to_dict(),
