@@ -243,3 +243,12 @@ def test_a_finetuned_head_that_does_not_fit_is_one_line_exit_2(tmp_path, files, 
     err = capsys.readouterr().err
     assert "has 2 outputs; task reviews needs 3 (negative, neutral, positive)" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_dataset_folder_is_a_task_with_its_splits(tmp_path):
+    folder = tmp_path / "tweets"
+    write(folder, _rows(30, 0), _rows(9, 1))  # train.csv and validation.csv: datasets names the splits by them
+    info = describe_task(dataset=str(folder))
+    assert info.source == "dataset" and info.name == "tweets" and info.label_names == CLASSES
+    with pytest.raises(NxmiError, match=r"has no split\(s\) \['dev'\]; its splits: \['train', 'validation'\]"):
+        describe_task(dataset=str(folder), validation_split="dev")

@@ -286,13 +286,6 @@ def load_task(
     return datasets.DatasetDict({split: raw[split] for split in splits})
 
 
-def _where(info_source: str, split: str, train_file: str | None, validation_file: str | None,
-           dataset: str | None, split_name: str) -> str:
-    if info_source == "files":
-        return train_file if split == "train" else validation_file
-    return f"{dataset} split {split_name}"
-
-
 def _check_texts(ds: datasets.Dataset, columns: tuple[str, ...], where: str) -> None:
     for column in columns:
         values = ds[column]
@@ -387,8 +380,10 @@ def _describe_own(name, train_state, validation_state, dataset, train_split, val
            else _read_dataset(dataset, train_split, validation_split))
 
     def where(split: str) -> str:
-        return _where(source, split, train_file, validation_file, dataset,
-                      train_split if split == "train" else validation_split)
+        """The file (or dataset split) a message names."""
+        if source == "files":
+            return train_file if split == "train" else validation_file
+        return f"{dataset} split {train_split if split == 'train' else validation_split}"
 
     present = list(raw["train"].column_names)
     if text_columns is None:
