@@ -13,7 +13,6 @@ Parquet files, so every Ray worker reads the same rows).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -111,7 +110,7 @@ def train(plan: "CompressionPlan | str", model: str | os.PathLike, task: "TaskIn
     train`` saves it."""
     from .compression import to_dense_
     from .models import load_tokenizer
-    from .outputs import TASK_FILE, atomic_output_dir, require_free_output, task_record
+    from .outputs import TASK_FILE, atomic_output_dir, require_free_output, task_record, write_json
     from .trials import DataConfig, DenseConfig, TrialConfig, finetune_dense, run_trial
 
     if out is not None:
@@ -127,5 +126,5 @@ def train(plan: "CompressionPlan | str", model: str | os.PathLike, task: "TaskIn
             to_dense_(result.model).save_pretrained(tmp)
             load_tokenizer(str(dense.path)).save_pretrained(tmp)
             result.plan.save(tmp / "plan.json")
-            (tmp / TASK_FILE).write_text(json.dumps(task_record(data), indent=2) + "\n")
+            write_json(tmp / TASK_FILE, task_record(data))
     return result

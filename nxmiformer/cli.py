@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import NxmiError
 from .flags import add_fields, defaults_of, given
-from .outputs import TASK_FIELDS, TASK_FILE, atomic_output_dir, require_free_output, task_record
+from .outputs import TASK_FIELDS, TASK_FILE, atomic_output_dir, require_free_output, task_record, write_json
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,14 +108,12 @@ def _save_hardened(out, model, plan, tokenizer_from: str, metrics: dict | None =
         if metrics is not None:
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
         if task is not None:
-            (tmp / TASK_FILE).write_text(json.dumps(task, indent=2) + "\n")
+            write_json(tmp / TASK_FILE, task)
 
 
 def _print_metrics(title: str, metrics: dict) -> None:
     shown = "  ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"{title}  {shown}")
-
-
 
 
 def _data(args, stored: dict | None = None):
@@ -142,8 +140,6 @@ def _stored_task(model_dir) -> dict | None:
 
 
 def cmd_finetune(args) -> int:
-    import json
-
     from .trials import DenseConfig, finetune_dense
 
     data = _data(args)
@@ -151,7 +147,7 @@ def cmd_finetune(args) -> int:
     result = finetune_dense(data, DenseConfig(**given(args, DenseConfig)), args.cache_dir, progress=True)
     with atomic_output_dir(out) as tmp:
         shutil.copytree(result.path, tmp, dirs_exist_ok=True)
-        (tmp / TASK_FILE).write_text(json.dumps(task_record(data), indent=2) + "\n")
+        write_json(tmp / TASK_FILE, task_record(data))
     _print_metrics(f"dense {data.task} ({'cached' if result.cached else f'{result.wall_time:.0f}s'}):", result.metrics)
     print(f"saved to {out}")
     return 0
@@ -198,7 +194,7 @@ def cmd_train(args) -> int:
     dense_fields = given(args, DenseConfig, DENSE_OF_TRAIN, rename=DENSE_OF_TRAIN)
     if search and "model" not in dense_fields and not args.dense:
         dense_fields = {k: search[k] for k in ("model", "finetuned") if search.get(k) is not None} | dense_fields
-        if search.get("dense_epochs") is not None and "dense_epochs" not in vars(args):
+        if search.get("dense_epochs") is not None:
             dense_fields.setdefault("epochs", search["dense_epochs"])
     dense_cfg = DenseConfig(**dense_fields)
     plan = parse_plan_arg(args.plan, skeleton(args.dense or dense_cfg.model))  # checked before any training

@@ -23,6 +23,16 @@ TASK_FIELDS = ("task", "data_dir", "train_file", "validation_file", "dataset", "
                "text_columns", "label_column", "metric")
 
 
+def hash_files(paths, digest) -> None:
+    """Feed each file's name and contents, in name order, to ``digest`` (a ``hashlib`` object):
+    what a cache key knows of the files it depends on."""
+    for path in sorted(Path(p) for p in paths):
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+
+
 def task_record(data) -> dict:
     """What a saved model or plan keeps of its task (a ``DataConfig``), so later commands need no
     data flags: the task's fields, the truncation length, and its description (label names,

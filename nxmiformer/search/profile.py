@@ -35,6 +35,7 @@ from torch import nn
 from ..compression import LayerSpec, compressible_modules, encoder_blocks, project
 from ..errors import NxmiError
 from ..models import skeleton
+from ..outputs import hash_files
 from ..trials.config import DataConfig, default_cache_dir
 
 PROFILE_VERSION = 3  # 2: projections use the spec's scale method (MSE-fitted clips by default); 3: fisher
@@ -102,14 +103,6 @@ def parse_menu(options: Sequence[str] | str) -> tuple[str, ...]:
     return menu
 
 
-def _hash_files(paths: Sequence[Path], digest) -> None:
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
-
-
 def profile_key(model_dir: Path, data: DataConfig, calib_size: int, batch_size: int) -> str:
     """Fingerprint of weights, task, calibration data and code version (not of the options:
     each option is a row, so a new option extends the same file)."""
@@ -117,15 +110,15 @@ def profile_key(model_dir: Path, data: DataConfig, calib_size: int, batch_size: 
     weight_files = [p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json"]
     if not weight_files:
         raise NxmiError(f"no weight files in {model_dir}")
-    _hash_files(weight_files, digest)
+    hash_files(weight_files, digest)
     info = data.task_info
     if info.source == "files":
-        _hash_files([Path(info.train_file)], digest)
+        hash_files([Path(info.train_file)], digest)
     elif data.data_dir and info.source == "glue":
         train_file = Path(data.data_dir) / data.task / "train.parquet"
         if not train_file.is_file():
             raise NxmiError(f"missing split file {train_file}")
-        _hash_files([train_file], digest)
+        hash_files([train_file], digest)
     sampling = {"task": data.task, "max_length": data.max_length, "seed": data.seed, "calib_size": calib_size,
                 "batch_size": batch_size, "version": PROFILE_VERSION}
     if info.source != "glue":  # a user's task: how its rows are read (a GLUE preset's key is as it was)

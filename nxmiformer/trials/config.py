@@ -120,11 +120,6 @@ class DataConfig:
                              validation_split=self.validation_split, text_columns=self.text_columns,
                              label_column=self.label_column, metric=self.metric)
 
-    @property
-    def own_data(self) -> bool:
-        """Whether the task is the user's data rather than a GLUE preset."""
-        return self.task_info.source != "glue"
-
 
 @dataclass(frozen=True)
 class DenseConfig:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..errors import NxmiError
 from ..models import load_model, load_tokenizer, model_fingerprint, resolve_model_path
+from ..outputs import hash_files
 from .config import DataConfig, DenseConfig, default_cache_dir
 from .data import prepare_task_data
 from .loop import BatchStream, evaluate, predict, resolve_device, selection_metrics, set_seed, train_step
@@ -107,10 +108,7 @@ def data_fingerprint(data: DataConfig) -> dict:
     files = [f for f in (data.train_file, data.validation_file) if f]
     if files:
         digest = hashlib.sha256()
-        for file in files:
-            with open(file, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(chunk)
+        hash_files(files, digest)
         fields["files_sha256"] = digest.hexdigest()
     return fields
 
