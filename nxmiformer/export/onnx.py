@@ -38,8 +38,9 @@ from torch import nn
 
 from ..errors import NxmiError, first_line
 from ..compression.layer import CompressedLinear, compressed_modules, to_dense_
-from .pack import GRID_TOLERANCE
 from ..compression.quant import quantize_to_int
+from ..compression.spec import LayerSpec
+from .pack import GRID_TOLERANCE
 
 ONNX_FILE = "model.onnx"
 REPORT_FILE = "onnx.json"
@@ -79,22 +80,35 @@ def integer_codes(module: CompressedLinear, name: str = "module") -> tuple[torch
 @dataclass
 class OnnxExport:
     """What :func:`export_onnx` wrote: the file, the modules on int8 kernels and those left fp32
-    (with the reason), and the largest logit difference from the PyTorch model on a check batch."""
+    (with the reason), how the embedding tables are stored, the largest logit difference from the
+    PyTorch model on a check batch, and the file's size against the fp32 model's and against what
+    the plan's ``storage`` accounting predicts."""
 
     path: Path
     int8_modules: list[str] = field(default_factory=list)
     fp32_modules: dict[str, str] = field(default_factory=dict)
+    embeddings: str = "fp32"
     max_logit_diff: float = float("nan")
     agreement: float = float("nan")
+    file_bytes: int = 0
+    predicted_bytes: int = 0
+    dense_bytes: int = 0
 
     def summary(self) -> str:
         kept = f", {len(self.fp32_modules)} compressed modules kept fp32" if self.fp32_modules else ""
-        return (f"{self.path}: {len(self.int8_modules)} modules on int8 kernels{kept}; check batch: "
-                f"max |logit difference| {self.max_logit_diff:.3g} vs the PyTorch model, "
+        size = ""
+        if self.file_bytes:
+            size = (f"; {self.file_bytes / 1e6:.2f} MB ({self.file_bytes / self.dense_bytes:.1%} of the fp32 model's "
+                    f"{self.dense_bytes / 1e6:.2f} MB; accounting predicts {self.predicted_bytes / 1e6:.2f} MB)")
+        return (f"{self.path}: {len(self.int8_modules)} modules on int8 kernels{kept}, {self.embeddings} embeddings"
+                f"{size}; check batch: max |logit difference| {self.max_logit_diff:.3g} vs the PyTorch model, "
                 f"argmax agreement {self.agreement:.2%}")
 
     def to_json(self) -> dict:
         return {"file": self.path.name, "int8_modules": self.int8_modules, "fp32_modules": self.fp32_modules,
+                "embeddings": self.embeddings,
+                "size": {"file_bytes": self.file_bytes, "predicted_bytes": self.predicted_bytes,
+                         "dense_bytes": self.dense_bytes},
                 "check": {"max_logit_diff": self.max_logit_diff, "argmax_agreement": self.agreement}}
 
 
@@ -156,6 +170,12 @@ def _export_fp32(model: nn.Module, names: tuple[str, ...], path: Path, fuse: boo
 
 # the largest |code| whose products with uint8 inputs, summed in pairs, fit int16: 255 * 63 * 2 = 32130
 SATURATION_FREE_CODE = 63
+# how ``export_onnx`` may store the embedding tables; the default keeps SST-2 and TweetEval accuracy within
+# 0.3 points of fp32 tables (docs/measurements.md, "Serving files")
+EMBEDDINGS = ("int8", "int4", "fp16", "fp32")
+DEFAULT_EMBEDDINGS = "int8"
+# ops that only decode stored weights; ONNX Runtime folds them into constants when the session loads
+DECODE_OPS = frozenset({"BitShift", "BitwiseAnd", "ScatterElements", "ConstantOfShape"})
 
 
 def _weight_key(weight_t) -> bytes:
@@ -164,17 +184,154 @@ def _weight_key(weight_t) -> bytes:
     return np.ascontiguousarray(weight_t, dtype=np.float32).tobytes()
 
 
-def _quantize_graph(graph, targets: dict[bytes, tuple[str, torch.Tensor, torch.Tensor]]) -> tuple[list[str], dict[str, str]]:
+class _Builder:
+    """Nodes and initializers added to a graph, with names under one stem each."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.nodes: list = []
+        self.initializers: list = []
+        self.shared: set[str] = set()
+
+    def const(self, name: str, value) -> str:
+        from onnx import numpy_helper
+
+        self.initializers.append(numpy_helper.from_array(value, name))
+        return name
+
+    def common(self, name: str, value) -> str:
+        """A constant that every decoder shares (added once to the graph)."""
+        name = f"{self.prefix}.{name}"
+        if name not in self.shared:
+            self.shared.add(name)
+            self.const(name, value)
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attributes) -> str:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, [output], name=f"{output}/{op}", **attributes))
+        return output
+
+    def unpack(self, stem: str, data, bits: int, count: int) -> str:
+        """int32 ``[count]`` unsigned values read from ``data``, the bytes of :func:`.pack.pack_bits`
+        (value ``i`` in stream bits ``[i * bits, (i + 1) * bits)``, least significant first)."""
+        import numpy as np
+        from onnx import TensorProto
+
+        data = self.const(f"{stem}.packed", np.ascontiguousarray(data, dtype=np.uint8))
+        if bits == 8:
+            return self.node("Cast", [data], f"{stem}/values", to=TensorProto.INT32)
+        one_axis = self.common("axis1", np.array([1], np.int64))
+        byte_bits = self.node("Unsqueeze", [data, one_axis], f"{stem}/bytes")
+        shifted = self.node("BitShift", [byte_bits, self.common("shifts", np.arange(8, dtype=np.uint8))],
+                            f"{stem}/shifted", direction="RIGHT")
+        stream = self.node("BitwiseAnd", [shifted, self.common("one", np.array(1, np.uint8))], f"{stem}/bits")
+        stream = self.node("Reshape", [stream, self.common("flat", np.array([-1], np.int64))], f"{stem}/stream")
+        stream = self.node("Slice", [stream, self.common("start", np.array([0], np.int64)),
+                                     self.const(f"{stem}.end", np.array([count * bits], np.int64))], f"{stem}/used")
+        stream = self.node("Cast", [stream], f"{stem}/used_int", to=TensorProto.INT32)
+        stream = self.node("Reshape", [stream, self.const(f"{stem}.shape", np.array([count, bits], np.int64))],
+                           f"{stem}/digits")
+        weighted = self.node("Mul", [stream, self.common(f"powers{bits}", (2 ** np.arange(bits)).astype(np.int32))],
+                             f"{stem}/weighted")
+        return self.node("ReduceSum", [weighted, one_axis], f"{stem}/values", keepdims=0)
+
+    def signed(self, stem: str, data, bits: int, count: int) -> str:
+        """int32 ``[count]`` symmetric integers stored as offset binary (``q + 2^(bits-1)``)."""
+        import numpy as np
+
+        values = self.unpack(stem, data, bits, count)
+        return self.node("Sub", [values, self.common(f"offset{bits}", np.array(2 ** (bits - 1), np.int32))],
+                         f"{stem}/q")
+
+    def weight_codes(self, stem: str, tensors: dict, spec, out_features: int, in_features: int, zero: int) -> str:
+        """``[in, out]`` codes ``W^T`` (int8, or uint8 when ``zero`` is 128) of one packed weight
+        (:func:`.pack.encode_weight`'s ``values`` and ``indices``): unpacked, N:M positions
+        scattered into zeros, transposed."""
+        import numpy as np
+        from onnx import TensorProto, numpy_helper
+
+        from ..compression.accounting import index_bits
+
+        count = out_features * in_features * spec.n // spec.m
+        q = self.signed(f"{stem}.values", tensors["values"].numpy(), spec.bits, count)
+        if spec.is_sparse:
+            groups = in_features // spec.m
+            kept_shape = self.const(f"{stem}.kept_shape", np.array([out_features, groups, spec.n], np.int64))
+            positions = self.unpack(f"{stem}.indices", tensors["indices"].numpy(), index_bits(spec.m), count)
+            positions = self.node("Reshape", [positions, kept_shape], f"{stem}/positions")
+            q = self.node("Reshape", [q, kept_shape], f"{stem}/kept")
+            zeros = self.node("ConstantOfShape", [self.const(f"{stem}.group_shape", np.array(
+                [out_features, groups, spec.m], np.int64))], f"{stem}/zeros",
+                value=numpy_helper.from_array(np.zeros(1, np.int32)))
+            q = self.node("ScatterElements", [zeros, positions, q], f"{stem}/scattered", axis=2)
+        q = self.node("Reshape", [q, self.const(f"{stem}.weight_shape", np.array([out_features, in_features],
+                                                                                 np.int64))], f"{stem}/codes")
+        q = self.node("Transpose", [q], f"{stem}/codes_t", perm=[1, 0])
+        if zero:
+            q = self.node("Add", [q, self.common(f"zero{zero}", np.array(zero, np.int32))], f"{stem}/codes_u")
+        return self.node("Cast", [q], f"{stem}.weight_q", to=TensorProto.UINT8 if zero else TensorProto.INT8)
+
+    def table(self, stem: str, table, mode: str) -> str:
+        """An fp32 embedding table stored as ``mode``: symmetric integers with one float16 scale per
+        row (int8, int4 packed two to a byte), float16, or as it is."""
+        import numpy as np
+        from onnx import TensorProto
+
+        if mode == "fp16":
+            return self.node("Cast", [self.const(f"{stem}.fp16", table.astype(np.float16))], f"{stem}/table",
+                             to=TensorProto.FLOAT)
+        bits = int(mode.removeprefix("int"))
+        limit = 2 ** (bits - 1) - 1
+        scales = (np.abs(table).max(axis=1) / limit).astype(np.float16)
+        scales[scales == 0] = 1.0
+        codes = np.clip(np.round(table / scales.astype(np.float32)[:, None]), -limit, limit).astype(np.int32)
+        if bits == 8:
+            values = self.node("Cast", [self.const(f"{stem}.int8", codes.astype(np.int8))], f"{stem}/codes",
+                               to=TensorProto.FLOAT)
+        else:
+            from .pack import pack_bits
+            import torch
+
+            packed = pack_bits(torch.from_numpy(codes + 2 ** (bits - 1)).reshape(-1), bits).numpy()
+            values = self.signed(f"{stem}.int{bits}", packed, bits, codes.size)
+            values = self.node("Reshape", [values, self.const(f"{stem}.shape", np.array(table.shape, np.int64))],
+                               f"{stem}/codes_int")
+            values = self.node("Cast", [values], f"{stem}/codes", to=TensorProto.FLOAT)
+        scale = self.node("Cast", [self.const(f"{stem}.scales", scales[:, None])], f"{stem}/scales",
+                          to=TensorProto.FLOAT)
+        return self.node("Mul", [values, scale], f"{stem}/table")
+
+
+@dataclass
+class _Target:
+    """A module to put on int8 kernels: its packed tensors (:func:`.pack.encode_weight`) and shape."""
+
+    name: str
+    tensors: dict
+    spec: LayerSpec
+    out_features: int
+    in_features: int
+    max_code: int
+
+
+def _quantize_graph(graph, targets: dict[bytes, _Target]) -> tuple[list[str], dict[str, str]]:
     """Put the target modules' matmuls (matched by the value of ``W^T``) on int8 kernels, in place:
     ``MatMul(x, W^T)`` becomes the standard dynamic-quantization pattern, and a fused ``Attention``
-    whose packed ``[W_q^T | W_k^T | W_v^T]`` are all targets becomes ``QAttention``.
+    whose packed ``[W_q^T | W_k^T | W_v^T]`` are all targets becomes ``QAttention``. The codes are
+    stored packed (:func:`.pack.encode_weight`) and decoded by nodes that ONNX Runtime folds into
+    constants when it loads the file.
 
     Returns the module names replaced, and the targets left fp32 with the reason."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
+    from ..compression.quant import expand_scales
+
     initializers = {init.name: init for init in graph.initializer}
     quantized: dict[str, str] = {}  # input -> prefix of its DynamicQuantizeLinear outputs (shared by consumers)
+    built = _Builder("nxmi.weights")
     added: set[str] = set()
     replaced: list[str] = []
     left: dict[str, str] = {}
@@ -184,20 +341,25 @@ def _quantize_graph(graph, targets: dict[bytes, tuple[str, torch.Tensor, torch.T
         init = initializers.get(name)
         return None if init is None or len(init.dims) != 2 else numpy_helper.to_array(init)
 
-    def add_initializers(stem: str, codes_t, scales) -> None:
-        if stem not in added:
-            added.add(stem)
-            codes_t = np.asarray(codes_t).astype(np.int16)
-            # codes beyond 7 bits go as uint8 (code + 128, zero point 128), the same integers: ONNX Runtime's
-            # uint8 x int8 kernel on CPUs without VNNI (AVX2) adds pairs of products in int16 and saturates
-            # there (255 * 127 * 2 > 32767); its uint8 x uint8 kernel does not
-            unsigned = int(np.abs(codes_t).max(initial=0)) > SATURATION_FREE_CODE
-            dtype, zero = (np.uint8, 128) if unsigned else (np.int8, 0)
-            graph.initializer.extend([
-                numpy_helper.from_array(np.ascontiguousarray(codes_t + zero, dtype=dtype), f"{stem}.weight_q"),
-                numpy_helper.from_array(np.asarray(scales, dtype=np.float32), f"{stem}.weight_scale"),
-                numpy_helper.from_array(np.full(len(scales), zero, dtype=dtype), f"{stem}.weight_zero_point"),
-            ])
+    def zero_point(parts: list[_Target]) -> int:
+        # codes beyond 6 bits go as uint8 (code + 128, zero point 128), the same integers: ONNX Runtime's
+        # uint8 x int8 kernel on CPUs without VNNI (AVX2) adds pairs of products in int16 and saturates
+        # there (255 * 127 * 2 > 32767); its uint8 x uint8 kernel does not
+        return 128 if max(part.max_code for part in parts) > SATURATION_FREE_CODE else 0
+
+    def add_weights(stem: str, parts) -> None:
+        if stem in added:
+            return
+        added.add(stem)
+        zero = zero_point(parts)
+        codes = [built.weight_codes(stem if len(parts) == 1 else f"{stem}.{i}", part.tensors, part.spec,
+                                    part.out_features, part.in_features, zero) for i, part in enumerate(parts)]
+        if len(codes) > 1:
+            built.node("Concat", codes, f"{stem}.weight_q", axis=1)
+        scales = np.concatenate([expand_scales(part.tensors["scales"], part.out_features, part.spec.group_size).numpy()
+                                 for part in parts]).astype(np.float32)
+        built.const(f"{stem}.weight_scale", scales)
+        built.const(f"{stem}.weight_zero_point", np.full(len(scales), zero, dtype=np.uint8 if zero else np.int8))
 
     def quantize_input(x: str, prefix: str) -> str:
         if x not in quantized:
@@ -210,8 +372,8 @@ def _quantize_graph(graph, targets: dict[bytes, tuple[str, torch.Tensor, torch.T
     for node in graph.node:
         if node.op_type == "MatMul" and node.domain == "" and (w := weight(node.input[1])) is not None \
                 and (target := targets.get(_weight_key(w))) is not None:
-            name, codes, scales = target
-            add_initializers(name, codes.t().numpy(), scales.numpy())
+            name = target.name
+            add_weights(name, [target])
             prefix = f"{name}/{node.name or 'MatMul'}"
             xq = quantize_input(node.input[0], prefix)
             nodes += [
@@ -230,13 +392,12 @@ def _quantize_graph(graph, targets: dict[bytes, tuple[str, torch.Tensor, torch.T
         if node.op_type == "Attention" and node.domain == "com.microsoft" and (w := weight(node.input[1])) is not None \
                 and w.shape[1] % 3 == 0:
             parts = [targets.get(_weight_key(block)) for block in np.split(w, 3, axis=1)]
-            names = [part[0] for part in parts if part is not None]
+            names = [part.name for part in parts if part is not None]
             attributes = {a.name for a in node.attribute}
             if len(names) == 3 and attributes <= {"num_heads", "unidirectional"} and len(node.input) <= 4 \
                     and len(node.output) == 1:
                 stem = f"{node.name or 'Attention'}.qkv"
-                add_initializers(stem, np.concatenate([part[1].t().numpy() for part in parts], axis=1),
-                                 np.concatenate([part[2].numpy() for part in parts]))
+                add_weights(stem, parts)
                 xq = quantize_input(node.input[0], stem)
                 mask = node.input[3] if len(node.input) > 3 else ""
                 quantized_attention = helper.make_node(
@@ -250,13 +411,44 @@ def _quantize_graph(graph, targets: dict[bytes, tuple[str, torch.Tensor, torch.T
             for name in names:
                 left[name] = "its fused attention has Q, K or V on another spec, or an unsupported attribute"
         nodes.append(node)
-    used = {i for node in nodes for i in node.input}
+    _replace_graph(graph, built, nodes)
+    return sorted(set(replaced)), left
+
+
+def _replace_graph(graph, built: _Builder, nodes: list) -> None:
+    """Set the graph's nodes to ``built``'s decoding nodes then ``nodes``, add ``built``'s
+    initializers, and drop the initializers no node uses any more."""
+    graph.initializer.extend(built.initializers)
+    nodes = built.nodes + nodes
+    used = {i for node in nodes for i in node.input} | {o.name for o in graph.output}
     del graph.node[:]
     graph.node.extend(nodes)
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    return sorted(set(replaced)), left
+    built.nodes, built.initializers = [], []
+
+
+def _compress_embeddings(graph, tables: dict[bytes, str], mode: str) -> list[str]:
+    """Store the embedding tables (matched by value) as ``mode``; every node that read a table reads
+    its decoded fp32 copy, which ONNX Runtime folds into a constant at load. Returns the tables
+    found."""
+    from onnx import numpy_helper
+
+    built = _Builder("nxmi.embeddings")
+    renamed: dict[str, str] = {}
+    found = []
+    for init in graph.initializer:
+        if len(init.dims) == 2 and init.data_type == 1 and (name := tables.get(
+                _weight_key(numpy_helper.to_array(init)))) is not None and init.name not in renamed:
+            renamed[init.name] = built.table(name, numpy_helper.to_array(init), mode)
+            found.append(name)
+    for node in graph.node:
+        for i, value in enumerate(node.input):
+            if value in renamed:
+                node.input[i] = renamed[value]
+    _replace_graph(graph, built, list(graph.node))
+    return found
 
 
 def _check(model: nn.Module, path: Path, names: tuple[str, ...]) -> tuple[float, float]:
@@ -274,12 +466,53 @@ def _check(model: nn.Module, path: Path, names: tuple[str, ...]) -> tuple[float,
     return diff, agreement
 
 
+def check_embeddings(mode: str) -> str:
+    """``mode`` if it is one of :data:`EMBEDDINGS`, else an error naming them."""
+    if mode not in EMBEDDINGS:
+        raise NxmiError(f"unknown embeddings storage {mode!r}; allowed: {', '.join(EMBEDDINGS)}")
+    return mode
+
+
+def _embedding_tables(model: nn.Module) -> dict[bytes, str]:
+    """The model's embedding tables (every ``nn.Embedding``), keyed by value, with their names."""
+    return {_weight_key(module.weight.detach().float().cpu().numpy()): name
+            for name, module in model.named_modules() if isinstance(module, nn.Embedding)}
+
+
+def _predicted_bytes(model: nn.Module, targets: dict[bytes, "_Target"], embeddings: str) -> int:
+    """The file's size as the accounting sees it: every int8-kernel module at its ``storage``
+    bits (kept values, N:M indices, 16-bit scales), the embedding tables at ``embeddings`` (one
+    16-bit scale per row for integers), every other parameter fp32."""
+    from ..compression.accounting import module_bits
+
+    bits = 0.0
+    covered = set()
+    for target in targets.values():
+        bits += module_bits(target.spec, target.out_features, target.in_features, "storage")
+        covered.add(f"{target.name}.weight")
+    width = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}[embeddings]
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding):
+            rows, dim = module.weight.shape
+            bits += rows * dim * width + (rows * 16 if embeddings.startswith("int") else 0)
+            covered.add(f"{name}.weight" if name else "weight")
+    bits += sum(p.numel() * 32 for name, p in model.named_parameters() if name not in covered)
+    return int(bits / 8)
+
+
 @torch.no_grad()
 def export_onnx(model: nn.Module, path: str | Path, int8: bool = True, fuse: bool = False,
-                input_names: tuple[str, ...] | None = None, check: bool = True) -> OnnxExport:
+                input_names: tuple[str, ...] | None = None, check: bool = True,
+                embeddings: str | None = None) -> OnnxExport:
     """Write ``model`` (a sequence classifier whose compressed modules are hardened
     :class:`CompressedLinear` wrappers, as :func:`~.harden_` or :func:`~.load_packed` leave them)
     to the ONNX file ``path``.
+
+    Integer modules are stored as the packed format stores them (:mod:`.pack`: kept values at
+    their bit width, N:M positions, scales): ``2:4:int4`` costs 3 bits per weight on disk, not 8.
+    Standard operators decode them (bit shifts, a scatter into zeros); ONNX Runtime folds those
+    nodes into int8 constants when it loads the file (its default graph optimizations), so the
+    session runs the same int8 kernels as a file that stored the codes as int8.
 
     Args:
         int8: put the integer modules (at most 8 bits) on int8 kernels; else export fp32 only.
@@ -291,15 +524,22 @@ def export_onnx(model: nn.Module, path: str | Path, int8: bool = True, fuse: boo
             ``token_type_ids`` that the model's forward takes).
         check: run the file with ONNX Runtime on a random batch and report the largest logit
             difference from ``model`` and the argmax agreement.
+        embeddings: how the embedding tables are stored (:data:`EMBEDDINGS`): symmetric int8 or
+            int4 with one scale per row, float16, or fp32; decoded to fp32 at load. Default
+            :data:`DEFAULT_EMBEDDINGS` with ``int8``, fp32 without (the reference export).
 
     Raises:
         NxmiError: a compressed module is not hardened, or not on its spec's grid; a module
-            uses activation quantization (``a8``...), which the export does not carry.
+            uses activation quantization (``a8``...), which the export does not carry; an
+            unknown ``embeddings``.
     """
     import inspect
 
     import onnx
 
+    from .pack import encode_weight
+
+    embeddings = check_embeddings(embeddings or (DEFAULT_EMBEDDINGS if int8 else "fp32"))
     path = Path(path)
     modules = compressed_modules(model)
     for name, module in modules.items():
@@ -311,30 +551,40 @@ def export_onnx(model: nn.Module, path: str | Path, int8: bool = True, fuse: boo
     if input_names is None:
         accepted = inspect.signature(model.forward).parameters
         input_names = tuple(name for name in INPUT_NAMES if name in accepted)
-    report = OnnxExport(path)
-    targets: dict[bytes, tuple[str, torch.Tensor, torch.Tensor]] = {}
+    report = OnnxExport(path, embeddings=embeddings)
+    targets: dict[bytes, _Target] = {}
     for name, module in modules.items():
         reason = int8_servable(module) if int8 else "fp32 export"
         if reason is not None:
             report.fp32_modules[name] = reason
             continue
-        codes, scales = integer_codes(module, name)
-        key = _weight_key(module.effective_weight().detach().float().cpu().t().numpy())
-        if key in targets and not torch.equal(targets[key][2], scales):
-            raise NxmiError(f"modules {targets[key][0]} and {name} hold the same weights with different specs; "
+        codes, _ = integer_codes(module, name)  # on the grid, or an error
+        weight = module.effective_weight().detach().float().cpu()
+        tensors, _ = encode_weight(weight, module.spec, module.mask, name=name)
+        key = _weight_key(weight.t().numpy())
+        if key in targets and targets[key].spec != module.spec:
+            raise NxmiError(f"modules {targets[key].name} and {name} hold the same weights with different specs; "
                             f"the export cannot tell them apart")
-        targets.setdefault(key, (name, codes, scales))
+        targets.setdefault(key, _Target(name, tensors, module.spec, *weight.shape, int(codes.abs().max()) if codes.numel() else 0))
     plain = to_dense_(copy.deepcopy(model)).cpu().eval()
     _export_fp32(plain, input_names, path, fuse)
-    if targets:
+    if targets or embeddings != "fp32":
         proto = onnx.load(str(path))
-        report.int8_modules, left = _quantize_graph(proto.graph, targets)
-        found = set(report.int8_modules)
-        for name, _, _ in targets.values():
-            if name not in found:
-                report.fp32_modules[name] = left.get(name, "its matmul was not found in the exported graph")
+        if targets:
+            report.int8_modules, left = _quantize_graph(proto.graph, targets)
+            found = set(report.int8_modules)
+            for target in targets.values():
+                if target.name not in found:
+                    report.fp32_modules[target.name] = left.get(target.name, "its matmul was not found in the "
+                                                                             "exported graph")
+        if embeddings != "fp32":
+            _compress_embeddings(proto.graph, _embedding_tables(plain), embeddings)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(path))
+    report.file_bytes = path.stat().st_size
+    report.dense_bytes = sum(p.numel() for p in plain.parameters()) * 4
+    report.predicted_bytes = _predicted_bytes(plain, {k: t for k, t in targets.items()
+                                                      if t.name in report.int8_modules}, embeddings)
     if check:
         report.max_logit_diff, report.agreement = _check(plain, path, input_names)
     return report
@@ -365,7 +615,8 @@ def load_for_export(model_dir: str | Path) -> nn.Module:
     return model
 
 
-def export_onnx_dir(model_dir: str | Path, out_dir: str | Path, int8: bool = True, fuse: bool = False) -> OnnxExport:
+def export_onnx_dir(model_dir: str | Path, out_dir: str | Path, int8: bool = True, fuse: bool = False,
+                    embeddings: str | None = None) -> OnnxExport:
     """Export the model of ``model_dir`` (see :func:`load_for_export`) to a new directory
     ``out_dir``: ``model.onnx``, ``config.json``, the tokenizer, ``plan.json`` (if any) and
     ``onnx.json`` (what :func:`export_onnx` reported). All or nothing."""
@@ -375,6 +626,8 @@ def export_onnx_dir(model_dir: str | Path, out_dir: str | Path, int8: bool = Tru
     from ..outputs import TASK_FILE, atomic_output_dir, require_free_output, write_json
     from .pack import PLAN_FILE
 
+    if embeddings is not None:
+        check_embeddings(embeddings)
     require_free_output(out_dir)
     model = load_for_export(model_dir)
     try:
@@ -388,7 +641,8 @@ def export_onnx_dir(model_dir: str | Path, out_dir: str | Path, int8: bool = Tru
         accepted = inspect.signature(model.forward).parameters
         input_names = tuple(n for n in INPUT_NAMES if n in accepted and n in tokenizer.model_input_names) or None
     with atomic_output_dir(out_dir) as tmp:
-        report = export_onnx(model, tmp / ONNX_FILE, int8=int8, fuse=fuse, input_names=input_names)
+        report = export_onnx(model, tmp / ONNX_FILE, int8=int8, fuse=fuse, input_names=input_names,
+                             embeddings=embeddings)
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -99,7 +99,7 @@ CASES = [  # plan, int8 modules with ONNX Runtime's fusions, with standard opera
 @pytest.mark.parametrize("plan,fused,standard", CASES, ids=[str(c[0])[:30] for c in CASES])
 def test_int8_graph_equals_an_independent_reference_of_the_hardened_codes(plan, fused, standard, fuse, tmp_path):
     model = hardened_tiny(plan)
-    report = export_onnx(model, tmp_path / "model.onnx", fuse=fuse)
+    report = export_onnx(model, tmp_path / "model.onnx", fuse=fuse, embeddings="fp32")
     assert len(report.int8_modules) == (fused if fuse else standard)
     assert set(report.int8_modules) | set(report.fp32_modules) == set(compressed_modules(model))
     feed = inputs()
@@ -185,9 +185,9 @@ def test_cli_exports_a_hardened_and_a_packed_directory_alike(tiny_model_dir, syn
     hard, packed, onnx_hard, onnx_packed = (tmp_path / n for n in ("hard", "packed", "onnx-hard", "onnx-packed"))
     assert main(["compress", "--model", str(tiny_model_dir), "--plan", "4:8:int4", "--out", str(hard)]) == 0
     pack_dir(hard, packed)
-    assert main(["onnx", "--model", str(hard), "--out", str(onnx_hard)]) == 0
+    assert main(["onnx", "--model", str(hard), "--out", str(onnx_hard), "--embeddings", "fp32"]) == 0
     assert "12 modules on int8 kernels" in capsys.readouterr().out
-    export_onnx_dir(packed, onnx_packed)
+    export_onnx_dir(packed, onnx_packed, embeddings="fp32")
     assert main(["onnx", "--model", str(packed), "--out", str(tmp_path / "fused"), "--fuse"]) == 0
     assert "12 modules on int8 kernels" in capsys.readouterr().out
     names = {p.name for p in onnx_hard.iterdir()}
@@ -257,8 +257,31 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(setup, args, match, tiny_
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("plan,dtype,zero", [("dense:int8", "uint8", 128), ("4:8:int4", "int8", 0)])
-def test_codes_beyond_7_bits_go_as_uint8_the_same_integers(plan, dtype, zero, tmp_path):
+def decoded(path, names: list[str]) -> dict:
+    """The values of graph tensors ``names`` that depend on initializers only (the decoded codes), computed
+    by ONNX's own reference implementation (``onnx.reference``), not by ONNX Runtime."""
+    import onnx
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load(str(path))
+    producer = {out: node for node in model.graph.node for out in node.output}
+    needed, stack = [], list(names)
+    while stack:  # the nodes the names depend on
+        node = producer.get(stack.pop())
+        if node is not None and node not in needed:
+            needed.append(node)
+            stack += list(node.input)
+    order = [node for node in model.graph.node if node in needed]
+    outputs = [helper.make_empty_tensor_value_info(name) for name in names]
+    graph = helper.make_graph(order, "decode", [], outputs, initializer=model.graph.initializer)
+    sub = helper.make_model(graph, opset_imports=model.opset_import)
+    return dict(zip(names, ReferenceEvaluator(sub).run(None, {})))
+
+
+@pytest.mark.parametrize("plan,dtype,zero", [("dense:int8", "uint8", 128), ("4:8:int4", "int8", 0),
+                                             ("2:4:int2", "int8", 0), ("4:8:int3:g4", "int8", 0)])
+def test_codes_decode_to_the_modules_own_integers(plan, dtype, zero, tmp_path):
     # ONNX Runtime's uint8 x int8 kernel saturates int16 pair sums on CPUs without VNNI (AVX2): 8-bit codes are
     # stored as code + 128 with zero point 128, which its uint8 x uint8 kernel computes exactly on every CPU
     import onnx
@@ -267,8 +290,71 @@ def test_codes_beyond_7_bits_go_as_uint8_the_same_integers(plan, dtype, zero, tm
     model = hardened_tiny(plan)
     report = export_onnx(model, tmp_path / "model.onnx", fuse=False)
     stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(tmp_path / "model.onnx").graph.initializer}
-    name = report.int8_modules[0]
-    codes, _ = integer_codes(model.get_submodule(name), name)
-    q, zp = stored[f"{name}.weight_q"], stored[f"{name}.weight_zero_point"]
-    assert q.dtype.name == dtype and (zp == zero).all()
-    assert (q.astype("int32") - zero == codes.t().numpy()).all()
+    for name in report.int8_modules:
+        codes, scales = integer_codes(model.get_submodule(name), name)
+        q = decoded(tmp_path / "model.onnx", [f"{name}.weight_q"])[f"{name}.weight_q"]
+        zp = stored[f"{name}.weight_zero_point"]
+        assert q.dtype.name == dtype and (zp == zero).all()
+        assert (q.astype("int32") - zero == codes.t().numpy()).all()
+        torch.testing.assert_close(torch.tensor(stored[f"{name}.weight_scale"]), scales)
+
+
+@pytest.mark.parametrize("plan,bits_per_weight", [("2:4:int4", 3), ("2:4:int2", 2), ("1:4:int2", 1),
+                                                  ("4:8:int3", 3), ("dense:int8", 8)])
+def test_codes_are_stored_at_their_width_and_folded_at_load(plan, bits_per_weight, tmp_path):
+    """The file holds kept values at their bit width and N:M positions (what the packed format
+    holds), not int8 matrices; ONNX Runtime folds the decoding nodes into constants at load."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from nxmiformer.export.onnx import DECODE_OPS
+
+    model = hardened_tiny(plan)
+    report = export_onnx(model, tmp_path / "model.onnx", fuse=False, embeddings="fp32")
+    graph = onnx.load(tmp_path / "model.onnx").graph
+    stored = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for name in report.int8_modules:
+        module = model.get_submodule(name)
+        packed = sum(stored[key].nbytes for key in stored if key.startswith(f"{name}.") and key.endswith(".packed"))
+        assert packed == pytest.approx(module.weight.numel() * bits_per_weight / 8, abs=2)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # a portable dump
+    ort.InferenceSession(str(tmp_path / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    loaded = {node.op_type for node in onnx.load(tmp_path / "loaded.onnx").graph.node}
+    assert not loaded & DECODE_OPS and "MatMulInteger" in loaded
+    assert report.file_bytes == (tmp_path / "model.onnx").stat().st_size
+    # the tensors (not the graph, which outweighs them in a model this small) as the accounting predicts
+    assert sum(value.nbytes for value in stored.values()) == pytest.approx(report.predicted_bytes, rel=0.1)
+
+
+@pytest.mark.parametrize("mode,row_error", [("fp32", 0.0), ("fp16", 2.0 ** -11), ("int8", 0.5 / 127),
+                                            ("int4", 0.5 / 7)])
+def test_embedding_tables_are_stored_as_asked(mode, row_error, tmp_path):
+    """Each table's decoded copy (ONNX's reference implementation) is within half a step of its
+    scale (a row's max-abs / qmax) of the model's; the file shrinks with the width."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = hardened_tiny("2:4:int8")
+    report = export_onnx(model, tmp_path / "model.onnx", embeddings=mode)
+    assert report.embeddings == mode
+    if mode == "fp32":
+        return
+    tables = {name: module.weight.detach() for name, module in model.named_modules() if isinstance(module, nn.Embedding)}
+    names = [f"{name}/table" for name in tables]
+    assert {n.output[0] for n in onnx.load(tmp_path / "model.onnx").graph.node} >= set(names)
+    values = decoded(tmp_path / "model.onnx", names)
+    for name, table in tables.items():
+        error = (torch.from_numpy(values[f"{name}/table"]) - table).abs()
+        limit = table.abs().amax(dim=1, keepdim=True) * row_error * 1.01 + 1e-7
+        assert (error <= limit).all(), name
+    export_onnx(model, tmp_path / "fp32.onnx", embeddings="fp32")
+    fp32, stored = (sum(numpy_helper.to_array(i).nbytes for i in onnx.load(tmp_path / name).graph.initializer)
+                    for name in ("fp32.onnx", "model.onnx"))
+    table_bytes = sum(t.numel() for t in tables.values()) * 4
+    width = {"fp16": 2, "int8": 1, "int4": 0.5}[mode]
+    scale_bytes = sum(t.shape[0] for t in tables.values()) * 2 if mode.startswith("int") else 0  # fp16, one a row
+    # the tensors the file holds (in a model this small the graph outweighs them)
+    assert fp32 - stored == pytest.approx(table_bytes * (1 - width / 4) - scale_bytes, rel=0.02)
