@@ -4,6 +4,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# a second, separate environment for tests/export/test_clients.py: a real client of `nxmi onnx` (Hugging Face
+# Optimum's ONNX Runtime classes) without nxmiformer. Optimum ONNX pins transformers<4.58, which the main .venv
+# (transformers 5) cannot hold; same torch first, for the same reason as above.
+CLIENT_VENV ?= .venv-client
+CLIENT_STAMP := $(CLIENT_VENV)/.installed-stamp
 
 .PHONY: install demo test bench clean
 
@@ -12,6 +17,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(CLIENT_STAMP): Makefile
+	test -x $(CLIENT_VENV)/bin/python || python3 -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CLIENT_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(CLIENT_VENV)/bin/python -m pip install --quiet 'optimum-onnx[onnxruntime]==0.1.0'
 	touch $@
 
 install: $(STAMP)
@@ -25,7 +37,7 @@ demo: $(STAMP)
 		$(if $(wildcard $(GLUE_DIR)/sst2),--data-dir $(GLUE_DIR)) \
 		$(if $(wildcard $(SEARCH_OUT)/search.json),--resume) --out $(SEARCH_OUT)
 
-test: $(STAMP)
+test: $(STAMP) $(CLIENT_STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
@@ -35,4 +47,4 @@ bench: $(STAMP)
 	$(PY) bench/recovery.py --specs 2:4:int8,2:4:int4 --scales lsq --seeds 0
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(CLIENT_VENV) build *.egg-info

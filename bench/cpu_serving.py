@@ -1,115 +1,228 @@
-"""CPU serving of a hardened model: PyTorch fp32 against the ONNX Runtime int8 export (``nxmi onnx``).
+"""CPU serving, side by side: nxmiformer's ONNX files against ONNX Runtime's own quantizers.
 
-Models (all from the same SST-2 dense warm start of the MiniLM default, or from ``--model``, a
-hardened directory of ``nxmi train`` / ``nxmi compress --out`` or a packed one of ``nxmi pack``):
+For each task (``--tasks``: ``sst2`` from GLUE, ``tweet`` the TweetEval sentiment CSVs beside the
+repository), from one dense warm start of the MiniLM default (``nxmi finetune``: SST-2 on 2,000
+training rows, TweetEval on all 6,000):
 
-* ``fp32 dense (PyTorch)``: the warm start as it is: the baseline of every ratio;
-* ``fp32 hardened (PyTorch)``: the plan applied and hardened (N:M zeros and the integer grid, in fp32);
-* ``fp32 hardened (ORT)``: the same model exported fp32 with ONNX Runtime's BERT fusions
-  (``nxmi onnx --fp32 --fuse``): what the runtime alone brings;
-* ``int8 (ORT)``: ``nxmi onnx``'s default: the hardened int8 codes and per-row scales in standard
-  ONNX operators (``DynamicQuantizeLinear`` + ``MatMulInteger``, activations quantized per tensor
-  on the fly), which ONNX Runtime fuses into its int8 kernels itself;
-* ``int8 (ORT, --fuse)``: ``nxmi onnx --fuse``: ONNX Runtime's BERT fusions first, the same codes
-  and scales on ``QAttention`` / ``DynamicQuantizeMatMul``.
+* ``dense fp32``: ``nxmi onnx --fp32`` of the warm start (the baseline of speed and size);
+* ``ORT quantize_dynamic``: ONNX Runtime's one-line int8 quantizer on that file (weights and
+  embeddings int8, what a user would do instead of nxmiformer);
+* ``ORT MatMulNBits 4-bit``: ``MatMulNBitsQuantizer`` (4-bit weights, block 32, symmetric) on it;
+* ``nxmi <plan> one-shot``: ``nxmi compress`` of the warm start, then ``nxmi onnx``;
+* ``nxmi <plan> trained``: ``nxmi train --steps 600`` on the same training rows, then ``nxmi onnx``;
 
-Latency: the first validation sentences padded to ``--length`` tokens, at each batch size:
-``--rounds`` rounds over every model, each a block of ``--block`` timed calls after one untimed
-(a server calls one model call after call; the blocks let the other runtime's spinning threads
-settle), median of all calls, as a speed-up over fp32 dense (dense latency / model latency). Accuracy: every model on the full SST-2 validation split (872 rows).
-The timings need the cores to themselves: run nothing else meanwhile.
+each nxmiformer model with every ``--embeddings`` storage. Columns: ``model.onnx`` size (and the
+size the plan's ``storage`` accounting predicts, with the non-encoder weights at their exported
+width), latency at each batch size (the first validation texts padded to ``--length`` tokens;
+``--rounds`` rounds over every file, each a block of ``--block`` timed calls after one untimed;
+median of all calls), accuracy on the whole validation split with its binomial standard error,
+and for nxmiformer files the PyTorch hardened model's accuracy and the paired difference (with
+its SE over the validation rows) from both ONNX Runtime quantizers.
+
+Trained and one-shot model directories are kept under ``--work`` and reused by later runs.
+The timings need the cores to themselves: run nothing else meanwhile. CPU: about 100 minutes
+with the six trainings, 10 without.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import json
+import shutil
 import statistics
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _common import add_data_dir  # noqa: E402  (also puts the repository on sys.path)
+from _common import ROOT, add_data_dir
+
+TWEET = ROOT.parent / "shared" / "data" / "custom" / "tweet_sentiment"
+
+
+def nxmi(*args) -> None:
+    """Run one ``nxmi`` command of this checkout, echoed; stop the bench if it fails."""
+    command = [sys.executable, "-m", "nxmiformer", *map(str, args)]
+    print("$ nxmi " + " ".join(map(str, args)), flush=True)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise SystemExit(f"failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+
+
+def data_flags(task: str, glue: str) -> list[str]:
+    if task == "sst2":
+        return ["--task", "sst2", "--data-dir", glue, "--train-size", "2000"]
+    return ["--train-file", TWEET / "train.csv", "--validation-file", TWEET / "validation.csv"]
+
+
+def ort_baselines(dense_onnx: Path, work: Path) -> dict[str, Path]:
+    """ONNX Runtime's own quantizers applied to the dense fp32 export, as a user would."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    out = {"ORT quantize_dynamic": work / "ort-dynamic", "ORT MatMulNBits 4-bit": work / "ort-nbits4"}
+    for directory in out.values():
+        if not (directory / "model.onnx").is_file():
+            shutil.copytree(dense_onnx, directory, dirs_exist_ok=True)
+    if not (out["ORT quantize_dynamic"] / "done").is_file():
+        quantize_dynamic(dense_onnx / "model.onnx", out["ORT quantize_dynamic"] / "model.onnx",
+                         weight_type=QuantType.QInt8)
+        (out["ORT quantize_dynamic"] / "done").touch()
+    if not (out["ORT MatMulNBits 4-bit"] / "done").is_file():
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(dense_onnx / "model.onnx")), bits=4, block_size=32,
+                                         is_symmetric=True)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(out["ORT MatMulNBits 4-bit"] / "model.onnx"))
+        (out["ORT MatMulNBits 4-bit"] / "done").touch()
+    return out
+
+
+def paired(a, b) -> tuple[float, float]:
+    """Mean and standard error of the per-row difference of two 0/1 vectors."""
+    import numpy as np
+
+    d = np.asarray(a, float) - np.asarray(b, float)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir(parser)
-    parser.add_argument("--model", help="a hardened or packed model directory (default: one-shot --plan of the warm start)")
-    parser.add_argument("--plan", default="2:4:int8", help="uniform plan for the default one-shot model")
+    parser.add_argument("--tasks", default="sst2,tweet", help="comma-separated: sst2, tweet")
+    parser.add_argument("--plans", default="2:4:int8,2:4:int4,2:4:int2",
+                        help="uniform plans (87.5%%, 93.75%%, 96.875%% paper by default)")
+    parser.add_argument("--embeddings", default="int8,int4", help="embedding storages of the nxmiformer files")
+    parser.add_argument("--steps", type=int, default=600, help="training steps of the trained plans (0: one-shot only)")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "cpu-serving"), help="kept model directories")
     parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes timed")
     parser.add_argument("--length", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=10, help="rounds over every model")
-    parser.add_argument("--block", type=int, default=5, help="timed calls in a row per model and round")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds over every file")
+    parser.add_argument("--block", type=int, default=5, help="timed calls in a row per file and round")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache-dir")
+    parser.add_argument("--out", help="also write every figure to this JSON file")
     args = parser.parse_args()
 
+    import numpy as np
     import torch
     from transformers.utils import logging as hf_logging
 
-    from nxmiformer.compression import CompressionPlan, LayerSpec, compress_, harden_
-    from nxmiformer.export.onnx import OnnxClassifier, export_onnx, load_for_export
+    from nxmiformer.api import task as make_task
+    from nxmiformer.export import OnnxClassifier, export_onnx_dir
     from nxmiformer.models import load_model, load_tokenizer
-    from nxmiformer.trials import DataConfig, DenseConfig, finetune_dense
-    from nxmiformer.trials.data import load_glue, prepare_task_data
-    from nxmiformer.trials.loop import evaluate
+    from nxmiformer.trials import prepare_task_data
+    from nxmiformer.trials.loop import predict
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
-    data = DataConfig(task="sst2", data_dir=args.data_dir, max_length=args.length, train_size=4000, seed=0)
-    dense_result = finetune_dense(data, DenseConfig(), args.cache_dir, progress=True)
-    dense = load_model(str(dense_result.path)).eval()
-    if args.model:
-        hardened = load_for_export(args.model)
-        plan_file = Path(args.model) / "plan.json"
-        source = f"{args.model} ({CompressionPlan.load(plan_file).summary() if plan_file.is_file() else 'dense'})"
-    else:
-        hardened = copy.deepcopy(dense)
-        compress_(hardened, CompressionPlan.uniform(hardened, LayerSpec.parse(args.plan)))
-        harden_(hardened)
-        source = f"one-shot {args.plan} of the warm start"
-    hardened.eval()
-
-    tmp = Path(tempfile.mkdtemp(prefix="cpu-serving-"))
-    exports = {"fp32 hardened (ORT)": export_onnx(hardened, tmp / "fp32.onnx", int8=False, fuse=True),
-               "int8 (ORT)": export_onnx(hardened, tmp / "int8.onnx"),
-               "int8 (ORT, --fuse)": export_onnx(hardened, tmp / "int8-fused.onnx", fuse=True)}
-    for name, report in exports.items():
-        print(f"{name}: {report.summary()}")
-    models = {"fp32 dense (PyTorch)": dense, "fp32 hardened (PyTorch)": hardened}
-    models |= {name: OnnxClassifier(report.path, threads=args.threads) for name, report in exports.items()}
-
-    tokenizer = load_tokenizer(str(dense_result.path))
-    glue = prepare_task_data("sst2", tokenizer, data_dir=args.data_dir, max_length=args.length, include_train=False)
-    sentences = load_glue("sst2", data_dir=args.data_dir, splits=["validation"])["validation"]["sentence"]
+    plans = args.plans.split(",")
+    modes = args.embeddings.split(",")
     batches = [int(b) for b in args.batches.split(",")]
-    latency: dict[int, dict[str, float]] = {}
-    for size in batches:
-        inputs = dict(tokenizer(sentences[:size], padding="max_length", truncation=True, max_length=args.length,
-                                return_tensors="pt"))
-        times = {name: [] for name in models}
-        with torch.inference_mode():
-            for _ in range(args.rounds):  # blocks: a server runs one model call after call; the
-                for name, model in models.items():  # other runtime's spinning threads settle meanwhile
-                    model(**inputs)  # untimed warm-up of the block
-                    for _ in range(args.block):
-                        start = time.perf_counter()
-                        model(**inputs)
-                        times[name].append(time.perf_counter() - start)
-        latency[size] = {name: statistics.median(t) for name, t in times.items()}
+    record: dict = {"args": vars(args), "tasks": {}}
+    for task in args.tasks.split(","):
+        work = Path(args.work) / task
+        flags = data_flags(task, args.data_dir)
+        dense = work / "dense"
+        if not dense.is_dir():
+            nxmi("finetune", *flags, "--out", dense)
+        sources: dict[str, Path] = {}
+        for plan in plans:
+            label = plan.replace(":", "-")
+            sources[f"{plan} one-shot"] = work / f"oneshot-{label}"
+            if not sources[f"{plan} one-shot"].is_dir():
+                nxmi("compress", "--model", dense, "--plan", plan, "--out", sources[f"{plan} one-shot"])
+            if args.steps:
+                sources[f"{plan} trained"] = work / f"trained-{label}"
+                if not sources[f"{plan} trained"].is_dir():
+                    nxmi("train", "--plan", plan, "--dense", dense, *flags, "--steps", args.steps,
+                         "--out", sources[f"{plan} trained"])
 
-    print(f"\nSST-2, MiniLM default, {source}; {len(exports['int8 (ORT)'].int8_modules)} modules on int8 "
-          f"kernels; {args.length} tokens, {args.threads} threads, {args.rounds} rounds x {args.block} calls (median)")
-    header = "".join(f" {f'b{b} ms':>8} {f'b{b} x':>6}" for b in batches)
-    print(f"| {'model':<24} |{header} | accuracy |")
-    base_name = "fp32 dense (PyTorch)"
-    for name, model in models.items():
-        accuracy = evaluate(model, glue, tokenizer)["primary"]
-        cells = "".join(f" {latency[b][name] * 1e3:>8.1f} {latency[b][base_name] / latency[b][name]:>6.2f}"
-                        for b in batches)
-        print(f"| {name:<24} |{cells} | {accuracy:.4f} |", flush=True)
+        exports = work / "onnx"
+        files: dict[str, Path] = {"dense fp32": exports / "dense-fp32"}
+        reports: dict[str, dict] = {}
+        if not files["dense fp32"].is_dir():
+            export_onnx_dir(dense, files["dense fp32"], int8=False)
+        files |= ort_baselines(files["dense fp32"], exports)
+        for name, source in sources.items():
+            for mode in modes:
+                key = f"nxmi {name}, {mode} emb."
+                files[key] = exports / f"{source.name}-{mode}"
+                if not files[key].is_dir():
+                    export_onnx_dir(source, files[key], embeddings=mode)
+                reports[key] = json.loads((files[key] / "onnx.json").read_text())
+
+        info = make_task("sst2") if task == "sst2" else make_task(
+            train_file=TWEET / "train.csv", validation_file=TWEET / "validation.csv")
+        tokenizer = load_tokenizer(str(dense))
+        prepared = prepare_task_data(info, tokenizer, data_dir=args.data_dir, include_train=False)
+        validation = next(iter(prepared.eval.values()))
+        correct: dict[str, np.ndarray] = {}
+        sessions = {name: OnnxClassifier(path, threads=args.threads) for name, path in files.items()}
+        for name, model in sessions.items():
+            logits, labels = predict(model, validation, tokenizer)
+            correct[name] = (logits.argmax(-1) == labels).astype(float)
+        torch_accuracy = {}
+        for name, source in sources.items():
+            logits, labels = predict(load_model(str(source)).eval(), validation, tokenizer)
+            torch_accuracy[name] = float((logits.argmax(-1) == labels).mean())
+
+        ids = validation["input_ids"]  # the first rows' own tokens, cut or padded to --length
+        latency: dict[int, dict[str, float]] = {}
+        with torch.inference_mode():
+            for size in batches:
+                rows = [list(ids[i])[:args.length] for i in range(size)]
+                feed = {"input_ids": torch.zeros(size, args.length, dtype=torch.long)}
+                feed["attention_mask"] = torch.zeros_like(feed["input_ids"])
+                for i, row in enumerate(rows):
+                    feed["input_ids"][i, :len(row)] = torch.tensor(row)
+                    feed["attention_mask"][i, :len(row)] = 1
+                feed["token_type_ids"] = torch.zeros_like(feed["input_ids"])
+                times = {name: [] for name in sessions}
+                for _ in range(args.rounds):  # blocks: a server runs one model call after call
+                    for name, model in sessions.items():
+                        model(**feed)  # untimed warm-up of the block
+                        for _ in range(args.block):
+                            start = time.perf_counter()
+                            model(**feed)
+                            times[name].append(time.perf_counter() - start)
+                latency[size] = {name: statistics.median(t) for name, t in times.items()}
+
+        rows = {}
+        dense_bytes = (files["dense fp32"] / "model.onnx").stat().st_size
+        for name, path in files.items():
+            size = (path / "model.onnx").stat().st_size
+            accuracy = float(correct[name].mean())
+            row = {"file_mb": size / 1e6, "file_vs_dense": size / dense_bytes, "accuracy": accuracy,
+                   "accuracy_se": float(np.sqrt(accuracy * (1 - accuracy) / len(correct[name]))),
+                   **{f"b{b}_ms": latency[b][name] * 1e3 for b in batches},
+                   **{f"b{b}_vs_dynamic": latency[b]["ORT quantize_dynamic"] / latency[b][name] for b in batches}}
+            if name in reports:
+                source = name.removeprefix("nxmi ").rsplit(",", 1)[0]
+                row["predicted_mb"] = reports[name]["size"]["predicted_bytes"] / 1e6
+                row["pytorch_accuracy"] = torch_accuracy[source]
+                for baseline in ("ORT quantize_dynamic", "ORT MatMulNBits 4-bit"):
+                    diff, se = paired(correct[name], correct[baseline])
+                    row[f"minus {baseline}"] = {"points": diff * 100, "se": se * 100}
+            rows[name] = row
+        record["tasks"][task] = {"rows": rows, "n_validation": len(validation)}
+
+        print(f"\n{task}: MiniLM default, {len(validation)} validation rows, {args.length} tokens, {args.threads} "
+              f"threads, {args.rounds} rounds x {args.block} calls (median); x = quantize_dynamic's latency / the file's")
+        lat = "".join(f" b{b} ms | b{b} x |" for b in batches)
+        print(f"| model | MB | of dense | predicted MB |{lat} accuracy (SE) | PyTorch | vs dynamic (SE) | "
+              f"vs 4-bit (SE) |")
+        print("|---|---|---|---|" + "---|---|" * len(batches) + "---|---|---|---|")
+        for name, row in rows.items():
+            cells = "".join(f" {row[f'b{b}_ms']:.1f} | {row[f'b{b}_vs_dynamic']:.2f} |" for b in batches)
+            extra = [f"{row['predicted_mb']:.2f}" if "predicted_mb" in row else "",
+                     f"{row['pytorch_accuracy']:.4f}" if "pytorch_accuracy" in row else ""]
+            versus = [f"{row[k]['points']:+.2f} ({row[k]['se']:.2f})" if k in row else ""
+                      for k in ("minus ORT quantize_dynamic", "minus ORT MatMulNBits 4-bit")]
+            print(f"| {name} | {row['file_mb']:.2f} | {row['file_vs_dense']:.1%} | {extra[0]} |{cells} "
+                  f"{row['accuracy']:.4f} ({row['accuracy_se']:.4f}) | {extra[1]} | {versus[0]} | {versus[1]} |",
+                  flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(record, indent=1))
     return 0
 
 

@@ -174,6 +174,8 @@ SATURATION_FREE_CODE = 63
 # 0.3 points of fp32 tables (docs/measurements.md, "Serving files")
 EMBEDDINGS = ("int8", "int4", "fp16", "fp32")
 DEFAULT_EMBEDDINGS = "int8"
+# columns of a table row that share one float16 scale, per integer storage (the whole row when it does not divide)
+EMBEDDING_BLOCKS = {"int8": 1 << 30, "int4": 64}
 # ops that only decode stored weights; ONNX Runtime folds them into constants when the session loads
 DECODE_OPS = frozenset({"BitShift", "BitwiseAnd", "ScatterElements", "ConstantOfShape"})
 
@@ -208,9 +210,14 @@ class _Builder:
         return name
 
     def node(self, op: str, inputs: list[str], output: str, **attributes) -> str:
+        """Add one node; returns its output's name. Nodes are unnamed and intermediate outputs get
+        short numbered names (the file stays small: MiniLM has about 1,600 decoding nodes); the
+        decoded codes (``.weight_q``) and tables (``/table``) keep their module's name."""
         from onnx import helper
 
-        self.nodes.append(helper.make_node(op, inputs, [output], name=f"{output}/{op}", **attributes))
+        if not output.endswith((".weight_q", "/table")):
+            output = f"{self.prefix}.{len(self.nodes)}"
+        self.nodes.append(helper.make_node(op, inputs, [output], **attributes))
         return output
 
     def unpack(self, stem: str, data, bits: int, count: int) -> str:
@@ -275,7 +282,8 @@ class _Builder:
 
     def table(self, stem: str, table, mode: str) -> str:
         """An fp32 embedding table stored as ``mode``: symmetric integers with one float16 scale per
-        row (int8, int4 packed two to a byte), float16, or as it is."""
+        block of :data:`EMBEDDING_BLOCKS` columns of a row (int8; int4 packed two to a byte),
+        float16, or as it is."""
         import numpy as np
         from onnx import TensorProto
 
@@ -284,24 +292,29 @@ class _Builder:
                              to=TensorProto.FLOAT)
         bits = int(mode.removeprefix("int"))
         limit = 2 ** (bits - 1) - 1
-        scales = (np.abs(table).max(axis=1) / limit).astype(np.float16)
+        rows, width = table.shape
+        block = EMBEDDING_BLOCKS[mode] if width % EMBEDDING_BLOCKS[mode] == 0 else width
+        blocks = table.reshape(rows, width // block, block)
+        scales = (np.abs(blocks).max(axis=2) / limit).astype(np.float16)
         scales[scales == 0] = 1.0
-        codes = np.clip(np.round(table / scales.astype(np.float32)[:, None]), -limit, limit).astype(np.int32)
+        codes = np.clip(np.round(blocks / scales.astype(np.float32)[..., None]), -limit, limit).astype(np.int32)
+        shape = self.const(f"{stem}.blocks", np.array(blocks.shape, np.int64))
         if bits == 8:
-            values = self.node("Cast", [self.const(f"{stem}.int8", codes.astype(np.int8))], f"{stem}/codes",
-                               to=TensorProto.FLOAT)
+            values = self.node("Reshape", [self.const(f"{stem}.int8", codes.astype(np.int8).reshape(rows, width)),
+                                           shape], f"{stem}/codes_int")
         else:
             from .pack import pack_bits
             import torch
 
             packed = pack_bits(torch.from_numpy(codes + 2 ** (bits - 1)).reshape(-1), bits).numpy()
             values = self.signed(f"{stem}.int{bits}", packed, bits, codes.size)
-            values = self.node("Reshape", [values, self.const(f"{stem}.shape", np.array(table.shape, np.int64))],
-                               f"{stem}/codes_int")
-            values = self.node("Cast", [values], f"{stem}/codes", to=TensorProto.FLOAT)
-        scale = self.node("Cast", [self.const(f"{stem}.scales", scales[:, None])], f"{stem}/scales",
+            values = self.node("Reshape", [values, shape], f"{stem}/codes_int")
+        values = self.node("Cast", [values], f"{stem}/codes", to=TensorProto.FLOAT)
+        scale = self.node("Cast", [self.const(f"{stem}.scales", scales[..., None])], f"{stem}/scales",
                           to=TensorProto.FLOAT)
-        return self.node("Mul", [values, scale], f"{stem}/table")
+        scaled = self.node("Mul", [values, scale], f"{stem}/scaled")
+        return self.node("Reshape", [scaled, self.const(f"{stem}.shape", np.array(table.shape, np.int64))],
+                         f"{stem}/table")
 
 
 @dataclass
@@ -355,7 +368,7 @@ def _quantize_graph(graph, targets: dict[bytes, _Target]) -> tuple[list[str], di
         codes = [built.weight_codes(stem if len(parts) == 1 else f"{stem}.{i}", part.tensors, part.spec,
                                     part.out_features, part.in_features, zero) for i, part in enumerate(parts)]
         if len(codes) > 1:
-            built.node("Concat", codes, f"{stem}.weight_q", axis=1)
+            built.node("Concat", codes, f"{stem}.weight_q", axis=1)  # Q, K and V of a fused attention
         scales = np.concatenate([expand_scales(part.tensors["scales"], part.out_features, part.spec.group_size).numpy()
                                  for part in parts]).astype(np.float32)
         built.const(f"{stem}.weight_scale", scales)
