@@ -392,7 +392,8 @@ def cmd_pack(args) -> int:
 def cmd_onnx(args) -> int:
     from .export.onnx import export_onnx_dir
 
-    report = export_onnx_dir(args.model, args.out, int8=not args.fp32, fuse=args.fuse, embeddings=args.embeddings)
+    report = export_onnx_dir(args.model, args.out, int8=not args.fp32, fuse=args.fuse, embeddings=args.embeddings,
+                             u8_weights=args.u8_weights)
     print(report.summary())
     if not args.fp32:  # with --fp32 every module is fp32 by request
         for name, reason in report.fp32_modules.items():
@@ -540,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "batch 1, slower at batch 32 on CPU, and only ONNX Runtime loads it (default: standard operators)")
     p.add_argument("--embeddings", help="how the embedding tables are stored: int8 or int4 with a scale per row, "
                    "fp16 or fp32 (default: int8, the smallest within 0.3 points of fp32 tables; fp32 with --fp32)")
+    p.add_argument("--u8-weights", action="store_true", help="8-bit codes as uint8: exact on CPUs without AVX-VNNI "
+                   "(where ONNX Runtime's int8 kernel, as for its own quantize_dynamic, may saturate), 1.5x slower")
 
     p = command("evaluate", cmd_evaluate, "the task's metrics of a saved or ONNX model (its task.json says which task)")
     p.add_argument("--model", required=True, help="a save_pretrained directory, or an nxmi onnx directory (run by "

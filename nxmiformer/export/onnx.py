@@ -1,17 +1,29 @@
-"""ONNX export of a hardened model, with its integer weights carried over exactly.
+"""ONNX export of a hardened model, with its integer weights carried over exactly and stored at
+their width.
 
 :func:`export_onnx` writes a graph that ONNX Runtime (or any ONNX runtime: only standard operators
 are used) runs without nxmiformer:
 
 * every hardened module with integer weights of at most 8 bits becomes the dynamic-quantization
   pattern ``DynamicQuantizeLinear`` (the input, per tensor, uint8) -> ``MatMulInteger`` with the
-  module's own integer codes (``int8``; for codes beyond 7 bits ``uint8`` with zero point 128, the
-  same integers, since ONNX Runtime's uint8 x int8 kernel saturates on CPUs without VNNI) -> ``Cast``
-  -> ``Mul`` by the input scale times the module's own per-row scales. The codes and scales are the hardened ones (read back from the effective weight,
-  checked to lie on the grid), not re-quantized: only the activations are rounded. ONNX Runtime
-  fuses the pattern into its int8 kernel (``DynamicQuantizeMatMul``);
-* everything else (dense fp32 and float16 modules, embeddings, LayerNorm, the classifier) stays
-  fp32, as the hardened model computes it.
+  module's own integer codes (``int8``) -> ``Cast`` -> ``Mul`` by the input scale times the
+  module's own per-row scales. The codes and scales are the hardened ones (checked to lie on the
+  grid), not re-quantized: only the activations are rounded. ONNX Runtime fuses the pattern into
+  its int8 kernel (``DynamicQuantizeMatMul``), the kernel of its own ``quantize_dynamic``;
+* the codes are stored as the packed format (:mod:`.pack`) stores them: kept values at their bit
+  width and N:M positions (``2:4:int4``: 3 bits a weight), decoded by standard operators (bit
+  shifts, a scatter into zeros) whose inputs are all constants, so ONNX Runtime folds them into
+  int8 matrices when the session loads (its default graph optimizations; with optimizations off
+  the decoding runs at every call);
+* the embedding tables are stored as ``embeddings`` asks (int8 or int4 with float16 scales, fp16,
+  fp32) and decoded to fp32 the same way; everything else (dense fp32 and float16 modules,
+  LayerNorm, pooler, classifier) stays fp32, as the hardened model computes it.
+
+ONNX Runtime's uint8 x int8 kernel adds pairs of products in int16 on CPUs with AVX2 but without
+AVX512-VNNI / AVX-VNNI, where codes beyond 63 can saturate (its own documentation says the same of
+``quantize_dynamic``'s files). ``u8_weights=True`` stores such codes as uint8 (code + 128, zero
+point 128), the same integers on its exact uint8 x uint8 kernel, about 1.5x slower
+(``bench/cpu_serving.py``).
 
 With ``fuse=True`` ONNX Runtime's BERT fusions run first and a fused ``Attention`` whose Q, K and V
 are all integer becomes ``QAttention`` with the same codes and scales (ONNX Runtime only).
@@ -19,8 +31,7 @@ are all integer becomes ``QAttention`` with the same codes and scales (ONNX Runt
 ``int8=False`` exports the hardened model in fp32 only (the same logits as PyTorch up to float
 rounding), the reference the int8 graph is measured against.
 
-N:M zeros are stored as zero codes: ONNX Runtime has no sparse CPU kernel, so sparsity brings no
-speed here (the packed format, :mod:`.pack`, is the small one on disk).
+ONNX Runtime has no sparse CPU kernel: N:M zeros cost nothing on disk but are multiplied at run time.
 """
 
 from __future__ import annotations
@@ -329,7 +340,7 @@ class _Target:
     max_code: int
 
 
-def _quantize_graph(graph, targets: dict[bytes, _Target]) -> tuple[list[str], dict[str, str]]:
+def _quantize_graph(graph, targets: dict[bytes, _Target], u8_weights: bool = False) -> tuple[list[str], dict[str, str]]:
     """Put the target modules' matmuls (matched by the value of ``W^T``) on int8 kernels, in place:
     ``MatMul(x, W^T)`` becomes the standard dynamic-quantization pattern, and a fused ``Attention``
     whose packed ``[W_q^T | W_k^T | W_v^T]`` are all targets becomes ``QAttention``. The codes are
@@ -355,10 +366,8 @@ def _quantize_graph(graph, targets: dict[bytes, _Target]) -> tuple[list[str], di
         return None if init is None or len(init.dims) != 2 else numpy_helper.to_array(init)
 
     def zero_point(parts: list[_Target]) -> int:
-        # codes beyond 6 bits go as uint8 (code + 128, zero point 128), the same integers: ONNX Runtime's
-        # uint8 x int8 kernel on CPUs without VNNI (AVX2) adds pairs of products in int16 and saturates
-        # there (255 * 127 * 2 > 32767); its uint8 x uint8 kernel does not
-        return 128 if max(part.max_code for part in parts) > SATURATION_FREE_CODE else 0
+        # with u8_weights, codes beyond 63 go as uint8 (code + 128, zero point 128): see the module docstring
+        return 128 if u8_weights and max(part.max_code for part in parts) > SATURATION_FREE_CODE else 0
 
     def add_weights(stem: str, parts) -> None:
         if stem in added:
@@ -516,7 +525,7 @@ def _predicted_bytes(model: nn.Module, targets: dict[bytes, "_Target"], embeddin
 @torch.no_grad()
 def export_onnx(model: nn.Module, path: str | Path, int8: bool = True, fuse: bool = False,
                 input_names: tuple[str, ...] | None = None, check: bool = True,
-                embeddings: str | None = None) -> OnnxExport:
+                embeddings: str | None = None, u8_weights: bool = False) -> OnnxExport:
     """Write ``model`` (a sequence classifier whose compressed modules are hardened
     :class:`CompressedLinear` wrappers, as :func:`~.harden_` or :func:`~.load_packed` leave them)
     to the ONNX file ``path``.
@@ -540,6 +549,8 @@ def export_onnx(model: nn.Module, path: str | Path, int8: bool = True, fuse: boo
         embeddings: how the embedding tables are stored (:data:`EMBEDDINGS`): symmetric int8 or
             int4 with one scale per row, float16, or fp32; decoded to fp32 at load. Default
             :data:`DEFAULT_EMBEDDINGS` with ``int8``, fp32 without (the reference export).
+        u8_weights: store codes beyond 63 as uint8, exact on CPUs without VNNI, slower (see the
+            module docstring).
 
     Raises:
         NxmiError: a compressed module is not hardened, or not on its spec's grid; a module
@@ -584,7 +595,7 @@ def export_onnx(model: nn.Module, path: str | Path, int8: bool = True, fuse: boo
     if targets or embeddings != "fp32":
         proto = onnx.load(str(path))
         if targets:
-            report.int8_modules, left = _quantize_graph(proto.graph, targets)
+            report.int8_modules, left = _quantize_graph(proto.graph, targets, u8_weights)
             found = set(report.int8_modules)
             for target in targets.values():
                 if target.name not in found:
@@ -629,7 +640,7 @@ def load_for_export(model_dir: str | Path) -> nn.Module:
 
 
 def export_onnx_dir(model_dir: str | Path, out_dir: str | Path, int8: bool = True, fuse: bool = False,
-                    embeddings: str | None = None) -> OnnxExport:
+                    embeddings: str | None = None, u8_weights: bool = False) -> OnnxExport:
     """Export the model of ``model_dir`` (see :func:`load_for_export`) to a new directory
     ``out_dir``: ``model.onnx``, ``config.json``, the tokenizer, ``plan.json`` (if any) and
     ``onnx.json`` (what :func:`export_onnx` reported). All or nothing."""
@@ -655,14 +666,15 @@ def export_onnx_dir(model_dir: str | Path, out_dir: str | Path, int8: bool = Tru
         input_names = tuple(n for n in INPUT_NAMES if n in accepted and n in tokenizer.model_input_names) or None
     with atomic_output_dir(out_dir) as tmp:
         report = export_onnx(model, tmp / ONNX_FILE, int8=int8, fuse=fuse, input_names=input_names,
-                             embeddings=embeddings)
+                             embeddings=embeddings, u8_weights=u8_weights)
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for name in (PLAN_FILE, TASK_FILE):  # the plan, and the task record (nxmi evaluate needs no data flags)
             if (Path(model_dir) / name).is_file():
                 shutil.copyfile(Path(model_dir) / name, tmp / name)
-        write_json(tmp / REPORT_FILE, report.to_json() | {"source": str(model_dir), "int8": int8, "fuse": fuse})
+        write_json(tmp / REPORT_FILE, report.to_json() | {"source": str(model_dir), "int8": int8, "fuse": fuse,
+                                                          "u8_weights": u8_weights})
     report.path = Path(out_dir) / ONNX_FILE
     return report
 

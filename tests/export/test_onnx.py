@@ -7,6 +7,7 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +26,20 @@ from nxmiformer.models import load_model  # noqa: E402
 from tests.conftest import tiny_bert  # noqa: E402
 
 QKV = {"query", "key", "value"}
+
+
+def saturating_cpu() -> bool:
+    """An x86 CPU without AVX512-VNNI / AVX-VNNI, where ONNX Runtime's uint8 x int8 kernel adds
+    pairs of products in int16 (codes beyond 63 may saturate: the export's ``u8_weights``)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "avx512_vnni" not in flags and "avx_vnni" not in flags
 
 
 def dynamic_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,7 +114,7 @@ CASES = [  # plan, int8 modules with ONNX Runtime's fusions, with standard opera
 @pytest.mark.parametrize("plan,fused,standard", CASES, ids=[str(c[0])[:30] for c in CASES])
 def test_int8_graph_equals_an_independent_reference_of_the_hardened_codes(plan, fused, standard, fuse, tmp_path):
     model = hardened_tiny(plan)
-    report = export_onnx(model, tmp_path / "model.onnx", fuse=fuse, embeddings="fp32")
+    report = export_onnx(model, tmp_path / "model.onnx", fuse=fuse, embeddings="fp32", u8_weights=saturating_cpu())
     assert len(report.int8_modules) == (fused if fuse else standard)
     assert set(report.int8_modules) | set(report.fp32_modules) == set(compressed_modules(model))
     feed = inputs()
@@ -185,9 +200,9 @@ def test_cli_exports_a_hardened_and_a_packed_directory_alike(tiny_model_dir, syn
     hard, packed, onnx_hard, onnx_packed = (tmp_path / n for n in ("hard", "packed", "onnx-hard", "onnx-packed"))
     assert main(["compress", "--model", str(tiny_model_dir), "--plan", "4:8:int4", "--out", str(hard)]) == 0
     pack_dir(hard, packed)
-    assert main(["onnx", "--model", str(hard), "--out", str(onnx_hard), "--embeddings", "fp32"]) == 0
+    assert main(["onnx", "--model", str(hard), "--out", str(onnx_hard), "--embeddings", "fp32", "--u8-weights"]) == 0
     assert "12 modules on int8 kernels" in capsys.readouterr().out
-    export_onnx_dir(packed, onnx_packed, embeddings="fp32")
+    export_onnx_dir(packed, onnx_packed, embeddings="fp32", u8_weights=True)
     assert main(["onnx", "--model", str(packed), "--out", str(tmp_path / "fused"), "--fuse"]) == 0
     assert "12 modules on int8 kernels" in capsys.readouterr().out
     names = {p.name for p in onnx_hard.iterdir()}
@@ -236,6 +251,7 @@ def test_the_export_loads_without_nxmiformer(tiny_model_dir, tmp_path):
     ("missing", [], "model directory not found"),
     ("busy", [], "already exists and is not empty"),
     ("soft", [], "is not 4:8 sparse"),
+    ("hardened", ["--embeddings", "int3"], "unknown embeddings storage 'int3'; allowed: int8, int4, fp16, fp32"),
 ])
 def test_cli_bad_input_one_line_exit_2_nothing_written(setup, args, match, tiny_model_dir, tmp_path, capsys):
     model_dir, out = tmp_path / "model", tmp_path / "out"
@@ -279,16 +295,17 @@ def decoded(path, names: list[str]) -> dict:
     return dict(zip(names, ReferenceEvaluator(sub).run(None, {})))
 
 
-@pytest.mark.parametrize("plan,dtype,zero", [("dense:int8", "uint8", 128), ("4:8:int4", "int8", 0),
-                                             ("2:4:int2", "int8", 0), ("4:8:int3:g4", "int8", 0)])
-def test_codes_decode_to_the_modules_own_integers(plan, dtype, zero, tmp_path):
-    # ONNX Runtime's uint8 x int8 kernel saturates int16 pair sums on CPUs without VNNI (AVX2): 8-bit codes are
-    # stored as code + 128 with zero point 128, which its uint8 x uint8 kernel computes exactly on every CPU
+@pytest.mark.parametrize("plan,u8,dtype,zero", [("dense:int8", False, "int8", 0), ("dense:int8", True, "uint8", 128),
+                                                ("4:8:int4", True, "int8", 0), ("2:4:int2", False, "int8", 0),
+                                                ("4:8:int3:g4", False, "int8", 0)])
+def test_codes_decode_to_the_modules_own_integers(plan, u8, dtype, zero, tmp_path):
+    # ONNX Runtime's uint8 x int8 kernel saturates int16 pair sums on CPUs without VNNI (AVX2): with u8_weights,
+    # codes beyond 63 are stored as code + 128 with zero point 128, which its uint8 x uint8 kernel computes exactly
     import onnx
     from onnx import numpy_helper
 
     model = hardened_tiny(plan)
-    report = export_onnx(model, tmp_path / "model.onnx", fuse=False)
+    report = export_onnx(model, tmp_path / "model.onnx", fuse=False, u8_weights=u8)
     stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(tmp_path / "model.onnx").graph.initializer}
     for name in report.int8_modules:
         codes, scales = integer_codes(model.get_submodule(name), name)
