@@ -11,7 +11,8 @@ training rows, TweetEval on all 6,000):
 * ``nxmi <plan> one-shot``: ``nxmi compress`` of the warm start, then ``nxmi onnx``;
 * ``nxmi <plan> trained``: ``nxmi train --steps 600`` on the same training rows, then ``nxmi onnx``;
 
-each nxmiformer model with every ``--embeddings`` storage. Columns: ``model.onnx`` size (and the
+each nxmiformer model with every ``--embeddings`` storage, and the trained 8-bit plans once more
+with ``--u8-weights`` (the exact uint8 form for CPUs without VNNI). Columns: ``model.onnx`` size (and the
 size the plan's ``storage`` accounting predicts, with the non-encoder weights at their exported
 width), latency at each batch size (the first validation texts padded to ``--length`` tokens;
 ``--rounds`` rounds over every file, each a block of ``--block`` timed calls after one untimed;
@@ -92,7 +93,7 @@ def main() -> int:
     parser.add_argument("--tasks", default="sst2,tweet", help="comma-separated: sst2, tweet")
     parser.add_argument("--plans", default="2:4:int8,2:4:int4,2:4:int2",
                         help="uniform plans (87.5%%, 93.75%%, 96.875%% paper by default)")
-    parser.add_argument("--embeddings", default="int8,int4", help="embedding storages of the nxmiformer files")
+    parser.add_argument("--embeddings", default="int8,int4,fp32", help="embedding storages of the nxmiformer files")
     parser.add_argument("--steps", type=int, default=600, help="training steps of the trained plans (0: one-shot only)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "cpu-serving"), help="kept model directories")
     parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes timed")
@@ -118,7 +119,11 @@ def main() -> int:
     plans = args.plans.split(",")
     modes = args.embeddings.split(",")
     batches = [int(b) for b in args.batches.split(",")]
-    record: dict = {"args": vars(args), "tasks": {}}
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
+    record: dict = {"args": vars(args), "cpu": cpu, "tasks": {}}
     for task in args.tasks.split(","):
         work = Path(args.work) / task
         flags = data_flags(task, args.data_dir)
@@ -144,11 +149,12 @@ def main() -> int:
             export_onnx_dir(dense, files["dense fp32"], int8=False)
         files |= ort_baselines(files["dense fp32"], exports)
         for name, source in sources.items():
-            for mode in modes:
-                key = f"nxmi {name}, {mode} emb."
-                files[key] = exports / f"{source.name}-{mode}"
+            u8 = "int8" in name and (name.endswith("trained") or not args.steps)
+            for mode, u8_weights in [(mode, False) for mode in modes] + ([(modes[0], True)] if u8 else []):
+                key = f"nxmi {name}, {mode} emb.{', --u8-weights' if u8_weights else ''}"
+                files[key] = exports / f"{source.name}-{mode}{'-u8' if u8_weights else ''}"
                 if not files[key].is_dir():
-                    export_onnx_dir(source, files[key], embeddings=mode)
+                    export_onnx_dir(source, files[key], embeddings=mode, u8_weights=u8_weights)
                 reports[key] = json.loads((files[key] / "onnx.json").read_text())
 
         info = make_task("sst2") if task == "sst2" else make_task(
@@ -161,10 +167,10 @@ def main() -> int:
         for name, model in sessions.items():
             logits, labels = predict(model, validation, tokenizer)
             correct[name] = (logits.argmax(-1) == labels).astype(float)
-        torch_accuracy = {}
+        torch_correct = {}
         for name, source in sources.items():
             logits, labels = predict(load_model(str(source)).eval(), validation, tokenizer)
-            torch_accuracy[name] = float((logits.argmax(-1) == labels).mean())
+            torch_correct[name] = (logits.argmax(-1) == labels).astype(float)
 
         ids = validation["input_ids"]  # the first rows' own tokens, cut or padded to --length
         latency: dict[int, dict[str, float]] = {}
@@ -197,30 +203,42 @@ def main() -> int:
                    **{f"b{b}_ms": latency[b][name] * 1e3 for b in batches},
                    **{f"b{b}_vs_dynamic": latency[b]["ORT quantize_dynamic"] / latency[b][name] for b in batches}}
             if name in reports:
-                source = name.removeprefix("nxmi ").rsplit(",", 1)[0]
+                source = name.removeprefix("nxmi ").split(",")[0]
                 row["predicted_mb"] = reports[name]["size"]["predicted_bytes"] / 1e6
-                row["pytorch_accuracy"] = torch_accuracy[source]
+                row["pytorch_accuracy"] = float(torch_correct[source].mean())
+                diff, se = paired(correct[name], torch_correct[source])
+                row["minus PyTorch"] = {"points": diff * 100, "se": se * 100}
                 for baseline in ("ORT quantize_dynamic", "ORT MatMulNBits 4-bit"):
                     diff, se = paired(correct[name], correct[baseline])
                     row[f"minus {baseline}"] = {"points": diff * 100, "se": se * 100}
             rows[name] = row
-        record["tasks"][task] = {"rows": rows, "n_validation": len(validation)}
+        # the embeddings' cost: each storage against fp32 tables, row by row, averaged over the plans
+        embedding_cost = {}
+        if "fp32" in modes:
+            for mode in modes:
+                if mode != "fp32":
+                    pairs = [(correct[f"nxmi {name}, {mode} emb."], correct[f"nxmi {name}, fp32 emb."])
+                             for name in sources]
+                    diff, se = paired(np.mean([a for a, _ in pairs], axis=0), np.mean([b for _, b in pairs], axis=0))
+                    embedding_cost[mode] = {"points": diff * 100, "se": se * 100, "plans": len(pairs)}
+        record["tasks"][task] = {"rows": rows, "n_validation": len(validation), "embedding_cost": embedding_cost}
 
-        print(f"\n{task}: MiniLM default, {len(validation)} validation rows, {args.length} tokens, {args.threads} "
+        print(f"\n{task}: MiniLM default on {cpu}, {len(validation)} validation rows, {args.length} tokens, {args.threads} "
               f"threads, {args.rounds} rounds x {args.block} calls (median); x = quantize_dynamic's latency / the file's")
         lat = "".join(f" b{b} ms | b{b} x |" for b in batches)
-        print(f"| model | MB | of dense | predicted MB |{lat} accuracy (SE) | PyTorch | vs dynamic (SE) | "
-              f"vs 4-bit (SE) |")
+        print(f"| model | MB | of dense | predicted MB |{lat} accuracy (SE) | minus PyTorch (SE) | minus dynamic (SE) | "
+              f"minus 4-bit (SE) |")
         print("|---|---|---|---|" + "---|---|" * len(batches) + "---|---|---|---|")
         for name, row in rows.items():
             cells = "".join(f" {row[f'b{b}_ms']:.1f} | {row[f'b{b}_vs_dynamic']:.2f} |" for b in batches)
-            extra = [f"{row['predicted_mb']:.2f}" if "predicted_mb" in row else "",
-                     f"{row['pytorch_accuracy']:.4f}" if "pytorch_accuracy" in row else ""]
-            versus = [f"{row[k]['points']:+.2f} ({row[k]['se']:.2f})" if k in row else ""
-                      for k in ("minus ORT quantize_dynamic", "minus ORT MatMulNBits 4-bit")]
-            print(f"| {name} | {row['file_mb']:.2f} | {row['file_vs_dense']:.1%} | {extra[0]} |{cells} "
-                  f"{row['accuracy']:.4f} ({row['accuracy_se']:.4f}) | {extra[1]} | {versus[0]} | {versus[1]} |",
-                  flush=True)
+            predicted = f"{row['predicted_mb']:.2f}" if "predicted_mb" in row else ""
+            versus = " | ".join(f"{row[k]['points']:+.2f} ({row[k]['se']:.2f})" if k in row else ""
+                                for k in ("minus PyTorch", "minus ORT quantize_dynamic", "minus ORT MatMulNBits 4-bit"))
+            print(f"| {name} | {row['file_mb']:.2f} | {row['file_vs_dense']:.1%} | {predicted} |{cells} "
+                  f"{row['accuracy']:.4f} ({row['accuracy_se']:.4f}) | {versus} |", flush=True)
+        for mode, cost in embedding_cost.items():
+            print(f"{mode} embeddings minus fp32 tables, mean over {cost['plans']} plans, row by row: "
+                  f"{cost['points']:+.2f} points (SE {cost['se']:.2f})")
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=1))
     return 0
