@@ -8,6 +8,8 @@ training rows, TweetEval on all 6,000):
 * ``ORT quantize_dynamic``: ONNX Runtime's one-line int8 quantizer on that file (weights and
   embeddings int8, what a user would do instead of nxmiformer);
 * ``ORT MatMulNBits 4-bit``: ``MatMulNBitsQuantizer`` (4-bit weights, block 32, symmetric) on it;
+* the same three for a dense model trained ``--dense-steps`` (600) on the same rows: the
+  equal-budget reference for the trained plans (which train 600 steps from the warm start);
 * ``nxmi <plan> one-shot``: ``nxmi compress`` of the warm start, then ``nxmi onnx``;
 * ``nxmi <plan> trained``: ``nxmi train --steps 600`` on the same training rows, then ``nxmi onnx``;
 
@@ -56,26 +58,27 @@ def data_flags(task: str, glue: str) -> list[str]:
     return ["--train-file", TWEET / "train.csv", "--validation-file", TWEET / "validation.csv"]
 
 
-def ort_baselines(dense_onnx: Path, work: Path) -> dict[str, Path]:
+def ort_baselines(dense_onnx: Path, work: Path, suffix: str = "") -> dict[str, Path]:
     """ONNX Runtime's own quantizers applied to the dense fp32 export, as a user would."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    out = {"ORT quantize_dynamic": work / "ort-dynamic", "ORT MatMulNBits 4-bit": work / "ort-nbits4"}
+    out = {f"ORT quantize_dynamic{suffix}": work / f"ort-dynamic{suffix.replace(' ', '-').replace(',', '')}",
+           f"ORT MatMulNBits 4-bit{suffix}": work / f"ort-nbits4{suffix.replace(' ', '-').replace(',', '')}"}
     for directory in out.values():
         if not (directory / "model.onnx").is_file():
             shutil.copytree(dense_onnx, directory, dirs_exist_ok=True)
-    if not (out["ORT quantize_dynamic"] / "done").is_file():
-        quantize_dynamic(dense_onnx / "model.onnx", out["ORT quantize_dynamic"] / "model.onnx",
-                         weight_type=QuantType.QInt8)
-        (out["ORT quantize_dynamic"] / "done").touch()
-    if not (out["ORT MatMulNBits 4-bit"] / "done").is_file():
+    dynamic, nbits = out.values()
+    if not (dynamic / "done").is_file():
+        quantize_dynamic(dense_onnx / "model.onnx", dynamic / "model.onnx", weight_type=QuantType.QInt8)
+        (dynamic / "done").touch()
+    if not (nbits / "done").is_file():
         quantizer = MatMulNBitsQuantizer(onnx.load(str(dense_onnx / "model.onnx")), bits=4, block_size=32,
                                          is_symmetric=True)
         quantizer.process()
-        quantizer.model.save_model_to_file(str(out["ORT MatMulNBits 4-bit"] / "model.onnx"))
-        (out["ORT MatMulNBits 4-bit"] / "done").touch()
+        quantizer.model.save_model_to_file(str(nbits / "model.onnx"))
+        (nbits / "done").touch()
     return out
 
 
@@ -95,6 +98,8 @@ def main() -> int:
                         help="uniform plans (87.5%%, 93.75%%, 96.875%% paper by default)")
     parser.add_argument("--embeddings", default="int8,int4,fp32", help="embedding storages of the nxmiformer files")
     parser.add_argument("--steps", type=int, default=600, help="training steps of the trained plans (0: one-shot only)")
+    parser.add_argument("--dense-steps", type=int, default=600, help="also a dense model trained this many steps on "
+                        "the same rows, and ONNX Runtime's quantizers of it: the equal-budget reference (0: none)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "cpu-serving"), help="kept model directories")
     parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes timed")
     parser.add_argument("--length", type=int, default=64)
@@ -148,6 +153,15 @@ def main() -> int:
         if not files["dense fp32"].is_dir():
             export_onnx_dir(dense, files["dense fp32"], int8=False)
         files |= ort_baselines(files["dense fp32"], exports)
+        equal = f", {args.dense_steps} steps"
+        if args.dense_steps:  # the equal-budget reference: the dense model trained as long as the plans
+            trained_dense = work / f"dense-{args.dense_steps}"
+            if not trained_dense.is_dir():
+                nxmi("finetune", *flags, "--steps", args.dense_steps, "--out", trained_dense)
+            files[f"dense fp32{equal}"] = exports / f"dense-{args.dense_steps}-fp32"
+            if not files[f"dense fp32{equal}"].is_dir():
+                export_onnx_dir(trained_dense, files[f"dense fp32{equal}"], int8=False)
+            files |= ort_baselines(files[f"dense fp32{equal}"], exports, equal)
         for name, source in sources.items():
             u8 = "int8" in name and (name.endswith("trained") or not args.steps)
             for mode, u8_weights in [(mode, False) for mode in modes] + ([(modes[0], True)] if u8 else []):
@@ -209,8 +223,10 @@ def main() -> int:
                 diff, se = paired(correct[name], torch_correct[source])
                 row["minus PyTorch"] = {"points": diff * 100, "se": se * 100}
                 for baseline in ("ORT quantize_dynamic", "ORT MatMulNBits 4-bit"):
-                    diff, se = paired(correct[name], correct[baseline])
-                    row[f"minus {baseline}"] = {"points": diff * 100, "se": se * 100}
+                    for key in (baseline, f"{baseline}{equal}"):
+                        if key in correct:
+                            diff, se = paired(correct[name], correct[key])
+                            row[f"minus {key}"] = {"points": diff * 100, "se": se * 100}
             rows[name] = row
         # the embeddings' cost: each storage against fp32 tables, row by row, averaged over the plans
         embedding_cost = {}
@@ -236,6 +252,16 @@ def main() -> int:
                                 for k in ("minus PyTorch", "minus ORT quantize_dynamic", "minus ORT MatMulNBits 4-bit"))
             print(f"| {name} | {row['file_mb']:.2f} | {row['file_vs_dense']:.1%} | {predicted} |{cells} "
                   f"{row['accuracy']:.4f} ({row['accuracy_se']:.4f}) | {versus} |", flush=True)
+        if args.dense_steps:
+            print(f"\ntrained plans minus ONNX Runtime's quantizers of the dense model trained{equal} on the same rows "
+                  f"(equal budget), points (paired SE):")
+            for name, row in rows.items():
+                if name.startswith("nxmi") and "trained" in name:
+                    print(f"  {name}: {row['file_mb']:.2f} MB; minus quantize_dynamic"
+                          f" {row[f'minus ORT quantize_dynamic{equal}']['points']:+.2f}"
+                          f" ({row[f'minus ORT quantize_dynamic{equal}']['se']:.2f}), minus MatMulNBits 4-bit"
+                          f" {row[f'minus ORT MatMulNBits 4-bit{equal}']['points']:+.2f}"
+                          f" ({row[f'minus ORT MatMulNBits 4-bit{equal}']['se']:.2f})")
         for mode, cost in embedding_cost.items():
             print(f"{mode} embeddings minus fp32 tables, mean over {cost['plans']} plans, row by row: "
                   f"{cost['points']:+.2f} points (SE {cost['se']:.2f})")
