@@ -82,6 +82,17 @@ def ort_baselines(dense_onnx: Path, work: Path, suffix: str = "") -> dict[str, P
     return out
 
 
+def row_correct(model_dir: Path, compute) -> "np.ndarray":
+    """Per validation row, 1 where the model's prediction is right: ``compute()``, kept in the
+    model's directory (bench-correct.npy) so that a later run (the timed one) does not evaluate again."""
+    import numpy as np
+
+    cached = model_dir / "bench-correct.npy"
+    if not cached.is_file():
+        np.save(cached, compute())
+    return np.load(cached)
+
+
 def paired(a, b) -> tuple[float, float]:
     """Mean and standard error of the per-row difference of two 0/1 vectors."""
     import numpy as np
@@ -103,7 +114,8 @@ def main() -> int:
     parser.add_argument("--work", default=str(ROOT / "runs" / "cpu-serving"), help="kept model directories")
     parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes timed")
     parser.add_argument("--length", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=10, help="rounds over every file")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds over every file (0: no timing, e.g. to "
+                        "export and evaluate beside another job, then time alone)")
     parser.add_argument("--block", type=int, default=5, help="timed calls in a row per file and round")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="also write every figure to this JSON file")
@@ -176,15 +188,14 @@ def main() -> int:
         tokenizer = load_tokenizer(str(dense))
         prepared = prepare_task_data(info, tokenizer, data_dir=args.data_dir, include_train=False)
         validation = next(iter(prepared.eval.values()))
-        correct: dict[str, np.ndarray] = {}
-        sessions = {name: OnnxClassifier(path, threads=args.threads) for name, path in files.items()}
-        for name, model in sessions.items():
+        def right(model) -> np.ndarray:
             logits, labels = predict(model, validation, tokenizer)
-            correct[name] = (logits.argmax(-1) == labels).astype(float)
-        torch_correct = {}
-        for name, source in sources.items():
-            logits, labels = predict(load_model(str(source)).eval(), validation, tokenizer)
-            torch_correct[name] = (logits.argmax(-1) == labels).astype(float)
+            return (logits.argmax(-1) == labels).astype(float)
+
+        sessions = {name: OnnxClassifier(path, threads=args.threads) for name, path in files.items()}
+        correct = {name: row_correct(files[name], lambda: right(model)) for name, model in sessions.items()}
+        torch_correct = {name: row_correct(source, lambda: right(load_model(str(source)).eval()))
+                         for name, source in sources.items()}
 
         ids = validation["input_ids"]  # the first rows' own tokens, cut or padded to --length
         latency: dict[int, dict[str, float]] = {}
@@ -205,7 +216,7 @@ def main() -> int:
                             start = time.perf_counter()
                             model(**feed)
                             times[name].append(time.perf_counter() - start)
-                latency[size] = {name: statistics.median(t) for name, t in times.items()}
+                latency[size] = {name: statistics.median(t) if t else float("nan") for name, t in times.items()}
 
         rows = {}
         dense_bytes = (files["dense fp32"] / "model.onnx").stat().st_size
