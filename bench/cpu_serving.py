@@ -105,8 +105,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir(parser)
     parser.add_argument("--tasks", default="sst2,tweet", help="comma-separated: sst2, tweet")
-    parser.add_argument("--plans", default="2:4:int8,2:4:int4,2:4:int2",
-                        help="uniform plans (87.5%%, 93.75%%, 96.875%% paper by default)")
+    parser.add_argument("--plans", default="dense:int8,2:4:int8,2:4:int4,2:4:int2",
+                        help="uniform plans (75%%: quantize_dynamic's storage; 87.5%%, 93.75%%, 96.875%% paper)")
     parser.add_argument("--embeddings", default="int8,int4,fp32", help="embedding storages of the nxmiformer files")
     parser.add_argument("--steps", type=int, default=600, help="training steps of the trained plans (0: one-shot only)")
     parser.add_argument("--dense-steps", type=int, default=600, help="also a dense model trained this many steps on "
@@ -263,16 +263,19 @@ def main() -> int:
                                 for k in ("minus PyTorch", "minus ORT quantize_dynamic", "minus ORT MatMulNBits 4-bit"))
             print(f"| {name} | {row['file_mb']:.2f} | {row['file_vs_dense']:.1%} | {predicted} |{cells} "
                   f"{row['accuracy']:.4f} ({row['accuracy_se']:.4f}) | {versus} |", flush=True)
-        if args.dense_steps:
-            print(f"\ntrained plans minus ONNX Runtime's quantizers of the dense model trained{equal} on the same rows "
-                  f"(equal budget), points (paired SE):")
-            for name, row in rows.items():
-                if name.startswith("nxmi") and "trained" in name:
-                    print(f"  {name}: {row['file_mb']:.2f} MB; minus quantize_dynamic"
-                          f" {row[f'minus ORT quantize_dynamic{equal}']['points']:+.2f}"
-                          f" ({row[f'minus ORT quantize_dynamic{equal}']['se']:.2f}), minus MatMulNBits 4-bit"
-                          f" {row[f'minus ORT MatMulNBits 4-bit{equal}']['points']:+.2f}"
-                          f" ({row[f'minus ORT MatMulNBits 4-bit{equal}']['se']:.2f})")
+        print("\ntrained plans minus ONNX Runtime's quantizers, points (paired SE) [difference / SE]; 'equal budget': "
+              f"of the dense model trained{equal} on the same rows")
+        for name, row in rows.items():
+            if name.startswith("nxmi") and "trained" in name:
+                cells = []
+                for key in ("ORT quantize_dynamic", "ORT MatMulNBits 4-bit", f"ORT quantize_dynamic{equal}",
+                            f"ORT MatMulNBits 4-bit{equal}"):
+                    if f"minus {key}" in row:
+                        diff = row[f"minus {key}"]
+                        smaller = "" if row["file_mb"] <= rows[key]["file_mb"] else ", larger file"
+                        cells.append(f"{key}: {diff['points']:+.2f} ({diff['se']:.2f}) "
+                                     f"[{diff['points'] / diff['se']:+.1f}{smaller}]")
+                print(f"  {name} ({row['file_mb']:.2f} MB): " + "; ".join(cells))
         for mode, cost in embedding_cost.items():
             print(f"{mode} embeddings minus fp32 tables, mean over {cost['plans']} plans, row by row: "
                   f"{cost['points']:+.2f} points (SE {cost['se']:.2f})")
