@@ -540,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fuse", action="store_true", help="apply ONNX Runtime's BERT fusions (QAttention...): faster at "
                    "batch 1, slower at batch 32 on CPU, and only ONNX Runtime loads it (default: standard operators)")
     p.add_argument("--embeddings", help="how the embedding tables are stored: int8 or int4 with a scale per row, "
-                   "fp16 or fp32 (default: int8, the smallest within 0.3 points of fp32 tables; fp32 with --fp32)")
+                   "fp16 or fp32 (default: int4, the smallest within 0.3 points of fp32 tables; fp32 with --fp32)")
     p.add_argument("--u8-weights", action="store_true", help="8-bit codes as uint8: exact on CPUs without AVX-VNNI "
                    "(where ONNX Runtime's int8 kernel, as for its own quantize_dynamic, may saturate), 1.5x slower")
 

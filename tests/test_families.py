@@ -166,7 +166,9 @@ def test_family_end_to_end(family, module_ray, glue, vocab_file, tmp_path, capsy
 
     # ONNX from the packed model, compared with the PyTorch model
     onnx_dir = tmp_path / "onnx"
-    _run(capsys, "onnx", "--model", tmp_path / "packed", "--out", onnx_dir)
+    # int8 tables: every family's embeddings go through the decoding, within the logits tolerance; int4 tables of a
+    # random tiny model move logits by about 0.1 (their cost on real models: bench/cpu_serving.py)
+    _run(capsys, "onnx", "--model", tmp_path / "packed", "--out", onnx_dir, "--embeddings", "int8")
     report = json.loads((onnx_dir / "onnx.json").read_text())
     assert set(OnnxClassifier(onnx_dir).input_names) <= set(family.inputs)  # what the tokenizer gives
     assert len(report["int8_modules"]) == sum(spec.is_integer for spec in plan.values())

@@ -184,7 +184,7 @@ SATURATION_FREE_CODE = 63
 # how ``export_onnx`` may store the embedding tables; the default keeps SST-2 and TweetEval accuracy within
 # 0.3 points of fp32 tables (docs/measurements.md, "Serving files")
 EMBEDDINGS = ("int8", "int4", "fp16", "fp32")
-DEFAULT_EMBEDDINGS = "int8"
+DEFAULT_EMBEDDINGS = "int4"
 # columns of a table row that share one float16 scale, per integer storage (the whole row when it does not divide)
 EMBEDDING_BLOCKS = {"int8": 1 << 30, "int4": 64}
 # ops that only decode stored weights; ONNX Runtime folds them into constants when the session loads
