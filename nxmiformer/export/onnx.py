@@ -185,8 +185,9 @@ SATURATION_FREE_CODE = 63
 # 0.3 points of fp32 tables (docs/measurements.md, "Serving files")
 EMBEDDINGS = ("int8", "int4", "fp16", "fp32")
 DEFAULT_EMBEDDINGS = "int4"
-# columns of a table row that share one float16 scale, per integer storage (the whole row when it does not divide)
-EMBEDDING_BLOCKS = {"int8": 1 << 30, "int4": 64}
+# columns of a table row that share one float16 scale, per integer storage (None, or a block that does not divide
+# the row: the whole row)
+EMBEDDING_BLOCKS = {"int8": None, "int4": 64}
 # ops that only decode stored weights; ONNX Runtime folds them into constants when the session loads
 DECODE_OPS = frozenset({"BitShift", "BitwiseAnd", "ScatterElements", "ConstantOfShape"})
 
@@ -304,7 +305,8 @@ class _Builder:
         bits = int(mode.removeprefix("int"))
         limit = 2 ** (bits - 1) - 1
         rows, width = table.shape
-        block = EMBEDDING_BLOCKS[mode] if width % EMBEDDING_BLOCKS[mode] == 0 else width
+        block = EMBEDDING_BLOCKS[mode] or width
+        block = block if width % block == 0 else width
         blocks = table.reshape(rows, width // block, block)
         scales = (np.abs(blocks).max(axis=2) / limit).astype(np.float16)
         scales[scales == 0] = 1.0
