@@ -49,9 +49,9 @@ from torch import nn
 
 from ..errors import NxmiError, first_line
 from ..compression.layer import CompressedLinear, compressed_modules, to_dense_
-from ..compression.quant import quantize_to_int
+from ..compression.quant import expand_scales, quantize_to_int
 from ..compression.spec import LayerSpec
-from .pack import GRID_TOLERANCE
+from .pack import GRID_TOLERANCE, encode_weight, pack_bits
 
 ONNX_FILE = "model.onnx"
 REPORT_FILE = "onnx.json"
@@ -316,9 +316,6 @@ class _Builder:
             values = self.node("Reshape", [self.const(f"{stem}.int8", codes.astype(np.int8).reshape(rows, width)),
                                            shape], f"{stem}/codes_int")
         else:
-            from .pack import pack_bits
-            import torch
-
             packed = pack_bits(torch.from_numpy(codes + 2 ** (bits - 1)).reshape(-1), bits).numpy()
             values = self.signed(f"{stem}.int{bits}", packed, bits, codes.size)
             values = self.node("Reshape", [values, shape], f"{stem}/codes_int")
@@ -352,8 +349,6 @@ def _quantize_graph(graph, targets: dict[bytes, _Target], u8_weights: bool = Fal
     Returns the module names replaced, and the targets left fp32 with the reason."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
-
-    from ..compression.quant import expand_scales
 
     initializers = {init.name: init for init in graph.initializer}
     quantized: dict[str, str] = {}  # input -> prefix of its DynamicQuantizeLinear outputs (shared by consumers)
@@ -450,29 +445,24 @@ def _replace_graph(graph, built: _Builder, nodes: list) -> None:
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    built.nodes, built.initializers = [], []
 
 
-def _compress_embeddings(graph, tables: dict[bytes, str], mode: str) -> list[str]:
+def _compress_embeddings(graph, tables: dict[bytes, str], mode: str) -> None:
     """Store the embedding tables (matched by value) as ``mode``; every node that read a table reads
-    its decoded fp32 copy, which ONNX Runtime folds into a constant at load. Returns the tables
-    found."""
+    its decoded fp32 copy, which ONNX Runtime folds into a constant at load."""
     from onnx import numpy_helper
 
     built = _Builder("nxmi.embeddings")
     renamed: dict[str, str] = {}
-    found = []
     for init in graph.initializer:
         if len(init.dims) == 2 and init.data_type == 1 and (name := tables.get(
                 _weight_key(numpy_helper.to_array(init)))) is not None and init.name not in renamed:
             renamed[init.name] = built.table(name, numpy_helper.to_array(init), mode)
-            found.append(name)
     for node in graph.node:
         for i, value in enumerate(node.input):
             if value in renamed:
                 node.input[i] = renamed[value]
     _replace_graph(graph, built, list(graph.node))
-    return found
 
 
 def _check(model: nn.Module, path: Path, names: tuple[str, ...]) -> tuple[float, float]:
@@ -563,8 +553,6 @@ def export_onnx(model: nn.Module, path: str | Path, int8: bool = True, fuse: boo
 
     import onnx
 
-    from .pack import encode_weight
-
     embeddings = check_embeddings(embeddings or (DEFAULT_EMBEDDINGS if int8 else "fp32"))
     path = Path(path)
     modules = compressed_modules(model)
@@ -584,14 +572,15 @@ def export_onnx(model: nn.Module, path: str | Path, int8: bool = True, fuse: boo
         if reason is not None:
             report.fp32_modules[name] = reason
             continue
-        codes, _ = integer_codes(module, name)  # on the grid, or an error
         weight = module.effective_weight().detach().float().cpu()
-        tensors, _ = encode_weight(weight, module.spec, module.mask, name=name)
+        tensors, _ = encode_weight(weight, module.spec, module.mask, name=name)  # on the grid, or an error
         key = _weight_key(weight.t().numpy())
         if key in targets and targets[key].spec != module.spec:
             raise NxmiError(f"modules {targets[key].name} and {name} hold the same weights with different specs; "
                             f"the export cannot tell them apart")
-        targets.setdefault(key, _Target(name, tensors, module.spec, *weight.shape, int(codes.abs().max()) if codes.numel() else 0))
+        scales = expand_scales(tensors["scales"], weight.shape[0], module.spec.group_size)
+        max_code = int((weight.abs().amax(dim=1) / scales).round().max()) if weight.numel() else 0
+        targets.setdefault(key, _Target(name, tensors, module.spec, *weight.shape, max_code))
     plain = to_dense_(copy.deepcopy(model)).cpu().eval()
     _export_fp32(plain, input_names, path, fuse)
     if targets or embeddings != "fp32":
