@@ -306,12 +306,19 @@ def cmd_search(args) -> int:
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print("\n" + show.sort_values("primary", ascending=False).to_string(index=False))
     print(f"\nresults: {result.out / 'results.parquet'}  ({len(table)} trials, {result.wall_time:.0f}s)")
-    if result.best is None:
-        print(f"no completed trial meets the target ratio {config.target}")
-        return 1
-    _print_selected(f"best plan meeting {config.target.value:.2%} ({config.convention}) on "
-                    f"{_rule(config.objective, config.prior_weight)}", result.best)
-    return 0
+    rule = _rule(config.objective, config.prior_weight)
+    missed = 0
+    for target in config.targets:
+        row = result.choices.get(target.value)
+        if row is None:
+            print(f"no completed trial meets the target ratio {target}")
+            missed += 1
+            continue
+        _print_selected(f"best plan meeting {target.value:.2%} ({config.convention}) on {rule}", row)
+    if len(config.targets) > 1:
+        print(f"the front: nxmi pareto --results {result.out} --plot front.png; a plan for any ratio: "
+              f"nxmi export --results {result.out} --target-ratio R --out plan.json")
+    return 1 if missed == len(config.targets) else 0
 
 
 def _rule(objective: str, prior_weight: float) -> str:

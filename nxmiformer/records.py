@@ -27,7 +27,7 @@ import pandas as pd
 from .errors import NxmiError, first_line
 from .outputs import atomic_file
 
-RECORD_VERSION = 6
+RECORD_VERSION = 7
 # the columns every version has; a table without them is not a search's results table
 REQUIRED_COLUMNS = (
     "trial_id", "status", "kind", "plan_json", "plan_summary", "ratio_paper", "ratio_storage", "primary",
@@ -65,7 +65,11 @@ class TrialRecord:
     ratio_storage: float = field(default=math.nan, metadata=_doc(
         "encoder compression ratio, storage convention", "float64"))
     meets_target: bool = field(default=False, metadata=_doc(
-        "whether the ratio under the search's convention meets its RatioTarget", "bool"))
+        "whether the ratio under the search's convention meets the target the trial served (target_ratio; the "
+        "search's lowest target for an Optuna-stage plan)", "bool"))
+    target_ratio: float = field(default=math.nan, metadata=_doc(
+        "the target whose candidates the trial was one of (a search of several targets: ASHA compares a trial with "
+        "those of its target alone); NaN for an Optuna-stage plan, which serves no one target", "float64"))
     primary: float = field(default=math.nan, metadata=_doc(
         "the task's primary metric on the validation rows at the last report", "float64"))
     retention: float = field(default=math.nan, metadata=_doc("primary / dense_primary", "float64"))
@@ -128,7 +132,7 @@ class TrialRecord:
             kind=str(given.get("kind", "")), heuristic_score=_num(given.get("heuristic_score")),
             plan_json=str(given.get("plan_json", "")), plan_summary=str(given.get("plan_summary", "")),
             ratio_paper=_num(given.get("ratio_paper")), ratio_storage=_num(given.get("ratio_storage")),
-            primary=_num(given.get("primary")), retention=_num(given.get("retention")),
+            target_ratio=_num(given.get("target_ratio")), primary=_num(given.get("primary")), retention=_num(given.get("retention")),
             dense_primary=_num(given.get("dense_primary")), metrics_json=json.dumps(metrics),
             steps=int(step) if math.isfinite(step) else 0,
             wall_time=_num(given.get("time_total_s")), node_id=str(given.get("node_id", "")),

@@ -126,7 +126,8 @@ def select(results: pd.DataFrame, target_ratio: "RatioTarget | float", conventio
     ``search`` (when present) and ``trial_id``. The chosen trial is then always on the Pareto front.
 
     With ``prior_weight`` > 0 the trials are ranked instead by ``z(metric) - prior_weight *
-    z(proxy_cost)`` (:func:`selection_score`; z-scores over the eligible trials, lower cost better):
+    z(proxy_cost)`` (:func:`selection_score`; z-scores over the eligible trials meeting the target,
+    lower cost better):
     a plan the search's proxy rates cheaper may win over one a little better on the metric, so the
     choice may then sit off the front of (ratio, metric). Same ties.
 
@@ -146,11 +147,13 @@ def select(results: pd.DataFrame, target_ratio: "RatioTarget | float", conventio
         counts = ", ".join(f"{n} {status}" for status, n in results["status"].value_counts().items())
         allowed = "completed or stopped" if include_stopped else "completed"
         raise NxmiError(f"no {allowed} trial with a finite {column} and {metric} in the results ({counts})")
-    pool = pool.assign(_score=selection_score(pool, metric, prior_weight))
     meets = pool[target.is_met(pool[column])]
     if meets.empty:
         raise NxmiError(f"no eligible trial meets the target ratio {target}: "
                         f"the highest reached is {pool[column].max():.4f}")
+    # the z-scores over the trials that compete (those meeting the target), so that the trials of a
+    # search's other targets do not change the choice at this one
+    meets = meets.assign(_score=selection_score(meets, metric, prior_weight))
     keys = ["_score", column] + [c for c in ("search", "trial_id") if c in meets.columns]
     ranked = meets.sort_values(keys, ascending=[False, False] + [True] * (len(keys) - 2), kind="mergesort")
     return ranked.iloc[0].drop("_score")

@@ -63,7 +63,9 @@ class SearchConfig:
 
     out: str = field(metadata=_help("storage path of the search (results, Tune experiments, search.json)"))
     task: str | None = field(default=None, metadata=_help(TASK_HELP))
-    target_ratio: float = field(default=0.875, metadata=_help("minimum encoder compression ratio, in (0, 1)"))
+    target_ratio: tuple[float, ...] = field(default=0.875, metadata=_help(
+        "minimum encoder compression ratio, in (0, 1); several for a front in one search: a list (0.875,0.9375,0.96875) "
+        "or LOW:HIGH:COUNT (0.85:0.97:6), each target with its own candidates and choice"))
     convention: str = field(default="paper", metadata=_help("ratio convention: paper or storage"))
     model: str = field(default="default", metadata=_help("'default' (embedded MiniLM), a directory, or a hub name"))
     finetuned: bool = field(default=False, metadata=_of(DenseConfig, "finetuned"))
@@ -97,7 +99,7 @@ class SearchConfig:
         "the choice of the best plan: rank the trials by z(objective) - prior_weight * z(proxy cost of the plan), "
         "z-scores over the completed trials: a prior for the plans the --proxy rates cheaper (0: the objective alone)"))
     seed: int = field(default=0, metadata=_help("seed of the row draws and of Optuna's sampler"))
-    trials: int = field(default=8, metadata=_help("candidate plans to train as short trials"))
+    trials: int = field(default=8, metadata=_help("candidate plans to train as short trials, per target"))
     steps: int = field(default=200, metadata=_help("optimizer steps per short trial"))
     batch_size: int = field(default=32, metadata=_help("batch size of the trials"))
     lr: float = field(default=1e-4, metadata=_help("learning rate of the trials"))
@@ -156,7 +158,10 @@ class SearchConfig:
             # a user's task named after its data; paths absolute, so trials on other workers, --resume from
             # elsewhere and exported commands read the same files
             object.__setattr__(self, name, getattr(data, name))
-        self.target  # validates target_ratio and convention
+        targets = parse_targets(self.target_ratio)
+        # one target stays a number (search.json, plans' meta and the API read it so), several a tuple
+        object.__setattr__(self, "target_ratio", targets[0] if len(targets) == 1 else targets)
+        self.target  # validates the convention
         if self.objective not in OBJECTIVES:
             raise NxmiError(f"unknown objective {self.objective!r}; allowed: {', '.join(OBJECTIVES)}")
         check_prior_weight(self.prior_weight)
@@ -186,8 +191,12 @@ class SearchConfig:
             raise NxmiError(f"gpus_per_trial {gpus} with device cpu reserves GPUs nothing uses; use device auto or cuda")
         if self.proxy not in PROXIES:
             raise NxmiError(f"unknown proxy {self.proxy!r}; allowed: {', '.join(PROXIES)}")
-        options = self.options if self.options is not None else menu_for(self.menu, 32 * (1 - self.target.value))
-        object.__setattr__(self, "options", parse_menu(options))
+        # each target's menu; the profile covers their union (``options``). Explicit --options serve every target
+        menus = {t.value: parse_menu(self.options) if self.options is not None else menu_for(self.menu, 32 * (1 - t.value))
+                 for t in self.targets}
+        object.__setattr__(self, "_options_given", self.options is not None)
+        object.__setattr__(self, "_menus", menus)
+        object.__setattr__(self, "options", tuple(dict.fromkeys(o for menu in menus.values() for o in menu)))
         from .knapsack import KINDS
 
         raw = self.kinds.split(",") if isinstance(self.kinds, str) else self.kinds
@@ -203,8 +212,19 @@ class SearchConfig:
         self.trial_config()
 
     @property
+    def targets(self) -> tuple[RatioTarget, ...]:
+        """Every target of the search, lowest first."""
+        values = self.target_ratio if isinstance(self.target_ratio, tuple) else (self.target_ratio,)
+        return tuple(RatioTarget(v, self.convention) for v in values)
+
+    @property
     def target(self) -> RatioTarget:
-        return RatioTarget(self.target_ratio, self.convention)
+        """The lowest target: the constraint of the Optuna stage, and every trial meets it."""
+        return self.targets[0]
+
+    def options_for(self, target: RatioTarget) -> tuple[str, ...]:
+        """The option menu of one target (``--options`` if given, else the ``--menu`` for its bits per weight)."""
+        return self._menus[target.value]
 
     def data_config(self) -> DataConfig:
         shared = {f.name for f in dataclasses.fields(DataConfig)} & {f.name for f in dataclasses.fields(self)}
@@ -236,7 +256,10 @@ class SearchConfig:
     def to_dict(self) -> dict:
         """The configuration as search.json stores it, with the task's description (``task_info``:
         columns, label names, metric, sources) beside it, the task record that travels with the work."""
-        return dataclasses.asdict(self) | {"options": list(self.options), "kinds": list(self.kinds),
+        ratio = list(self.target_ratio) if isinstance(self.target_ratio, tuple) else self.target_ratio
+        # options derived from --menu are stored as None, so that a resumed search derives each target's menu again
+        return dataclasses.asdict(self) | {"target_ratio": ratio, "options": list(self.options) if self._options_given else None,
+                                           "profiled_options": list(self.options), "kinds": list(self.kinds),
                                            "text_columns": list(self.text_columns) if self.text_columns else None,
                                            "task_info": self.data_config().task_info.to_dict()}
 
@@ -263,6 +286,40 @@ class SearchConfig:
         # a search from before --prior-weight chose on its objective alone (weight 0), not today's default
         stored.setdefault("prior_weight", 0.0)
         return cls(**({k: v for k, v in stored.items() if k in known} | changes))
+
+
+MAX_TARGETS = 12
+
+
+def parse_targets(value) -> tuple[float, ...]:
+    """The search's targets, lowest first, without repeats: a number, a sequence of numbers, or text:
+    ``0.875``, ``0.875,0.9375`` or ``LOW:HIGH:COUNT`` (COUNT evenly spaced ratios from LOW to HIGH).
+    A bad value is a one-line error naming it and the forms allowed."""
+    forms = "a ratio in (0, 1), a list such as 0.875,0.9375,0.96875, or LOW:HIGH:COUNT such as 0.85:0.97:6"
+    values = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if ":" in text:
+                low, high, count = text.split(":")
+                low, high, count = float(low), float(high), int(count)
+                if count < 2 or not low < high:
+                    raise ValueError
+                values = [round(low + (high - low) * k / (count - 1), 10) for k in range(count)]
+            else:
+                values = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise NxmiError(f"bad target ratio {value!r}; allowed: {forms}") from None
+    elif not isinstance(value, (list, tuple)):
+        values = [value]
+    if not values:
+        raise NxmiError(f"bad target ratio {value!r}; allowed: {forms}")
+    for v in values:
+        RatioTarget(v)  # a number in (0, 1), else its error
+    targets = tuple(sorted({float(v) for v in values}))
+    if len(targets) > MAX_TARGETS:
+        raise NxmiError(f"{len(targets)} target ratios in {value!r}; at most {MAX_TARGETS} in one search")
+    return targets
 
 
 def update_state(state_file: Path, **fields) -> None:

@@ -231,18 +231,47 @@ def _key(params: dict) -> tuple:
 
 
 def make_searcher(space: GroupSpace, told, enqueued, seed: int = 0, startup_trials: int = 4,
-                  objective: str = "primary", mode: str = "max"):
+                  objective: str = "primary", mode: str = "max", front: bool = False):
     """Ray Tune's OptunaSearch over ``space`` with TPE, the ``told`` points added as finished
-    trials and the ``enqueued`` points run first."""
+    trials and the ``enqueued`` points run first.
+
+    ``front``: two objectives, ``objective`` and the plan's ratio under the space's convention
+    (maximised), with Optuna's multi-objective TPE, for a search of several targets: it proposes
+    plans between and beyond the targets (every plan is repaired to the space's target, the lowest).
+    The seeds enter an Optuna study of our own (in memory) that OptunaSearch then loads: its own
+    ``add_evaluated_point`` takes one objective value."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
+    if front:
+        return _front_searcher(space, told, enqueued, sampler, objective, mode)
     searcher = OptunaSearch(space=space.distributions(), metric=objective, mode=mode, sampler=sampler,
                             points_to_evaluate=enqueued or None)
     for params, value, pruned in told:
         searcher.add_evaluated_point(params, value, pruned=pruned, intermediate_values=[value] if pruned else None)
     return searcher
+
+
+def _front_searcher(space: GroupSpace, told, enqueued, sampler, objective: str, mode: str):
+    import optuna
+    from optuna.trial import TrialState, create_trial
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage, name = optuna.storages.InMemoryStorage(), "front"
+    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
+                                directions=["maximize" if mode == "max" else "minimize", "maximize"])
+    distributions = space.distributions()
+    for params, value, pruned in told:
+        if pruned:
+            study.add_trial(create_trial(state=TrialState.PRUNED, params=params, distributions=distributions))
+        else:
+            ratio = space.plan_for(params).meta["ratio"]
+            study.add_trial(create_trial(values=[value, ratio], params=params, distributions=distributions))
+    for params in enqueued:
+        study.enqueue_trial(params)
+    return OptunaSearch(space=distributions, metric=[objective, space.target.column], mode=[mode, "max"],
+                        sampler=sampler, storage=storage, study_name=name)
 
 
 def refine_trainable(config: dict) -> None:

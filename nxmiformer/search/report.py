@@ -32,13 +32,16 @@ def say_failures(results: pd.DataFrame, progress: bool) -> None:
         say(progress, f"      {count} of {len(results)} trials failed: {error or 'no error message'}")
 
 
-def best_trial(results: pd.DataFrame, config: SearchConfig) -> pd.Series | None:
-    """The search's choice among ``results``: ``select`` on its objective (with its ``prior_weight``),
-    among the completed trials that meet its target (None when none has a value of the objective)."""
-    done = results[(results["status"] == "completed") & config.target.is_met(results[config.target.column])]
+def best_trial(results: pd.DataFrame, config: SearchConfig, target=None) -> pd.Series | None:
+    """The search's choice at ``target`` (default: its lowest) among ``results``: ``select`` on its
+    objective (with its ``prior_weight``), among the completed trials that meet the target, whichever
+    target they were trained for: what ``nxmi export --target-ratio`` writes (None when none has a
+    value of the objective)."""
+    target = target or config.target
+    done = results[(results["status"] == "completed") & target.is_met(results[target.column])]
     if not done[config.objective].notna().any():
         return None
-    return select(results, config.target, metric=config.objective, prior_weight=config.prior_weight)
+    return select(results, target, metric=config.objective, prior_weight=config.prior_weight)
 
 
 def proxy_correlation(results: pd.DataFrame, profile: pd.DataFrame, objective: str = "selection_loss") -> dict:
@@ -105,7 +108,8 @@ def check_reference(dense, results: pd.DataFrame, config: SearchConfig, state_fi
         update_state(state_file, warnings=[message])
 
 
-def choice_margin(best: pd.Series | None, results: pd.DataFrame, config: SearchConfig, labels) -> dict | None:
+def choice_margin(best: pd.Series | None, results: pd.DataFrame, config: SearchConfig, labels,
+                  target=None) -> dict | None:
     """How far the chosen trial ``best`` leads the runner-up on the selection rows, in the task's
     primary metric, with the paired bootstrap standard error of that lead (both trials'
     ``selection_predictions`` on the same ``labels``). The runner-up is the next trial by the
@@ -116,18 +120,19 @@ def choice_margin(best: pd.Series | None, results: pd.DataFrame, config: SearchC
 
     if best is None:
         return None
-    done = results[(results["status"] == "completed") & config.target.is_met(results[config.target.column])
+    target = target or config.target
+    done = results[(results["status"] == "completed") & target.is_met(results[target.column])
                    & (results["plan_json"] != best["plan_json"]) & results[config.objective].notna()]
     if done.empty:
         return None
-    runner_up = select(done, config.target, metric=config.objective, prior_weight=config.prior_weight)
+    runner_up = select(done, target, metric=config.objective, prior_weight=config.prior_weight)
     first, second = (row.get("selection_predictions", "") for row in (best, runner_up))
     if not first or not second or not isinstance(first, str) or not isinstance(second, str):
         return None
     lead, se = paired_difference(config.data_config().task_info, json.loads(first), json.loads(second), labels)
     # in-sample: the selection rows that chose the trial also measure its lead
-    return {"trial_id": best["trial_id"], "runner_up": runner_up["trial_id"], "metric": "selection_primary", "in_sample": True,
-            "lead": lead, "se": se, "rows": len(labels)}
+    return {"target_ratio": target.value, "trial_id": best["trial_id"], "runner_up": runner_up["trial_id"],
+            "metric": "selection_primary", "in_sample": True, "lead": lead, "se": se, "rows": len(labels)}
 
 
 def selection_labels(config: SearchConfig, dense_path: Path):
@@ -145,18 +150,25 @@ def selection_labels(config: SearchConfig, dense_path: Path):
 
 
 def check_choice(best: pd.Series | None, results: pd.DataFrame, config: SearchConfig, dense_path: Path,
-                  state_file: Path, progress: bool) -> None:
-    """Say by how much the chosen plan leads the runner-up on the selection rows, with its paired
-    standard error, and note it in search.json (``choice``): within two standard errors, which of
-    the two the search returns is decided by the rows' noise (more --selection-size narrows it)."""
+                  state_file: Path, progress: bool, target=None) -> None:
+    """Say by how much the plan chosen at ``target`` (default: the lowest) leads the runner-up on the
+    selection rows, with its paired standard error, and note it in search.json (``choice``, and
+    ``choice_by_target`` for a search of several targets): within two standard errors, which of the
+    two the search returns is decided by the rows' noise (more --selection-size narrows it)."""
     if best is None or not best.get("selection_predictions"):  # records written before they were kept
         return
-    margin = choice_margin(best, results, config, selection_labels(config, dense_path))
+    target = target or config.target
+    margin = choice_margin(best, results, config, selection_labels(config, dense_path), target)
     if margin is None:
         return
-    update_state(state_file, choice=margin)
+    if target == config.target:
+        update_state(state_file, choice=margin)
+    if len(config.targets) > 1:
+        stored = json.loads(state_file.read_text()).get("choice_by_target", {})
+        update_state(state_file, choice_by_target=stored | {f"{target.value:g}": margin})
     verdict = ("more than two standard errors" if abs(margin["lead"]) > 2 * margin["se"] else
                f"within two: the {margin['rows']} selection rows' noise may have decided between the two")
-    say(progress, f"      the chosen trial leads the runner-up ({margin['runner_up']}) in the selection rows' "
+    at = f" at {target}" if len(config.targets) > 1 else ""
+    say(progress, f"      the chosen trial{at} leads the runner-up ({margin['runner_up']}) in the selection rows' "
                   f"task metric by {margin['lead']:+.4f} +- {margin['se']:.4f} (paired SE; in-sample: these rows "
                   f"made the choice; {verdict})")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..compression import RatioTarget
 from ..errors import NxmiError
 from ..outputs import atomic_file, write_json
 from ..records import write_records
@@ -41,12 +42,14 @@ STAGE1_FILE = "stage1.parquet"
 @dataclass
 class SearchResult:
     """What a search returns: every trial's record (``results``, as in ``results.parquet``), the
-    chosen trial (``best``; None when no completed trial meets the target), where it lives."""
+    chosen trial per target (``choices``; None where no completed trial meets it), ``best`` the
+    choice at the lowest target (the only one of a one-target search), and where it lives."""
 
     results: pd.DataFrame
     best: pd.Series | None
     out: Path
     wall_time: float
+    choices: dict = dataclasses.field(default_factory=dict)  # target ratio -> chosen trial (or None), lowest first
 
     @property
     def plan(self):
@@ -76,14 +79,32 @@ def select_candidates(candidates: list, budget: int) -> list:
     return chosen
 
 
-def stage1_candidates(config: SearchConfig, sensitivity: pd.DataFrame, modules: pd.DataFrame) -> list:
-    """The first stage's ``config.trials`` plans: candidates of ``config.kinds`` for ``config.target``,
-    shared out by :func:`select_candidates`."""
+def stage1_candidates(config: SearchConfig, sensitivity: pd.DataFrame, modules: pd.DataFrame,
+                      target=None) -> list:
+    """The first stage's ``config.trials`` plans for ``target`` (default: ``config.target``):
+    candidates of ``config.kinds`` on the target's own menu, shared out by :func:`select_candidates`."""
     from .knapsack import generate_candidates
 
-    candidates = generate_candidates(sensitivity, modules, config.target, n_best=max(2, config.trials),
+    target = target or config.target
+    menu = sensitivity[sensitivity["option"].isin(config.options_for(target))]
+    candidates = generate_candidates(menu, modules, target, n_best=max(2, config.trials),
                                      grid_top=max(4, config.trials))  # enough of each kind for kinds=
     return select_candidates(_of_kinds(candidates, config.kinds), config.trials)
+
+
+def target_candidates(config: SearchConfig, sensitivity: pd.DataFrame, modules: pd.DataFrame) -> pd.DataFrame:
+    """Every target's candidates (:func:`stage1_candidates`) as one table with a ``target_ratio``
+    column. A plan two targets both propose is trained once, for the higher of them."""
+    rows = {}
+    for target in config.targets:
+        for c in stage1_candidates(config, sensitivity, modules, target):
+            plan_json = c.plan.to_json(indent=None)
+            rows.pop(plan_json, None)  # re-inserted last: the higher target takes it
+            rows[plan_json] = {"target_ratio": target.value, "kind": c.kind, "score": c.score,
+                               "ratio_paper": c.ratio_paper, "ratio_storage": c.ratio_storage,
+                               "plan_json": plan_json, "plan_summary": c.plan.summary()}
+    frame = pd.DataFrame(list(rows.values()))
+    return frame.sort_values("target_ratio", kind="mergesort", ignore_index=True)
 
 
 def _of_kinds(candidates: list, kinds: tuple[str, ...]) -> list:
@@ -153,17 +174,16 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         if resume and candidates_file.is_file():
             cand_frame = pd.read_parquet(candidates_file)
         else:
-            chosen = stage1_candidates(config, sensitivity, modules)
-            cand_frame = pd.DataFrame([{
-                "kind": c.kind, "score": c.score, "ratio_paper": c.ratio_paper, "ratio_storage": c.ratio_storage,
-                "plan_json": c.plan.to_json(indent=None), "plan_summary": c.plan.summary()} for c in chosen])
+            cand_frame = target_candidates(config, sensitivity, modules)
             with atomic_file(candidates_file) as tmp:
                 cand_frame.to_parquet(tmp, index=False)
-        say(progress, f"[3/4] {len(cand_frame)} candidates for target {config.target}: "
-                       + ", ".join(f"{k} x{v}" for k, v in cand_frame["kind"].value_counts().items()))
+        for value, rows in cand_frame.groupby("target_ratio", sort=True):
+            say(progress, f"[3/4] {len(rows)} candidates for target {RatioTarget(value, config.convention)}: "
+                           + ", ".join(f"{k} x{v}" for k, v in rows["kind"].value_counts().items()))
 
         candidates = [{"plan": json.loads(row["plan_json"]), "kind": row["kind"], "heuristic_score": float(row["score"]),
-                       "ratio_paper": float(row["ratio_paper"]), "ratio_storage": float(row["ratio_storage"])}
+                       "ratio_paper": float(row["ratio_paper"]), "ratio_storage": float(row["ratio_storage"]),
+                       "target_ratio": float(row["target_ratio"])}
                       for _, row in cand_frame.iterrows()]
         shared = {"trial": config.trial_config().to_dict(), "dense_path": str(dense.path)}
         restore = resume and tune.Tuner.can_restore(str(out / EXPERIMENT))
@@ -171,7 +191,7 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
                        f"({config.steps} steps each) on Ray Tune" + (" (stage 1 of 2)" if config.refine_trials else ""))
         tuner = make_tuner(config, wrap(trial_trainable), shared | {"candidate": tune.grid_search(candidates)}, out,
                             EXPERIMENT, len(candidates), progress, restore)
-        results = results_table(fit_tuner(tuner, config, verbose), config.target, dense.primary, modules,
+        results = results_table(fit_tuner(tuner, config, verbose), config.targets, dense.primary, modules,
                                 lambda trial: trial.get("candidate"))
         if config.refine_trials:
             write_records(results, out / STAGE1_FILE)  # also what stage 2 reuses for repeated plans
@@ -188,9 +208,12 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
 
     say_failures(results, progress)
     check_reference(dense, results, config, state_file, progress)
-    best = best_trial(results, config)
-    check_choice(best, results, config, dense.path, state_file, progress)
-    return SearchResult(results, best, out, time.perf_counter() - start)
+    choices = {target.value: best_trial(results, config, target) for target in config.targets}
+    update_state(state_file, choices=[{"target_ratio": value, "trial_id": None if row is None else str(row["trial_id"])}
+                                      for value, row in choices.items()])
+    for target in config.targets:
+        check_choice(choices[target.value], results, config, dense.path, state_file, progress, target)
+    return SearchResult(results, choices[config.target.value], out, time.perf_counter() - start, choices)
 
 
 def _refine(config: SearchConfig, stage1: pd.DataFrame, sensitivity: pd.DataFrame, modules: pd.DataFrame,
@@ -207,18 +230,22 @@ def _refine(config: SearchConfig, stage1: pd.DataFrame, sensitivity: pd.DataFram
     space_file = space.save(out / SPACE_FILE)
     told, enqueued = seed_points(space, stage1, objective=config.objective, mode=config.mode)
     restore = resume and tune.Tuner.can_restore(str(out / REFINE_EXPERIMENT))
-    say(progress, f"      stage 2: {'resuming ' if restore else ''}{config.refine_trials} Optuna trials over "
+    say(progress, f"      stage 2: {'resuming ' if restore else ''}{config.refine_trials} Optuna "
+                   f"{'multi-objective (objective and ratio) ' if len(config.targets) > 1 else ''}trials over "
                    f"{len(space.groups)} groups ({len(told)} stage-1 results told, {len(enqueued)} seeds enqueued)")
+    front = len(config.targets) > 1  # ratio as a second objective: plans between and beyond the targets
     searcher = None if restore else make_searcher(space, told, enqueued, seed=config.seed, objective=config.objective,
-                                                  mode=config.mode)
+                                                  mode=config.mode, front=front)
+    # ASHA compares the trials of one target; the Optuna stage's plans serve no one target when there are several
     tuner = make_tuner(config, wrap(refine_trainable), shared | {"space": str(space_file), "known": str(out / STAGE1_FILE)},
                         out, REFINE_EXPERIMENT,
-                        config.refine_trials, progress, restore, search_alg=searcher)
-    return results_table(fit_tuner(tuner, config, verbose), config.target, dense_primary, modules, space.candidate)
+                        config.refine_trials, progress, restore, search_alg=searcher, asha=not front)
+    return results_table(fit_tuner(tuner, config, verbose), config.targets, dense_primary, modules, space.candidate)
 
 
 def check_feasible(config: SearchConfig) -> float:
-    """Raise unless the menu can reach the target on this architecture; return the highest ratio.
+    """Raise unless each target's menu can reach it on this architecture; return the highest ratio
+    (the least over the targets' menus).
 
     Runs before anything is trained or written, on the architecture alone."""
     from ..models import skeleton
@@ -227,7 +254,8 @@ def check_feasible(config: SearchConfig) -> float:
 
     model = skeleton(config.model)
     check_options_fit(model, config.options)
-    return check_reachable(modules_frame(model), config.options, config.target)
+    modules = modules_frame(model)
+    return min(check_reachable(modules, config.options_for(target), target) for target in config.targets)
 
 
 def record_provenance(state_file: Path, dense) -> None:

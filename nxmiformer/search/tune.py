@@ -50,9 +50,13 @@ def _progress_callback(total: int, progress: bool, objective: str):
 
 
 def make_tuner(config: SearchConfig, trainable, param_space: dict, storage: Path, name: str, n_trials: int,
-                progress: bool, restore: bool, search_alg=None):
+                progress: bool, restore: bool, search_alg=None, asha: bool = True):
+    """The Tune experiment ``name`` of one stage under ``storage`` (restored from there when
+    ``restore``): ``n_trials`` of ``trainable`` over ``param_space`` (or sampled by ``search_alg``),
+    stopped early by :class:`TargetASHA` when the search and ``asha`` allow it."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+
+    from .asha import TargetASHA
 
     # one checkpoint per evaluation is by design; Tune's warning about it is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -60,11 +64,11 @@ def make_tuner(config: SearchConfig, trainable, param_space: dict, storage: Path
     if restore:
         return tune.Tuner.restore(str(storage / name), trainable=trainable, resume_errored=True)
     scheduler = None
-    if config.asha and config.steps >= 4:
+    if config.asha and config.steps >= 4 and asha:
         # one rung, after some recovery from the projection (SearchConfig.rung)
         rung = TrialConfig.from_dict(param_space["trial"]).eval_at[0]
-        scheduler = ASHAScheduler(time_attr="step", metric=config.objective, mode=config.mode, max_t=config.steps,
-                                  grace_period=rung, reduction_factor=2)
+        scheduler = TargetASHA(time_attr="step", metric=config.objective, mode=config.mode, max_t=config.steps,
+                               grace_period=rung, reduction_factor=2)
     concurrency = config.concurrency or max(1, cluster_cpus() // config.cpus_per_trial)
     fail_fast = "raise" if config.fail_fast else False
     return tune.Tuner(
@@ -139,11 +143,12 @@ def fit_tuner(tuner, config: SearchConfig, verbose: bool = False):
                         f"run it again with --resume --out {config.out} to continue") from exc
 
 
-def results_table(grid, target: RatioTarget, dense_primary: float, modules: pd.DataFrame,
+def results_table(grid, targets: "tuple[RatioTarget, ...]", dense_primary: float, modules: pd.DataFrame,
                   candidate_of: Callable[[dict], dict | None]) -> pd.DataFrame:
     """One :class:`TrialRecord` per trial of a Tune ``ResultGrid``, from the trial's last report.
     A trial that failed before its first report keeps the candidate its Tune config gave it
-    (``candidate_of(config)``), with the ratios of that plan on ``modules``."""
+    (``candidate_of(config)``), with the ratios of that plan on ``modules``. ``meets_target`` is
+    checked against the trial's own target of ``targets`` (the lowest for a trial without one)."""
     from ..trials.trainable import candidate_fields
     from .knapsack import plan_ratio
 
@@ -159,5 +164,6 @@ def results_table(grid, target: RatioTarget, dense_primary: float, modules: pd.D
         record = TrialRecord.from_report(
             report, trial_id=report.get("trial_id") or Path(result.path).name, status=status,
             error=(str(result.error).strip().splitlines() or [""])[-1] if result.error else "", fallback=fallback)
+        target = next((t for t in targets if t.value == record.target_ratio), targets[0])
         records.append(dataclasses.replace(record, meets_target=bool(target.is_met(getattr(record, target.column)))))
     return records_frame(records)

@@ -3,7 +3,7 @@
 Its ``config`` (the Tune ``param_space`` of one trial) holds:
 
 * ``candidate``: what to train: ``{"plan": CompressionPlan.to_dict()}`` and optionally the
-  ``kind``, ``heuristic_score``, ``ratio_paper`` and ``ratio_storage`` the search gave it
+  ``kind``, ``heuristic_score``, ``ratio_paper``, ``ratio_storage`` and ``target_ratio`` the search gave it
 * ``trial``: a ``TrialConfig.to_dict()``
 * ``dense_path`` (optional): a finished warm-start directory shared through the storage path
 
@@ -64,7 +64,8 @@ def candidate_fields(candidate: dict) -> dict:
     """The record fields of a candidate (see the module docstring): its plan, and its kind,
     score and ratios where given (the trial's own ratios replace these when it reports)."""
     plan = CompressionPlan.from_dict(candidate["plan"])
-    given = {k: candidate[k] for k in ("kind", "heuristic_score", "ratio_paper", "ratio_storage") if k in candidate}
+    given = {k: candidate[k] for k in ("kind", "heuristic_score", "ratio_paper", "ratio_storage", "target_ratio")
+             if k in candidate}
     return {"plan_json": plan.to_json(indent=None), "plan_summary": plan.summary()} | given
 
 

@@ -149,8 +149,9 @@ def test_select_bad_input(label, changes, needle):
 
 
 def brute_select_with_prior(table, target, column, metric, include_stopped, weight):
-    """The prior's rule written out: z-scores (population SD) over the eligible trials, a missing cost at z 0."""
-    pool = brute_eligible(table, column, metric, include_stopped)
+    """The prior's rule written out: z-scores (population SD) over the eligible trials that meet the target, a
+    missing cost at z 0."""
+    pool = {i: v for i, v in brute_eligible(table, column, metric, include_stopped).items() if v[0] >= target - 1e-9}
     sign = -1 if metric.startswith("selection_loss") or metric == "selection_kl" else 1
     values = {i: sign * m for i, (_, m, _) in pool.items()}
     costs = {i: table.loc[i, "proxy_cost"] for i in pool}
@@ -163,7 +164,7 @@ def brute_select_with_prior(table, target, column, metric, include_stopped, weig
 
     score = {i: z(values[i], list(values.values())) - weight * (z(costs[i], known) if math.isfinite(costs[i]) else 0.0)
              for i in pool}
-    meets = [i for i in pool if pool[i][0] >= target - 1e-9]
+    meets = list(pool)
     # the highest score, then the higher ratio, then the first trial id
     return min(meets, key=lambda i: (-score[i], -pool[i][0], pool[i][2]), default=None)
 

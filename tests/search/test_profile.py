@@ -235,6 +235,14 @@ def test_named_menus_and_proxies_in_the_search_config(tmp_path):
     assert SearchConfig(out=str(tmp_path), menu="kernel").options == KERNEL_MENU
     assert SearchConfig(out=str(tmp_path), menu="kernel", options="2:4:int8").options == ("2:4:int8",)  # explicit wins
     assert SearchConfig(out=str(tmp_path), target_ratio=0.96875, menu="fine").options == menu_for("fine", 1.0)
+    # several targets: each its own menu, the profile their union; derived menus are stored as None (resume derives them)
+    several = SearchConfig(out=str(tmp_path), target_ratio="0.875,0.96875")
+    low, high = several.targets
+    assert several.options_for(low) == menu_for("fine", 4.0) and several.options_for(high) == menu_for("fine", 1.0)
+    assert set(several.options) == set(menu_for("fine", 4.0)) | set(menu_for("fine", 1.0))
+    assert several.to_dict()["options"] is None and several.to_dict()["target_ratio"] == [0.875, 0.96875]
+    given = SearchConfig(out=str(tmp_path), target_ratio=[0.9, 0.8], options="2:4:int4,1:4:int8")
+    assert given.target_ratio == (0.8, 0.9) and all(given.options_for(t) == ("2:4:int4", "1:4:int8") for t in given.targets)
     with pytest.raises(NxmiError, match="unknown menu 'fast'; allowed: fine, kernel"):
         SearchConfig(out=str(tmp_path), menu="fast")
     with pytest.raises(NxmiError, match="unknown proxy 'oracle'; allowed: oneshot, fisher"):

@@ -382,3 +382,90 @@ def test_device_cuda_without_a_gpu_is_a_clear_error():
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(NxmiError, match="device cuda:1 but this process sees no GPU"):
         resolve_device("cuda:1")
+
+
+def test_a_search_of_several_targets_chooses_a_plan_for_each(local_ray, assets, tmp_path):
+    from nxmiformer.analysis import export_plan, load_results, select
+
+    out = tmp_path / "run"
+    cfg = config(assets, out, target_ratio="0.8,0.9", trials=2, refine_trials=2)
+    assert cfg.target_ratio == (0.8, 0.9) and [t.value for t in cfg.targets] == [0.8, 0.9]
+    result = run_search(cfg, progress=False)
+    table = result.results
+    stage1 = table[table["kind"] != "refined"]
+    # each target its own candidates; a plan both proposed is trained once, for the higher target
+    assert set(stage1["target_ratio"]) <= {0.8, 0.9} and stage1["target_ratio"].value_counts().max() <= 2
+    assert (stage1["ratio_paper"] >= stage1["target_ratio"] - 1e-9).all() and stage1["plan_json"].is_unique
+    refined = table[table["kind"] == "refined"]
+    assert len(refined) == 2 and refined["target_ratio"].isna().all() and (refined["ratio_paper"] >= 0.8 - 1e-9).all()
+    assert list(result.choices) == [0.8, 0.9] and result.best is result.choices[0.8]
+    stored = json.loads((out / "search.json").read_text())
+    assert stored["target_ratio"] == [0.8, 0.9] and stored["options"] == list(MENU)  # given: every target's menu
+    assert SearchConfig.load(out).target_ratio == (0.8, 0.9)
+    results = load_results([out])
+    for target, chosen in result.choices.items():
+        assert chosen is not None and chosen["ratio_paper"] >= target - 1e-9
+        assert {"target_ratio": target, "trial_id": chosen["trial_id"]} in stored["choices"]
+        # nxmi export at a target of the search writes the search's choice there
+        again = select(results, target, metric=cfg.objective, prior_weight=cfg.prior_weight)
+        assert again["trial_id"] == chosen["trial_id"]
+        plan = export_plan(results, target, "paper", tmp_path / f"plan-{target}.json")
+        assert plan.meta["trial"]["trial_id"] == chosen["trial_id"]
+    # and between targets, the best plan meeting the ratio asked for
+    between = export_plan(results, 0.85, "paper", tmp_path / "between.json")
+    assert between.meta["ratio_paper"] >= 0.85 - 1e-9
+
+
+def test_asha_compares_a_trial_only_with_the_trials_of_its_target():
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from nxmiformer.search.asha import TargetASHA
+
+    args = dict(time_attr="step", metric="m", mode="max", max_t=10, grace_period=2, reduction_factor=2)
+    trials = [SimpleNamespace(trial_id=f"t{k}", config={"candidate": {"target_ratio": target}})
+              for k, target in enumerate([0.8, 0.8, 0.8, 0.9])]
+    decisions = {}
+    for scheduler in (TargetASHA(**args), ASHAScheduler(**args)):
+        for trial in trials:
+            scheduler.on_trial_add(None, trial)
+        # the 0.8 trials reach the rung first and well; the 0.9 trial reaches it last, the worst in absolute terms
+        for trial, value in zip(trials, [0.9, 0.85, 0.8, 0.5]):
+            decision = scheduler.on_trial_result(None, trial, {"step": 2, "m": value})
+        decisions[type(scheduler).__name__] = decision
+    # alone at its target it goes on; one ASHA over every target would stop it for its ratio
+    assert decisions == {"TargetASHA": TrialScheduler.CONTINUE, "AsyncHyperBandScheduler": TrialScheduler.STOP}
+
+
+TARGETS = [
+    ("0.875", 0.875),
+    ("0.9375,0.875", (0.875, 0.9375)),
+    ("0.85:0.97:6", (0.85, 0.874, 0.898, 0.922, 0.946, 0.97)),
+    ("0.875, 0.875 ,0.9", (0.875, 0.9)),
+]
+
+
+@pytest.mark.parametrize("text,expected", TARGETS, ids=[t[0] for t in TARGETS])
+def test_target_ratio_takes_a_list_or_a_range(text, expected, assets, tmp_path):
+    assert config(assets, tmp_path / "run", target_ratio=text).target_ratio == expected
+
+
+BAD_TARGETS = [
+    ("0.8:0.9", "bad target ratio '0.8:0.9'; allowed: a ratio in (0, 1), a list"),
+    ("0.9:0.8:3", "bad target ratio '0.9:0.8:3'"),
+    ("0.85:0.97:1", "LOW:HIGH:COUNT such as 0.85:0.97:6"),
+    ("0.8,x", "bad target ratio '0.8,x'"),
+    ("0.8,1.5", "(0, 1), got 1.5"),
+    ("0.5:0.9:13", "13 target ratios in '0.5:0.9:13'; at most 12"),
+]
+
+
+@pytest.mark.parametrize("value,needle", BAD_TARGETS, ids=[b[0] for b in BAD_TARGETS])
+def test_bad_target_lists_are_one_line_errors_before_anything_is_written(value, needle, assets, tmp_path, capsys):
+    root, model_dir = assets
+    assert main(["search", "--model", str(model_dir), "--task", "sst2", "--data-dir", str(root / "glue"),
+                 "--target-ratio", value, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
