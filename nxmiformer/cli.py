@@ -333,39 +333,50 @@ def _print_selected(title: str, row) -> None:
 
 
 def cmd_pareto(args) -> int:
-    from .analysis import check_target_ratio, format_trials, load_results, pareto_front, plot_pareto, plot_plan, select
+    from .analysis import format_trials, load_results, pareto_front, plot_front, plot_plan, select
     from .analysis.pareto import check_prior_weight
-    from .analysis.results import search_objective, search_prior_weight
+    from .analysis.results import search_objective, search_prior_weight, search_targets
+    from .compression.accounting import parse_targets
 
     for flag, value in (("--plot", args.plot), ("--heatmap", args.heatmap)):
         if value and Path(value).suffix.lower() != ".png":
             raise NxmiError(f"{flag} must name a .png file, got {value!r}")
-    if args.target_ratio is not None:
-        check_target_ratio(args.target_ratio)
+    given_targets = parse_targets(args.target_ratio) if args.target_ratio is not None else None
     if args.prior_weight is not None:
         check_prior_weight(args.prior_weight)
     results = load_results(args.results)
     front = pareto_front(results, args.convention, args.metric, args.include_stopped)
     counts = ", ".join(f"{n} {status}" for status, n in results["status"].value_counts().items())
     print(f"{len(results)} trials from {results['search'].nunique()} search(es): {counts}")
-    print(f"Pareto front ({args.convention} ratio vs {args.metric}; "
-          f"{'completed and stopped' if args.include_stopped else 'completed'} trials): {len(front)} plan(s)")
+    print(f"Pareto front ({args.convention} ratio vs validation {args.metric}; "
+          f"{'completed and stopped' if args.include_stopped else 'completed'} trials): {len(front)} plan(s) at "
+          f"{front[f'ratio_{args.convention}'].round(6).nunique()} distinct ratio(s)")
     if len(front):
         print(format_trials(front))
-    chosen = None
-    if args.target_ratio is not None:
-        objective = args.selection_metric or search_objective(results)
-        weight = search_prior_weight(results) if args.prior_weight is None else args.prior_weight
-        chosen = select(results, args.target_ratio, args.convention, objective, args.include_stopped, weight)
+    objective = args.selection_metric or search_objective(results)
+    weight = search_prior_weight(results) if args.prior_weight is None else args.prior_weight
+    # the targets asked for, else the searches' own (a search of several targets: one choice each)
+    targets = given_targets or search_targets(results, args.convention)
+    chosen = {}
+    for target in targets:
+        try:
+            chosen[target] = select(results, target, args.convention, objective, args.include_stopped, weight)
+        except NxmiError:
+            if given_targets and len(given_targets) == 1:
+                raise  # the one ratio asked for: its error says what is reachable
+            print(f"\nno eligible trial meets {target:.2%} ({args.convention})")
+            continue
         print()
-        _print_selected(f"selected on {_rule(objective, weight)} for >= {args.target_ratio:.2%} ({args.convention})",
-                        chosen)
-    heat = chosen if chosen is not None else (front.iloc[0] if len(front) else None)
+        _print_selected(f"selected on {_rule(objective, weight)} for >= {target:.2%} ({args.convention})",
+                        chosen[target])
+    first = next(iter(chosen.values()), None)
+    heat = first if first is not None else (front.iloc[0] if len(front) else None)
     if args.heatmap and heat is None:
         raise NxmiError("no completed trial with finite metrics, so no plan to draw for --heatmap")
     if args.plot:
-        plot_pareto(results, args.target_ratio, args.convention, args.metric, args.include_stopped, path=args.plot,
-                    selected=chosen)  # the star is the trial printed above, chosen on the search's objective
+        # the stars are the trials printed above, chosen on the search's objective
+        plot_front(results, targets or None, args.convention, args.metric, objective, args.include_stopped,
+                   selected=chosen, path=args.plot)
         print(f"wrote {args.plot}")
     if args.heatmap:
         plot_plan(heat, path=args.heatmap, title=f"trial {heat['trial_id']} [{heat['kind']}]: {heat['plan_summary']}")
@@ -520,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "(configuration boxes, TensorBoard hints, INFO logs)")
 
     p = command("pareto", cmd_pareto, "the Pareto front of searches' results, the selection, pictures")
-    p.add_argument("--target-ratio", type=float, help="select the best plan with at least this compression ratio, in (0, 1)")
+    p.add_argument("--target-ratio", help="select the best plan with at least this compression ratio, in (0, 1), or "
+                   "one per ratio of a list (0.875,0.9375) or LOW:HIGH:COUNT (default: the searches' own targets)")
     _add_selection_args(p, front=True)
     p.add_argument("--plot", help="write the Pareto plot here (.png; replaced if present)")
     p.add_argument("--heatmap", help="write the selected (else the best front) plan's heatmap here (.png; replaced if present)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, PercentFormatter
 from ..errors import NxmiError
 from .pareto import eligible, pareto_front, select
 from .plans import plan_grid, plan_of, plan_table
-from .results import check_metric, check_results, check_target_ratio, ratio_column
+from .results import LOWER_IS_BETTER, check_metric, check_results, check_target_ratio, metric_se, ratio_column
 
 DPI = 100
 # kind -> legend group; everything else is a heterogeneous plan ("optimal", "diverse", ...)
@@ -59,31 +60,76 @@ def kind_group(kind: pd.Series) -> pd.Series:
     return kind.map(KIND_GROUPS).fillna("heterogeneous")
 
 
-def plot_pareto(results: pd.DataFrame, target_ratio: float | None = None, convention: str = "paper",
+def _targets(target_ratio) -> tuple[float, ...]:
+    if target_ratio is None:
+        return ()
+    values = target_ratio if isinstance(target_ratio, (list, tuple)) else [target_ratio]
+    return tuple(sorted({check_target_ratio(v) for v in values}))
+
+
+def _chosen(results, targets, convention, metric, include_stopped, selected) -> dict:
+    """Target -> the chosen trial: ``selected`` (one row, or a mapping target -> row), else what
+    :func:`select` picks on ``metric``; targets nothing meets are left out."""
+    if isinstance(selected, pd.Series):
+        return {targets[0]: selected} if targets else {}
+    given = dict(selected or {})
+    chosen = {}
+    for target in targets:
+        if target in given:
+            if given[target] is not None:
+                chosen[target] = given[target]
+            continue
+        try:
+            chosen[target] = select(results, target, convention, metric, include_stopped)
+        except NxmiError:
+            pass  # nothing meets the target: its line alone says so
+    return chosen
+
+
+def _mark_targets(ax: Axes, targets, chosen: dict, column: str, metric: str, convention: str) -> None:
+    for k, target in enumerate(targets):
+        ax.axvline(target, color="red", ls="--", lw=1, label=f"target{'s' if len(targets) > 1 else ''} ({convention})"
+                   if k == 0 else None)
+    for k, (target, best) in enumerate(chosen.items()):
+        label = (f"selected: {best['trial_id']}" if len(targets) == 1 else
+                 "chosen at each target" if k == 0 else None)
+        ax.scatter([best[column]], [best[metric]], marker="*", s=260, color="gold", edgecolors="black", zorder=6,
+                   label=label)
+
+
+def plot_pareto(results: pd.DataFrame, target_ratio: "float | Sequence[float] | None" = None, convention: str = "paper",
                 metric: str = "primary", include_stopped: bool = False, ax: Axes | None = None,
                 path: str | os.PathLike | None = None, size: tuple[float, float] = (9.0, 4.5),
-                dpi: int = DPI, selected: pd.Series | None = None) -> Figure:
+                dpi: int = DPI, selected: "pd.Series | Mapping[float, pd.Series] | None" = None,
+                error_bars: bool = True) -> Figure:
     """Every trial in the (ratio, metric) plane with the Pareto front highlighted.
 
     Markers tell uniform baselines, per-component grid plans and heterogeneous plans apart;
     trials not eligible for the front (stopped early by ASHA, unless ``include_stopped``) are
     hollow; failed trials are red crosses on the bottom edge at their ratio (they have no metric).
-    With ``target_ratio`` the constraint is a vertical line and the selected trial a star: ``selected``
-    (a row of ``results``, e.g. what :func:`select` returned on the search's objective), else the
-    trial :func:`select` picks on ``metric``.
+    With ``error_bars`` a validation metric (primary, retention) carries +-1 standard error
+    (:func:`~nxmiformer.analysis.results.metric_se`: binomial over the trial's validation rows).
+    With ``target_ratio`` (one ratio or several) each constraint is a vertical line and the trial chosen
+    at each a star: ``selected`` (a row of ``results``, or a mapping target -> row, e.g. what
+    :func:`select` returned on the search's objective), else the trial :func:`select` picks on ``metric``.
     Written as a PNG of ``size`` inches at ``dpi`` to ``path`` when given.
     """
     column = ratio_column(convention)
     check_metric(metric)
     check_results(results, ("status", "kind", "trial_id", column, metric))
-    if target_ratio is not None:
-        check_target_ratio(target_ratio)
+    targets = _targets(target_ratio)
     front = pareto_front(results, convention, metric, include_stopped)
     pool = eligible(results, convention, metric, include_stopped)
     fig, ax = _axes(ax, size)
 
     shown = eligible(results, convention, metric, include_stopped=True)
     shown = shown.assign(group=kind_group(shown["kind"]), is_eligible=shown.index.isin(pool.index))
+    if error_bars:
+        se = metric_se(shown, metric)
+        ok = se.notna()
+        if ok.any():
+            ax.errorbar(shown.loc[ok, column], shown.loc[ok, metric], yerr=se[ok], fmt="none", ecolor="0.55", lw=0.8,
+                        capsize=2, zorder=2, label="+-1 SE (binomial, validation rows)")
     for group, style in GROUP_STYLE.items():
         for is_eligible, rows in shown[shown["group"] == group].groupby("is_eligible"):
             ax.scatter(rows[column], rows[metric], s=36, marker=style["marker"], zorder=3,
@@ -97,24 +143,49 @@ def plot_pareto(results: pd.DataFrame, target_ratio: float | None = None, conven
     if len(failed):
         ax.scatter(failed[column], np.zeros(len(failed)), transform=ax.get_xaxis_transform(), marker="x",
                    color="red", s=40, zorder=5, clip_on=False, label=f"failed ({len(failed)})")
-    if target_ratio is not None:
-        ax.axvline(target_ratio, color="red", ls="--", lw=1, label=f"target {target_ratio:.2%} ({convention})")
-        try:
-            best = selected if selected is not None else select(results, target_ratio, convention, metric,
-                                                                include_stopped)
-            ax.scatter([best[column]], [best[metric]], marker="*", s=260, color="gold", edgecolors="black",
-                       zorder=6, label=f"selected: {best['trial_id']}")
-        except NxmiError:
-            pass  # nothing meets the target: the line alone says so
+    _mark_targets(ax, targets, _chosen(results, targets, convention, metric, include_stopped, selected), column,
+                  metric, convention)
 
     ax.set_xlabel(f"encoder compression ratio ({convention})")
-    ax.set_ylabel("retention (of dense)" if metric == "retention" else "primary metric")
+    ax.set_ylabel("validation retention (of dense)" if metric == "retention" else
+                  "validation primary metric" if metric == "primary" else metric)
     ax.xaxis.set_major_formatter(PercentFormatter(1.0))
     if metric == "retention":
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title(_title(results, len(shown), len(front)), fontsize=10)
+    if path is not None:
+        save_png(fig, path, dpi)
+    return fig
+
+
+def plot_front(results: pd.DataFrame, target_ratio: "float | Sequence[float] | None" = None, convention: str = "paper",
+               metric: str = "primary", objective: str = "selection_loss_calibrated", include_stopped: bool = False,
+               selected: "pd.Series | Mapping[float, pd.Series] | None" = None, path: str | os.PathLike | None = None,
+               dpi: int = DPI) -> Figure:
+    """Two panels side by side, the trials against their ratio: on the left the ``objective`` the
+    search decided on (its selection rows), on the right the validation ``metric`` with its front and
+    standard errors (:func:`plot_pareto`). The plan chosen at each target is a star on both: a choice
+    made on the selection rows and read on the validation rows."""
+    column = ratio_column(convention)
+    check_metric(objective)
+    check_results(results, ("status", "kind", "trial_id", column, objective))
+    targets = _targets(target_ratio)
+    fig = Figure(figsize=(14.0, 4.8), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[1.0, 1.25])
+    chosen = _chosen(results, targets, convention, objective, include_stopped, selected)
+    shown = eligible(results, convention, objective, include_stopped)
+    for group, style in GROUP_STYLE.items():
+        rows = shown[kind_group(shown["kind"]) == group]
+        left.scatter(rows[column], rows[objective], s=36, marker=style["marker"], color=style["color"], zorder=3)
+    _mark_targets(left, targets, chosen, column, objective, convention)
+    left.set_xlabel(f"encoder compression ratio ({convention})")
+    left.set_ylabel(f"{objective} (selection rows; {'lower' if objective in LOWER_IS_BETTER else 'higher'} is better)")
+    left.xaxis.set_major_formatter(PercentFormatter(1.0))
+    left.grid(True, alpha=0.3)
+    left.set_title("what the search decided on", fontsize=10)
+    plot_pareto(results, targets or None, convention, metric, include_stopped, ax=right, selected=chosen)
     if path is not None:
         save_png(fig, path, dpi)
     return fig

@@ -81,6 +81,36 @@ def search_prior_weight(results: pd.DataFrame) -> float:
                                  "--prior-weight"))
 
 
+def search_targets(results: pd.DataFrame, convention: str = "paper") -> tuple[float, ...]:
+    """Every target of the searches of ``results`` under ``convention`` (``target_ratio`` in their
+    search.json: one ratio, or a list for a search of several), lowest first; empty for rows without
+    ``search_dir``. A search under the other convention contributes none."""
+    dirs = results["search_dir"].unique() if "search_dir" in results.columns else []
+    dirs = [d for d in dirs if read_search_config(d).get("convention", "paper") == convention]
+    values = set()
+    for search_dir in dirs:
+        stored = read_search_config(search_dir).get("target_ratio")
+        values |= {float(v) for v in (stored if isinstance(stored, list) else [stored]) if v is not None}
+    return tuple(sorted(values))
+
+
+def metric_se(results: pd.DataFrame, metric: str) -> pd.Series:
+    """The standard error of each trial's validation ``metric`` (``primary`` or ``retention``) as the
+    binomial error of a proportion, sqrt(p (1 - p) / n), with n the validation rows the trial predicted
+    (its ``predictions``); for retention, divided by ``dense_primary``. Exact for accuracy, an
+    approximation for the other task metrics (F1, MCC); NaN for a trial without predictions and for
+    the selection metrics (the trials keep no per-row losses)."""
+    import json
+
+    nan = pd.Series(math.nan, index=results.index, dtype="float64")
+    if metric not in ("primary", "retention") or "predictions" not in results.columns:
+        return nan
+    rows = results["predictions"].map(lambda p: len(json.loads(p)) if isinstance(p, str) and p else 0)
+    p = pd.to_numeric(results["primary"], errors="coerce").clip(0.0, 1.0)
+    se = (p * (1 - p) / rows.where(rows > 0)).pow(0.5)
+    return se / results["dense_primary"] if metric == "retention" else se
+
+
 def ratio_column(convention: str) -> str:
     """The results column of a convention's ratio: ``ratio_paper`` or ``ratio_storage``."""
     return f"ratio_{check_convention(convention)}"

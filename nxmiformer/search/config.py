@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..analysis.pareto import check_prior_weight
 from ..compression import RatioTarget
+from ..compression.accounting import parse_targets
 from ..errors import NxmiError
 from ..outputs import write_json
 from ..records import HIGHER_IS_BETTER
@@ -286,40 +287,6 @@ class SearchConfig:
         # a search from before --prior-weight chose on its objective alone (weight 0), not today's default
         stored.setdefault("prior_weight", 0.0)
         return cls(**({k: v for k, v in stored.items() if k in known} | changes))
-
-
-MAX_TARGETS = 12
-
-
-def parse_targets(value) -> tuple[float, ...]:
-    """The search's targets, lowest first, without repeats: a number, a sequence of numbers, or text:
-    ``0.875``, ``0.875,0.9375`` or ``LOW:HIGH:COUNT`` (COUNT evenly spaced ratios from LOW to HIGH).
-    A bad value is a one-line error naming it and the forms allowed."""
-    forms = "a ratio in (0, 1), a list such as 0.875,0.9375,0.96875, or LOW:HIGH:COUNT such as 0.85:0.97:6"
-    values = value
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            if ":" in text:
-                low, high, count = text.split(":")
-                low, high, count = float(low), float(high), int(count)
-                if count < 2 or not low < high:
-                    raise ValueError
-                values = [round(low + (high - low) * k / (count - 1), 10) for k in range(count)]
-            else:
-                values = [float(v) for v in text.split(",")]
-        except ValueError:
-            raise NxmiError(f"bad target ratio {value!r}; allowed: {forms}") from None
-    elif not isinstance(value, (list, tuple)):
-        values = [value]
-    if not values:
-        raise NxmiError(f"bad target ratio {value!r}; allowed: {forms}")
-    for v in values:
-        RatioTarget(v)  # a number in (0, 1), else its error
-    targets = tuple(sorted({float(v) for v in values}))
-    if len(targets) > MAX_TARGETS:
-        raise NxmiError(f"{len(targets)} target ratios in {value!r}; at most {MAX_TARGETS} in one search")
-    return targets
 
 
 def update_state(state_file: Path, **fields) -> None:

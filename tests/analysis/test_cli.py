@@ -146,7 +146,8 @@ COMMON_BAD = [
      "prior_weight must be a finite number >= 0 (0: the metric alone), got -1.0"),
     ("NaN prior weight", ["--target-ratio", "0.85", "--prior-weight", "nan"], "got nan"),
 ]
-PARETO_BAD = [*COMMON_BAD, ("not a png", ["--plot", "{tmp}/front.jpg"], "--plot must name a .png file")]
+PARETO_BAD = [*COMMON_BAD, ("not a png", ["--plot", "{tmp}/front.jpg"], "--plot must name a .png file"),
+              ("bad target list", ["--target-ratio", "0.8:0.9"], "bad target ratio '0.8:0.9'; allowed: a ratio in (0, 1)")]
 EXPORT_BAD = [
     *COMMON_BAD,
     ("not json", ["--target-ratio", "0.85", "--out", "{tmp}/best_plan"], "must be a .json file"),
@@ -188,3 +189,19 @@ def test_usage_errors_are_one_line(argv, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--help" in err
+
+
+@pytest.mark.parametrize("given", [None, "0.8,0.875"])
+def test_pareto_of_a_search_of_several_targets_chooses_at_each(given, tmp_path, capsys):
+    table = synthetic_results(0)
+    search = write_search_dir(tmp_path / "front", table, target_ratio=[0.8, 0.875],
+                              objective="selection_loss_calibrated", prior_weight=1.0)
+    plot = tmp_path / "front.png"
+    extra = ["--target-ratio", given] if given else []
+    assert main(["pareto", "--results", str(search), *extra, "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    results = load_results(search)
+    for target in (0.8, 0.875):
+        chosen = select(results, target, metric="selection_loss_calibrated", prior_weight=1.0)
+        assert f"for >= {target:.2%} (paper): trial {chosen['trial_id']} " in out
+    assert plot.is_file() and "distinct ratio(s)" in out

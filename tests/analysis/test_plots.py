@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.image
 import pytest
 
-from nxmiformer.analysis import plot_pareto, plot_plan, select
+from nxmiformer.analysis import metric_se, plot_front, plot_pareto, plot_plan, select
 from nxmiformer.compression import CompressionPlan
 from nxmiformer.errors import NxmiError
 from tests.analysis.conftest import synthetic_results
@@ -76,3 +76,41 @@ def test_empty_plan_has_nothing_to_draw():
     with pytest.raises(NxmiError, match="names no module"):
         plot_plan(CompressionPlan())
     assert plot_plan(CompressionPlan(), num_layers=2).axes[0].texts[0].get_text() == "dense"
+
+
+def test_front_plot_marks_the_choice_at_each_target_on_both_panels(tmp_path):
+    table = synthetic_results(0)
+    chosen = {t: select(table, t, metric="selection_loss_calibrated") for t in (0.8, 0.875)}
+    fig = plot_front(table, [0.875, 0.8], objective="selection_loss_calibrated", selected=chosen,
+                     path=tmp_path / "front.png", dpi=50)
+    assert png_shape(tmp_path / "front.png") == (240, 700)
+    left, right = fig.axes[:2]
+    for ax, column in ((left, "selection_loss_calibrated"), (right, "primary")):
+        stars = [c for c in ax.collections if c.get_offsets().shape == (1, 2) and c.get_sizes()[0] == 260]
+        assert sorted(tuple(s.get_offsets()[0]) for s in stars) == sorted(
+            (row["ratio_paper"], row[column]) for row in chosen.values())
+        assert len([line for line in ax.get_lines() if line.get_linestyle() == "--"]) == 2  # a line per target
+    legend = [t.get_text() for t in right.get_legend().get_texts()]
+    assert "chosen at each target" in legend
+
+
+SE_CASES = [  # primary, validation rows predicted, dense primary, metric -> standard error by hand
+    ("accuracy", 0.8, 100, 0.9, "primary", (0.8 * 0.2 / 100) ** 0.5),
+    ("retention", 0.8, 100, 0.9, "retention", (0.8 * 0.2 / 100) ** 0.5 / 0.9),
+    ("perfect", 1.0, 50, 1.0, "primary", 0.0),
+    ("no predictions", 0.8, 0, 0.9, "primary", float("nan")),
+    ("selection metric", 0.8, 100, 0.9, "selection_loss", float("nan")),
+]
+
+
+@pytest.mark.parametrize("label,primary,rows,dense,metric,expected", SE_CASES, ids=[c[0] for c in SE_CASES])
+def test_metric_se_is_the_binomial_error_over_the_rows_predicted(label, primary, rows, dense, metric, expected):
+    import json
+    import math
+
+    import pandas as pd
+
+    frame = pd.DataFrame({"primary": [primary], "dense_primary": [dense],
+                          "predictions": [json.dumps([0] * rows) if rows else ""]})
+    got = float(metric_se(frame, metric).iloc[0])
+    assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, rel=1e-12)
