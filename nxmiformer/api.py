@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 from .errors import NxmiError
 
 if TYPE_CHECKING:  # imported lazily: ``import nxmiformer`` stays light
+    from collections.abc import Sequence
+
     import datasets
 
     from .compression import CompressionPlan
@@ -83,15 +85,17 @@ def _task_fields(info: "TaskInfo | str") -> dict:
             "text_columns": info.text_columns, "label_column": info.label_column, "metric": info.primary_metric}
 
 
-def search(model: str | os.PathLike, task: "TaskInfo | str", target_ratio: float, *, out: str | os.PathLike,
+def search(model: str | os.PathLike, task: "TaskInfo | str", target_ratio: "float | Sequence[float] | str", *,
+           out: str | os.PathLike,
            finetuned: bool = False, preset: str | None = None, resume: bool = False, progress: bool = True,
            **settings) -> "SearchResult":
     """Search plans for ``model`` on ``task`` that compress its encoder by at least
-    ``target_ratio`` (paper convention unless ``convention="storage"``), as ``nxmi search`` does:
+    ``target_ratio`` (paper convention unless ``convention="storage"``; several ratios, or text such as
+    ``"0.85:0.97:6"``, for a front in one search), as ``nxmi search`` does:
     ``finetuned=True`` takes ``model`` as the trained reference (no dense fine-tune); ``preset``
     (e.g. ``"quick"``) and any other :class:`~nxmiformer.search.SearchConfig` field (``settings``)
     as keywords. Returns the :class:`~nxmiformer.search.SearchResult` (``results``, ``best``,
-    ``plan``)."""
+    ``plan``, ``choices``: target -> chosen trial)."""
     from .search import SearchConfig, run_search
 
     config = SearchConfig.preset(preset, out=str(out), model=str(model), finetuned=finetuned,
