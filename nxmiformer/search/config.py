@@ -47,7 +47,7 @@ class Preset:
 PRESETS = {
     # 3 knapsack-stage trials and nothing else: the learning stage it ran until 2026-12-07 fitted noise with
     # 1-3 trials and cost about 2 minutes of the demo; the Optuna stage took 2:07 of a 10:42 demo (docs/decisions.md)
-    "quick": Preset("a search of about 5 minutes on 2 cores (3 candidates x 60 steps)",
+    "quick": Preset("a search of about 5 minutes on 2 cores (3 candidates a target x 60 steps)",
                     {"trials": 3, "refine_trials": 0, "steps": 60, "train_size": 2000, "eval_size": 300,
                      "selection_size": 300, "calib_size": 128, "max_length": 64, "dense_epochs": 1.0}),
 }

@@ -150,15 +150,17 @@ def selection_labels(config: SearchConfig, dense_path: Path):
 
 
 def check_choice(best: pd.Series | None, results: pd.DataFrame, config: SearchConfig, dense_path: Path,
-                  state_file: Path, progress: bool, target=None) -> None:
+                  state_file: Path, progress: bool, target=None, labels=None) -> None:
     """Say by how much the plan chosen at ``target`` (default: the lowest) leads the runner-up on the
     selection rows, with its paired standard error, and note it in search.json (``choice``, and
     ``choice_by_target`` for a search of several targets): within two standard errors, which of the
-    two the search returns is decided by the rows' noise (more --selection-size narrows it)."""
+    two the search returns is decided by the rows' noise (more --selection-size narrows it).
+    ``labels``: the selection rows' labels, when the caller has them (else read here)."""
     if best is None or not best.get("selection_predictions"):  # records written before they were kept
         return
     target = target or config.target
-    margin = choice_margin(best, results, config, selection_labels(config, dense_path), target)
+    labels = selection_labels(config, dense_path) if labels is None else labels
+    margin = choice_margin(best, results, config, labels, target)
     if margin is None:
         return
     if target == config.target:

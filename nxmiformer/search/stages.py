@@ -29,7 +29,7 @@ from .cluster import cluster_cpus, ray_session
 from .config import STATE_VERSION, SearchConfig, update_state
 from .profile import PROXIES
 from .report import (
-    best_trial, check_choice, check_reference, plan_costs, proxy_correlation, say, say_failures,
+    best_trial, check_choice, check_reference, plan_costs, proxy_correlation, say, say_failures, selection_labels,
 )
 from .tune import Wrapper, check_cluster_gpus, fit_tuner, make_tuner, results_table
 
@@ -173,6 +173,8 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
         candidates_file = out / "candidates.parquet"
         if resume and candidates_file.is_file():
             cand_frame = pd.read_parquet(candidates_file)
+            if "target_ratio" not in cand_frame.columns:  # written before searches of several targets
+                cand_frame = cand_frame.assign(target_ratio=config.target.value)
         else:
             cand_frame = target_candidates(config, sensitivity, modules)
             with atomic_file(candidates_file) as tmp:
@@ -211,8 +213,9 @@ def run_search(config: SearchConfig, resume: bool = False, progress: bool = True
     choices = {target.value: best_trial(results, config, target) for target in config.targets}
     update_state(state_file, choices=[{"target_ratio": value, "trial_id": None if row is None else str(row["trial_id"])}
                                       for value, row in choices.items()])
+    labels = selection_labels(config, dense.path) if any(row is not None for row in choices.values()) else None
     for target in config.targets:
-        check_choice(choices[target.value], results, config, dense.path, state_file, progress, target)
+        check_choice(choices[target.value], results, config, dense.path, state_file, progress, target, labels)
     return SearchResult(results, choices[config.target.value], out, time.perf_counter() - start, choices)
 
 

@@ -18,7 +18,7 @@ from tests.analysis.conftest import import_bench
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-SCRIPTS = ("cpu_serving", "gpu_check", "own_data", "pack_size", "profile_cache", "ray_scaling", "recovery", "scale_estimate",
+SCRIPTS = ("cpu_serving", "front_search", "gpu_check", "own_data", "pack_size", "profile_cache", "ray_scaling", "recovery", "scale_estimate",
            "search_quality", "search_quality_pool", "step_overhead")
 
 

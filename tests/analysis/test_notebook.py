@@ -21,7 +21,7 @@ def test_notebook_is_stored_without_outputs():
     parameters = code[0]
     assert "parameters" in parameters.metadata.get("tags", [])
     assert 'RESULTS_DIR = os.environ.get("NXMI_RESULTS_DIR", "runs/search-sst2")' in parameters.source
-    assert "TARGET_RATIO = 0.875" in parameters.source and 'CONVENTION = "paper"' in parameters.source
+    assert "TARGET_RATIOS = None" in parameters.source and 'CONVENTION = "paper"' in parameters.source
 
 
 def test_notebook_runs_on_a_search(search_dir, monkeypatch):

@@ -469,3 +469,22 @@ def test_bad_target_lists_are_one_line_errors_before_anything_is_written(value, 
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_search_of_several_targets_resumes_without_losing_finished_trials(local_ray, assets, tmp_path):
+    out = tmp_path / "run"
+    marker, starts = tmp_path / "failed-once", tmp_path / "starts.log"
+    faults = inject(out, marker=marker, after_reports=2, candidate=2, start_log=starts)
+    several = dict(target_ratio="0.8,0.9", trials=2, concurrency=1)  # ASHA per target on, restored with the experiment
+    with pytest.raises(ValueError, match="--resume"):
+        run_search(config(assets, out, fail_fast=True, **several), progress=False, wrap_trainable=faults)
+    assert marker.exists() and not (out / "results.parquet").exists()
+    result = run_search(config(assets, out, **several), resume=True, progress=False, wrap_trainable=faults)
+    table = result.results
+    candidates = pd.read_parquet(out / "candidates.parquet")
+    assert len(table) == len(candidates) and table["trial_id"].is_unique and "error" not in set(table["status"])
+    assert sorted(table["target_ratio"]) == sorted(candidates["target_ratio"])
+    started = [line.split() for line in starts.read_text().splitlines()]
+    assert [s[0] for s in started].count("0") == 1 and [s[0] for s in started].count("1") == 1  # finished: not re-run
+    assert any(s[0] == "2" and s[1] != "0" for s in started)  # the interrupted trial resumed from its checkpoint
+    assert list(result.choices) == [0.8, 0.9]
