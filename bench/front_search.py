@@ -9,7 +9,9 @@ with the ``quick`` preset's sizes and ``--trials`` candidates per target:
 * ``front``: one search of every target (``--target-ratio T1,T2,T3``), its own empty cache;
 * ``more``: the front search with ``--trials + 1`` candidates per target (knapsack plans only);
 * ``optuna``: the front search with ``--trials`` candidates per target and as many Optuna trials as
-  targets (multi-objective TPE): the same trial count as ``more``.
+  targets (multi-objective TPE): the same trial count as ``more``;
+* ``range``: one search of ``--range`` (``LOW:HIGH:COUNT``) with ``--range-trials`` candidates per target,
+  and its front drawn by ``nxmi pareto --plot`` (``range.png`` beside the searches).
 
 It reports each search's wall time (the front against the three single searches summed, same cache
 conditions), each target's chosen plan in the front search minus the single search's (validation
@@ -107,7 +109,9 @@ def main() -> None:
     parser.add_argument("--tasks", default="sst2,tweet", help="comma-separated: sst2, tweet")
     parser.add_argument("--targets", default="0.875,0.9375,0.96875")
     parser.add_argument("--trials", type=int, default=3, help="candidates per target")
-    parser.add_argument("--arms", default="single,front,more,optuna", help="which searches to run")
+    parser.add_argument("--arms", default="single,front,more,optuna,range", help="which searches to run")
+    parser.add_argument("--range", default="0.85:0.97:6", help="the targets of the range arm")
+    parser.add_argument("--range-trials", type=int, default=2, help="candidates per target of the range arm")
     parser.add_argument("--hv-ratio", type=float, default=0.85)
     parser.add_argument("--hv-retention", type=float, default=0.80)
     parser.add_argument("--work", type=Path, default=Path("/tmp/nxmi-front-search"))
@@ -153,7 +157,14 @@ def main() -> None:
         if "optuna" in arms:
             row["optuna_seconds"] = search(work / "optuna", work / "cache-front",
                                            shared + ["--trials", str(args.trials), "--refine-trials", str(len(targets))])
-        for arm in ("front", "more", "optuna"):
+        if "range" in arms:
+            row["range_seconds"] = search(work / "range", work / "cache-front",
+                                          flags[:-2] + ["--target-ratio", args.range, "--trials", str(args.range_trials)])
+            plot = work / "range.png"
+            plot.unlink(missing_ok=True)
+            subprocess.run([sys.executable, "-m", "nxmiformer", "pareto", "--results", str(work / "range"), "--plot",
+                            str(plot)], check=True, cwd=ROOT)
+        for arm in ("front", "more", "optuna", "range"):
             if (work / arm / "results.parquet").is_file():
                 results = load_results([work / arm])
                 done = results[results["status"] == "completed"]

@@ -488,3 +488,17 @@ def test_a_search_of_several_targets_resumes_without_losing_finished_trials(loca
     assert [s[0] for s in started].count("0") == 1 and [s[0] for s in started].count("1") == 1  # finished: not re-run
     assert any(s[0] == "2" and s[1] != "0" for s in started)  # the interrupted trial resumed from its checkpoint
     assert list(result.choices) == [0.8, 0.9]
+
+
+def test_the_multi_objective_optuna_stage_resumes(local_ray, assets, tmp_path):
+    out = tmp_path / "run"
+    marker = tmp_path / "failed-once"
+    faults = inject(out, marker=marker, after_reports=1, kind="refined")
+    several = dict(target_ratio="0.8,0.9", trials=1, refine_trials=2, concurrency=1, asha=False)
+    with pytest.raises(ValueError, match="--resume"):
+        run_search(config(assets, out, fail_fast=True, **several), progress=False, wrap_trainable=faults)
+    assert marker.exists() and (out / "stage1.parquet").exists() and not (out / "results.parquet").exists()
+    table = run_search(config(assets, out, **several), resume=True, progress=False, wrap_trainable=faults).results
+    refined = table[table["kind"] == "refined"]
+    assert len(refined) == 2 and set(refined["status"]) == {"completed"} and table["trial_id"].is_unique
+    assert (refined["ratio_paper"] >= 0.8 - 1e-9).all()  # repaired to the lowest target
