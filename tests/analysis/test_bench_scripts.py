@@ -120,3 +120,28 @@ def test_every_arm_is_a_valid_search(quality, tmp_path, arm):
         from nxmiformer.search import menu_for
 
         assert config.menu == "fine" and config.options == menu_for("fine", 32 * (1 - 0.96875))
+
+
+HV_CASES = [  # (ratio, retention, status) points; the hypervolume by a fine grid count is the reference
+    ("one point", [(0.9, 0.95, "completed")]),
+    ("a staircase", [(0.875, 1.0, "completed"), (0.9375, 0.97, "completed"), (0.96875, 0.9, "completed")]),
+    ("dominated and stopped points add nothing", [(0.9, 0.95, "completed"), (0.88, 0.9, "completed"),
+                                                  (0.95, 0.99, "stopped")]),
+    ("below the reference", [(0.84, 0.99, "completed"), (0.9, 0.79, "completed")]),
+]
+
+
+@pytest.mark.parametrize("label,points", HV_CASES, ids=[c[0] for c in HV_CASES])
+def test_front_search_hypervolume_matches_a_grid_count(label, points):
+    import numpy as np
+    import pandas as pd
+
+    front = import_bench("front_search")
+    table = pd.DataFrame(points, columns=["ratio_paper", "retention", "status"])
+    x, y = np.meshgrid(np.linspace(0.85, 1.0, 601)[:-1] + 0.000125, np.linspace(0.8, 1.05, 1001)[:-1] + 0.000125)
+    done = table[table["status"] == "completed"]
+    covered = np.zeros_like(x, dtype=bool)
+    for r, m in zip(done["ratio_paper"], done["retention"]):
+        covered |= (x <= r) & (y <= m)
+    expected = covered.mean() * 0.15 * 0.25
+    assert front.hypervolume(table, 0.85, 0.80) == pytest.approx(expected, abs=2e-4)
