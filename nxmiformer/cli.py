@@ -259,7 +259,7 @@ def cmd_profile(args) -> int:
 
     import pandas as pd
 
-    from .compression import RatioTarget
+    from .compression.accounting import parse_targets
     from .search import PROXIES, SearchConfig, menu_for, parse_menu, profile_sensitivity, ray_session
     from .search.profile import sensitivity_pivot
     from .trials import DataConfig, DenseConfig, DenseResult, finetune_dense
@@ -270,9 +270,10 @@ def cmd_profile(args) -> int:
     proxy = fields["proxy"]
     if proxy not in PROXIES:
         raise NxmiError(f"unknown proxy {proxy!r}; allowed: {', '.join(PROXIES)}")
-    # the options a search for this target profiles (one menu name and default everywhere)
-    target = RatioTarget(fields["target_ratio"], "paper")
-    options = parse_menu(fields["options"]) if fields["options"] else menu_for(fields["menu"], 32 * (1 - target.value))
+    # the options a search of these targets profiles: the union of their menus (one menu name and default everywhere)
+    targets = parse_targets(fields["target_ratio"])
+    options = parse_menu(fields["options"]) if fields["options"] else tuple(dict.fromkeys(
+        o for target in targets for o in menu_for(fields["menu"], 32 * (1 - target))))
     data = DataConfig(**{k: fields[k] for k in (*TASK_FIELDS, "max_length", "train_size", "eval_size", "seed")},
                       holdout_size=fields["calib_size"])
     if args.dense:
@@ -443,7 +444,8 @@ PROFILE_DEFAULTS = {"profile_workers": 0, "train_size": None, "eval_size": None}
 PROFILE_HELPS = {"profile_workers": "Ray tasks in parallel, on --address or embedded Ray (0: in-process, the default)",
                  "gpus_per_trial": "GPUs each profiling Ray task reserves (with --profile-workers)",
                  "options": "comma-separated option menu (default: the --menu for --target-ratio)",
-                 "target_ratio": "the target whose --menu options to profile, in (0, 1)"}
+                 "target_ratio": "the target whose --menu options to profile, in (0, 1), or several (0.875,0.9375: "
+                                 "the union of their menus, as a search of them profiles)"}
 # nxmi search's flags, by group. The other SearchConfig fields (kinds, objective, prior_weight, concurrency,
 # fail_fast, asha, kd_alpha, dense_patience, oneshot_profile, profile_workers, refine_layer_groups, cache_dir: also
 # $NXMI_CACHE_DIR) are settings

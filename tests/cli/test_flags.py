@@ -135,3 +135,20 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_profile_of_several_targets_covers_the_union_of_their_menus(tmp_path, tiny_tokenizer, synthetic_glue_dir, capsys):
+    from nxmiformer.cli import main
+    from nxmiformer.search import menu_for
+    from tests.conftest import SPECIAL_TOKENS, WORDS, tiny_bert
+
+    tiny_bert(vocab_size=len(SPECIAL_TOKENS) + len(WORDS)).save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    argv = ["profile", "--model", str(tmp_path / "model"), "--task", "sst2", "--data-dir", str(synthetic_glue_dir),
+            "--max-length", "16", "--calib-size", "8", "--dense-epochs", "0.5", "--target-ratio", "0.875,0.96875",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    union = set(menu_for("fine", 4.0)) | set(menu_for("fine", 1.0))
+    header = next(line for line in out.splitlines() if "dense:int8" in line)
+    assert set(header.split()) >= union - {"dense"} and "1:8:int4" in header  # 8 bits from one menu, 0.5 from the other
