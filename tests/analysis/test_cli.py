@@ -36,12 +36,13 @@ def test_pareto_command(search_dir, tmp_path, capsys):
     objective, weight = config["objective"], config["prior_weight"]
     assert objective == "selection_loss_calibrated"  # the search's default
     front, chosen = pareto_front(results), select(results, 0.875, metric=objective, prior_weight=weight)
-    assert f"Pareto front (paper ratio vs primary; completed trials): {len(front)} plan(s)" in out
+    assert (f"Pareto front (paper ratio vs validation primary; completed trials): {len(front)} plan(s) at "
+            f"{front['ratio_paper'].round(6).nunique()} distinct ratio(s)") in out
     assert all(trial in out for trial in front["trial_id"])
     # the selection decides on the search's objective, on the selection rows, as nxmi search did
     how = objective + (f" with prior weight {weight:g} on the proxy cost" if weight else "")
     assert f"selected on {how} for >= 87.50% (paper): trial {chosen['trial_id']}" in out
-    assert png_shape(plot) == (450, 900)
+    assert png_shape(plot) == (480, 1400)  # two panels: the selection objective, the validation metric
     assert png_shape(heatmap) == pixels(plot_plan(chosen))
 
 
