@@ -19,10 +19,11 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, PercentFormatter
 
+from ..compression.accounting import parse_targets
 from ..errors import NxmiError
 from .pareto import eligible, pareto_front, select
 from .plans import plan_grid, plan_of, plan_table
-from .results import LOWER_IS_BETTER, check_metric, check_results, check_target_ratio, metric_se, ratio_column
+from .results import LOWER_IS_BETTER, check_metric, check_results, metric_se, ratio_column
 
 DPI = 100
 # kind -> legend group; everything else is a heterogeneous plan ("optimal", "diverse", ...)
@@ -61,10 +62,8 @@ def kind_group(kind: pd.Series) -> pd.Series:
 
 
 def _targets(target_ratio) -> tuple[float, ...]:
-    if target_ratio is None:
-        return ()
-    values = target_ratio if isinstance(target_ratio, (list, tuple)) else [target_ratio]
-    return tuple(sorted({check_target_ratio(v) for v in values}))
+    """The ratios to mark (none for None): :func:`~nxmiformer.compression.accounting.parse_targets`."""
+    return () if target_ratio is None else parse_targets(target_ratio)
 
 
 def _chosen(results, targets, convention, metric, include_stopped, selected) -> dict:
@@ -100,14 +99,13 @@ def _mark_targets(ax: Axes, targets, chosen: dict, column: str, metric: str, con
 def plot_pareto(results: pd.DataFrame, target_ratio: "float | Sequence[float] | None" = None, convention: str = "paper",
                 metric: str = "primary", include_stopped: bool = False, ax: Axes | None = None,
                 path: str | os.PathLike | None = None, size: tuple[float, float] = (9.0, 4.5),
-                dpi: int = DPI, selected: "pd.Series | Mapping[float, pd.Series] | None" = None,
-                error_bars: bool = True) -> Figure:
+                dpi: int = DPI, selected: "pd.Series | Mapping[float, pd.Series] | None" = None) -> Figure:
     """Every trial in the (ratio, metric) plane with the Pareto front highlighted.
 
     Markers tell uniform baselines, per-component grid plans and heterogeneous plans apart;
     trials not eligible for the front (stopped early by ASHA, unless ``include_stopped``) are
     hollow; failed trials are red crosses on the bottom edge at their ratio (they have no metric).
-    With ``error_bars`` a validation metric (primary, retention) carries +-1 standard error
+    A validation metric (primary, retention) carries +-1 standard error
     (:func:`~nxmiformer.analysis.results.metric_se`: binomial over the trial's validation rows).
     With ``target_ratio`` (one ratio or several) each constraint is a vertical line and the trial chosen
     at each a star: ``selected`` (a row of ``results``, or a mapping target -> row, e.g. what
@@ -124,12 +122,11 @@ def plot_pareto(results: pd.DataFrame, target_ratio: "float | Sequence[float] | 
 
     shown = eligible(results, convention, metric, include_stopped=True)
     shown = shown.assign(group=kind_group(shown["kind"]), is_eligible=shown.index.isin(pool.index))
-    if error_bars:
-        se = metric_se(shown, metric)
-        ok = se.notna()
-        if ok.any():
-            ax.errorbar(shown.loc[ok, column], shown.loc[ok, metric], yerr=se[ok], fmt="none", ecolor="0.55", lw=0.8,
-                        capsize=2, zorder=2, label="+-1 SE (binomial, validation rows)")
+    se = metric_se(shown, metric)
+    ok = se.notna()
+    if ok.any():
+        ax.errorbar(shown.loc[ok, column], shown.loc[ok, metric], yerr=se[ok], fmt="none", ecolor="0.55", lw=0.8,
+                    capsize=2, zorder=2, label="+-1 SE (binomial, validation rows)")
     for group, style in GROUP_STYLE.items():
         for is_eligible, rows in shown[shown["group"] == group].groupby("is_eligible"):
             ax.scatter(rows[column], rows[metric], s=36, marker=style["marker"], zorder=3,

@@ -86,10 +86,10 @@ def search_targets(results: pd.DataFrame, convention: str = "paper") -> tuple[fl
     search.json: one ratio, or a list for a search of several), lowest first; empty for rows without
     ``search_dir``. A search under the other convention contributes none."""
     dirs = results["search_dir"].unique() if "search_dir" in results.columns else []
-    dirs = [d for d in dirs if read_search_config(d).get("convention", "paper") == convention]
+    configs = [read_search_config(d) for d in dirs]
     values = set()
-    for search_dir in dirs:
-        stored = read_search_config(search_dir).get("target_ratio")
+    for config in configs:
+        stored = config.get("target_ratio") if config.get("convention", "paper") == convention else None
         values |= {float(v) for v in (stored if isinstance(stored, list) else [stored]) if v is not None}
     return tuple(sorted(values))
 
